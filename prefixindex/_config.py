@@ -1,0 +1,97 @@
+"""Configuration of a SyncPrefixHashTable, shared by both backends.
+
+The fields, environment variables and defaults are those of AIBrix's Go indexer (SPEC, Configuration).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import secrets
+from typing import Any, Mapping, Optional
+
+__all__ = ["Config", "ENV_VARS"]
+
+# field name -> environment variable, in the order of the SPEC table
+ENV_VARS = {
+    "max_contexts": "AIBRIX_SYNC_MAX_CONTEXTS",
+    "max_prefixes_per_context": "AIBRIX_SYNC_MAX_PREFIXES_PER_CONTEXT",
+    "eviction_interval_seconds": "AIBRIX_SYNC_EVICTION_INTERVAL_SECONDS",
+    "eviction_duration_minutes": "AIBRIX_SYNC_EVICTION_DURATION_MINUTES",
+    "block_size": "AIBRIX_PREFIX_CACHE_BLOCK_SIZE",
+    "seed": "AIBRIX_SYNC_HASH_SEED",
+}
+
+_INT_FIELDS = ("max_contexts", "max_prefixes_per_context", "block_size")
+_FLOAT_FIELDS = ("eviction_interval_seconds", "eviction_duration_minutes")
+
+
+def _name(field: str, from_env: bool) -> str:
+    # Errors name the variable the user actually set: the env var when it came from the environment.
+    return f"{ENV_VARS[field]} (Config.{field})" if from_env else f"Config.{field} ({ENV_VARS[field]})"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Limits, timings and hashing parameters of one table.
+
+    ``seed=None`` means "draw a random 64-bit seed for each table", as AIBrix does; the table's
+    ``config`` attribute then holds the seed it drew.
+    """
+
+    max_contexts: int = 1000
+    max_prefixes_per_context: int = 10000
+    eviction_interval_seconds: float = 60.0
+    eviction_duration_minutes: float = 20.0
+    block_size: int = 16
+    seed: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        _validate({f.name: getattr(self, f.name) for f in dataclasses.fields(self)}, from_env=False)
+
+    @classmethod
+    def from_env(cls, environ: Optional[Mapping[str, str]] = None, **overrides: Any) -> "Config":
+        """Read the AIBRIX_* variables; keyword arguments win over the environment."""
+        env = os.environ if environ is None else environ
+        unknown = set(overrides) - set(ENV_VARS)
+        if unknown:
+            raise TypeError(f"Config has no field(s) {', '.join(sorted(unknown))}")
+        values = {field: _parse_env(field, var, env[var])
+                  for field, var in ENV_VARS.items() if field not in overrides and var in env}
+        _validate(values, from_env=True)  # so that the error names the environment variable
+        values.update(overrides)
+        return cls(**values)
+
+    def with_seed(self) -> "Config":
+        """This config with a concrete seed (a random one when seed is None)."""
+        if self.seed is not None:
+            return self
+        return dataclasses.replace(self, seed=secrets.randbits(64))
+
+
+def _validate(values: Mapping[str, Any], from_env: bool) -> None:
+    for field, value in values.items():
+        if field in _INT_FIELDS:
+            if not _is_int(value) or value <= 0:
+                raise ValueError(f"{_name(field, from_env)} must be a positive integer, got {value!r}")
+        elif field in _FLOAT_FIELDS:
+            ok = (_is_int(value) or isinstance(value, float)) and math.isfinite(value) and value > 0
+            if not ok:
+                raise ValueError(f"{_name(field, from_env)} must be a positive number, got {value!r}")
+        elif value is not None and (not _is_int(value) or not 0 <= value < 2**64):
+            raise ValueError(f"{_name(field, from_env)} must be an integer in [0, 2**64), got {value!r}")
+
+
+def _parse_env(field: str, var: str, raw: str) -> Any:
+    text = raw.strip()
+    try:
+        return float(text) if field in _FLOAT_FIELDS else int(text, 10)
+    except ValueError:
+        kind = "a positive number" if field in _FLOAT_FIELDS else (
+            "an integer in [0, 2**64)" if field == "seed" else "a positive integer")
+        raise ValueError(f"{var} (Config.{field}) must be {kind}, got {raw!r}") from None

@@ -1,0 +1,396 @@
+"""The pure-Python backend: the reference implementation of SPEC.md.
+
+It is written to be obviously right rather than fast; the compiled backend (``_core.pyx``) must give
+identical results for identical calls, and the differential tests hold it to that. The rules that SPEC
+leaves open are decided in docs/decisions.md; the comments below point there as "D<n>".
+
+Structure (docs/architecture.md):
+    table._contexts: OrderedDict[(model, lora_id)] -> _Context, least recently used first
+    _Context.prefixes: prefix hash -> _Prefix(tick, pods)
+    _Context.pods:     pod name -> _PodState(engine: engine hash -> prefix hash, held: prefix hashes, last_seen)
+One lock per table guards all of it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import struct
+import threading
+import time
+from collections import OrderedDict
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import xxhash
+
+from ._config import Config
+from ._eviction import EvictionThread
+from ._events import (AllBlocksCleared, BlockRemoved, BlockStored, check_event_width, check_lora_id, check_str,
+                      hash_array, query_token_bytes, ready_set)
+
+__all__ = ["SyncPrefixHashTable", "prefix_hash_chain"]
+
+_pack_u64 = struct.Struct("<Q").pack
+_xxh64 = xxhash.xxh64_intdigest
+
+STAT_KEYS = (
+    "contexts", "prefixes", "entries", "pods",
+    "events_block_stored", "events_block_removed", "events_all_blocks_cleared",
+    "blocks_stored", "blocks_removed", "orphan_blocks", "matches",
+    "evicted_contexts", "evicted_pods", "evicted_prefixes",
+)
+_COUNTERS = STAT_KEYS[4:]
+
+
+def prefix_hash_chain(data: Any, block_bytes: int, seed: int, parent: int, n_blocks: int) -> List[int]:
+    """h[i] = XXH64(le_u64(h[i-1]) || block i, seed), h[-1] = parent (SPEC, prefix hash chain)."""
+    view = memoryview(data).cast("B")
+    out = []
+    h = parent
+    for i in range(n_blocks):
+        h = _xxh64(_pack_u64(h) + view[i * block_bytes:(i + 1) * block_bytes], seed)
+        out.append(h)
+    return out
+
+
+class _Prefix:
+    __slots__ = ("tick", "pods")
+
+    def __init__(self) -> None:
+        self.tick = 0
+        self.pods: set = set()
+
+
+class _PodState:
+    __slots__ = ("engine", "held", "last_seen")
+
+    def __init__(self, now: float) -> None:
+        # engine block hash -> prefix hash. May name prefixes the pod no longer holds (an alias whose
+        # entry was removed through another engine hash); such a hash counts as unknown (D3).
+        self.engine: Dict[int, int] = {}
+        self.held: set = set()
+        self.last_seen = now
+
+
+class _Context:
+    __slots__ = ("prefixes", "pods", "last_access", "next_tick")
+
+    def __init__(self, now: float) -> None:
+        self.prefixes: Dict[int, _Prefix] = {}
+        self.pods: Dict[str, _PodState] = {}
+        self.last_access = now
+        self.next_tick = 0
+
+
+class SyncPrefixHashTable:
+    """Context (model, LoRA) -> prefix hash -> pods, fed by KV-cache events and asked for prefix matches."""
+
+    def __init__(self, config: Optional[Config] = None, *, clock: Optional[Callable[[], float]] = None,
+                 background_eviction: bool = True, **overrides: Any) -> None:
+        if config is None:
+            config = Config.from_env(**overrides)
+        elif not isinstance(config, Config):
+            raise TypeError(f"config must be a prefixindex.Config, not {type(config).__name__}")
+        elif overrides:
+            config = dataclasses.replace(config, **overrides)
+        self.config: Config = config.with_seed()
+        self.seed: int = self.config.seed  # type: ignore[assignment]
+        self.block_size: int = self.config.block_size
+        self._block_bytes = 4 * self.block_size
+        self._max_contexts = self.config.max_contexts
+        self._max_prefixes = self.config.max_prefixes_per_context
+        self._stale_after = self.config.eviction_duration_minutes * 60.0
+        self._clock = time.monotonic if clock is None else clock
+        self._lock = threading.Lock()
+        self._contexts: "OrderedDict[Tuple[str, int], _Context]" = OrderedDict()
+        self._counters = dict.fromkeys(_COUNTERS, 0)
+        self._eviction: Optional[EvictionThread] = None
+        if background_eviction:
+            self._eviction = EvictionThread(self, self.config.eviction_interval_seconds)
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the background eviction thread (idempotent). The table stays usable."""
+        if self._eviction is not None:
+            self._eviction.stop()
+            self._eviction = None
+
+    def __enter__(self) -> "SyncPrefixHashTable":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    @property
+    def eviction_thread_alive(self) -> bool:
+        return self._eviction is not None and self._eviction.alive
+
+    # -- hashing -----------------------------------------------------------------------------------
+
+    def get_prefix_hashes(self, tokens: Any) -> np.ndarray:
+        data = query_token_bytes(tokens)
+        n = len(data) // self._block_bytes
+        return np.array(prefix_hash_chain(data, self._block_bytes, self.seed, self.seed, n), dtype=np.uint64)
+
+    # -- events ------------------------------------------------------------------------------------
+
+    def process_block_stored(self, event: BlockStored) -> None:
+        if not isinstance(event, BlockStored):
+            raise TypeError(f"process_block_stored takes a BlockStored, not {type(event).__name__}")
+        check_event_width(event, self.block_size)
+        key = (event.model_name, event.lora_id)
+        pod = event.source_pod
+        n = len(event.block_hashes)
+        with self._lock:
+            now = self._clock()
+            self._counters["events_block_stored"] += 1
+            ctx = self._contexts.get(key)
+            ps = ctx.pods.get(pod) if ctx is not None else None
+            if ps is not None:
+                ps.last_seen = now  # any event from a pod shows it is alive in this context (D6)
+            parent = self.seed
+            if event.parent_block_hash is not None:
+                known = ps.engine.get(event.parent_block_hash) if ps is not None else None
+                if known is None or known not in ps.held:  # type: ignore[union-attr]
+                    # SPEC 1: an unknown parent cannot be placed; neither can any block chained after it
+                    self._counters["orphan_blocks"] += n
+                    return
+                parent = known
+            if n == 0:
+                return
+            hashes = prefix_hash_chain(event.tokens, self._block_bytes, self.seed, parent, n)
+            ctx, ps = self._context_and_pod(key, pod, now)
+            self._place(ctx, ps, pod, hashes, event.block_hashes.tolist())
+            self._counters["blocks_stored"] += n
+
+    def process_block_removed(self, event: BlockRemoved) -> None:
+        if not isinstance(event, BlockRemoved):
+            raise TypeError(f"process_block_removed takes a BlockRemoved, not {type(event).__name__}")
+        key = (event.model_name, event.lora_id)
+        engine_hashes = event.block_hashes.tolist()
+        with self._lock:
+            now = self._clock()
+            self._counters["events_block_removed"] += 1
+            ctx = self._contexts.get(key)
+            if ctx is None:
+                return
+            if event.source_pod:
+                ps = ctx.pods.get(event.source_pod)
+                targets = [] if ps is None else [(event.source_pod, ps)]
+                if ps is not None:
+                    ps.last_seen = now
+            else:  # SPEC 2: an empty source_pod removes the blocks for every pod that reported them
+                targets = list(ctx.pods.items())
+            removed = 0
+            for pod, ps in targets:
+                for e in engine_hashes:
+                    p = ps.engine.pop(e, None)
+                    if p is not None and p in ps.held:
+                        self._drop_entry(ctx, p, pod, ps)
+                        removed += 1
+                if not ps.held:
+                    del ctx.pods[pod]
+            self._counters["blocks_removed"] += removed
+            self._drop_if_empty(key)
+
+    def process_all_blocks_cleared(self, event: AllBlocksCleared) -> None:
+        if not isinstance(event, AllBlocksCleared):
+            raise TypeError(f"process_all_blocks_cleared takes an AllBlocksCleared, not {type(event).__name__}")
+        with self._lock:
+            self._counters["events_all_blocks_cleared"] += 1
+            for key in [k for k in self._contexts if event.matches(*k)]:
+                self._drop_pod(self._contexts[key], event.source_pod)
+                self._drop_if_empty(key)
+
+    # -- direct prefix API (AIBrix's AddPrefix / RemovePrefix) ---------------------------------------
+
+    def add_prefix(self, model_name: str, lora_id: int, pod: str, prefix_hashes: Any) -> None:
+        """Record that ``pod`` holds these prefix hashes (as a router does after sending it a request)."""
+        key = (check_str(model_name, "model_name"), check_lora_id(lora_id))
+        check_str(pod, "pod")
+        hashes = hash_array(prefix_hashes, "prefix_hashes").tolist()
+        if not hashes:
+            return
+        with self._lock:
+            ctx, ps = self._context_and_pod(key, pod, self._clock())
+            self._place(ctx, ps, pod, hashes, None)
+
+    def remove_prefix(self, model_name: str, lora_id: int, pod: str) -> None:
+        """Forget every prefix ``pod`` holds in the context (AIBrix's RemovePrefix)."""
+        key = (check_str(model_name, "model_name"), check_lora_id(lora_id))
+        check_str(pod, "pod")
+        with self._lock:
+            if key in self._contexts:
+                self._drop_pod(self._contexts[key], pod)
+                self._drop_if_empty(key)
+
+    # -- queries -----------------------------------------------------------------------------------
+
+    def match_prefix(self, model_name: str, lora_id: int, tokens: Any,
+                     ready_pods: Any = None) -> Tuple[Dict[str, int], np.ndarray]:
+        """pod -> percent of the query's blocks it holds from block 0 on, and the query's prefix hashes."""
+        key, hashes, ready = self._query(model_name, lora_id, tokens, ready_pods)
+        matched = self._match(key, hashes, ready)
+        n = len(hashes)
+        return {pod: m * 100 // n for pod, m in matched.items()}, np.array(hashes, dtype=np.uint64)
+
+    def match_blocks(self, model_name: str, lora_id: int, tokens: Any, ready_pods: Any = None) -> Dict[str, int]:
+        """pod -> number of the query's blocks it holds from block 0 on."""
+        key, hashes, ready = self._query(model_name, lora_id, tokens, ready_pods)
+        return self._match(key, hashes, ready)
+
+    def _query(self, model_name: Any, lora_id: Any, tokens: Any, ready_pods: Any):
+        key = (check_str(model_name, "model_name"), check_lora_id(lora_id))
+        data = query_token_bytes(tokens)
+        ready = ready_set(ready_pods)
+        n = len(data) // self._block_bytes
+        return key, prefix_hash_chain(data, self._block_bytes, self.seed, self.seed, n), ready
+
+    def _match(self, key: Tuple[str, int], hashes: List[int], ready: Optional[frozenset]) -> Dict[str, int]:
+        with self._lock:
+            self._counters["matches"] += 1
+            ctx = self._contexts.get(key)
+            if ctx is None:
+                return {}
+            ctx.last_access = self._clock()
+            self._contexts.move_to_end(key)
+            result: Dict[str, int] = {}
+            alive: set = set()
+            depth = 0
+            for i, p in enumerate(hashes):
+                entry = ctx.prefixes.get(p)
+                holders = entry.pods if entry is not None else ()
+                if i == 0:
+                    alive = set(holders) if ready is None else ready.intersection(holders)
+                else:
+                    for pod in [q for q in alive if q not in holders]:
+                        result[pod] = i  # SPEC 4: a pod's match ends at its first missing block
+                        alive.discard(pod)
+                if not alive:
+                    break
+                depth = i + 1
+            for pod in alive:
+                result[pod] = depth
+            # The matched blocks were used just now; block 0 gets the newest tick (D4).
+            tick = ctx.next_tick
+            ctx.next_tick += depth
+            for i in range(depth):
+                ctx.prefixes[hashes[i]].tick = tick + depth - 1 - i
+            return result
+
+    # -- maintenance -------------------------------------------------------------------------------
+
+    def evict_now(self) -> Dict[str, int]:
+        """Run the staleness pass of SPEC 6 now; returns what it evicted."""
+        with self._lock:
+            now = self._clock()
+            contexts = pods = 0
+            for key in list(self._contexts):
+                ctx = self._contexts[key]
+                if now - ctx.last_access > self._stale_after:
+                    del self._contexts[key]
+                    contexts += 1
+                    continue
+                for pod in [name for name, ps in ctx.pods.items() if now - ps.last_seen > self._stale_after]:
+                    self._drop_pod(ctx, pod)
+                    pods += 1
+                self._drop_if_empty(key)
+            self._counters["evicted_contexts"] += contexts
+            self._counters["evicted_pods"] += pods
+            return {"contexts": contexts, "pods": pods}
+
+    def stats(self) -> Dict[str, int]:
+        with self._lock:
+            pods: set = set()
+            prefixes = entries = 0
+            for ctx in self._contexts.values():
+                prefixes += len(ctx.prefixes)
+                pods.update(ctx.pods)
+                entries += sum(len(ps.held) for ps in ctx.pods.values())
+            out = {"contexts": len(self._contexts), "prefixes": prefixes, "entries": entries, "pods": len(pods)}
+            out.update(self._counters)
+            return out
+
+    def snapshot(self) -> Dict[Tuple[str, int], Dict[int, frozenset]]:
+        """Everything the index holds: {(model, lora_id): {prefix hash: frozenset(pods)}}."""
+        with self._lock:
+            return {key: {p: frozenset(e.pods) for p, e in ctx.prefixes.items()}
+                    for key, ctx in self._contexts.items()}
+
+    # -- internals (caller holds the lock) ---------------------------------------------------------
+
+    def _context_and_pod(self, key: Tuple[str, int], pod: str, now: float) -> Tuple[_Context, _PodState]:
+        ctx = self._contexts.get(key)
+        if ctx is None:
+            if len(self._contexts) >= self._max_contexts:
+                self._contexts.popitem(last=False)  # SPEC 5: the least recently used context goes at once
+                self._counters["evicted_contexts"] += 1
+            ctx = self._contexts[key] = _Context(now)
+        else:
+            self._contexts.move_to_end(key)
+            ctx.last_access = now
+        ps = ctx.pods.get(pod)
+        if ps is None:
+            ps = ctx.pods[pod] = _PodState(now)
+        ps.last_seen = now
+        return ctx, ps
+
+    def _place(self, ctx: _Context, ps: _PodState, pod: str, hashes: List[int],
+               engine_hashes: Optional[List[int]]) -> None:
+        n = len(hashes)
+        tick = ctx.next_tick
+        ctx.next_tick += n
+        for i, p in enumerate(hashes):
+            if engine_hashes is not None:
+                e = engine_hashes[i]
+                old = ps.engine.get(e)
+                if old is not None and old != p and old in ps.held:
+                    self._drop_entry(ctx, old, pod, ps)  # a known engine hash with new content: replace (D3)
+                ps.engine[e] = p
+            entry = ctx.prefixes.get(p)
+            if entry is None:
+                entry = ctx.prefixes[p] = _Prefix()
+            if pod not in entry.pods:
+                entry.pods.add(pod)
+                ps.held.add(p)
+            entry.tick = tick + n - 1 - i  # block 0 newest, so a trim drops the tails of chains first (D4)
+        if len(ctx.prefixes) > self._max_prefixes:
+            self._trim(ctx)
+
+    def _trim(self, ctx: _Context) -> None:
+        # SPEC 5: never above the bound; trim in a batch to 3/4 of it so that trims stay rare (D4).
+        target = self._max_prefixes - self._max_prefixes // 4
+        victims = heapq.nsmallest(len(ctx.prefixes) - target, ctx.prefixes.items(), key=lambda kv: kv[1].tick)
+        for p, entry in victims:
+            for pod in entry.pods:
+                ctx.pods[pod].held.discard(p)
+            del ctx.prefixes[p]
+        self._counters["evicted_prefixes"] += len(victims)
+        for pod in list(ctx.pods):
+            ps = ctx.pods[pod]
+            if not ps.held:
+                del ctx.pods[pod]
+            elif len(ps.engine) > len(ps.held):
+                ps.engine = {e: p for e, p in ps.engine.items() if p in ps.held}
+
+    def _drop_entry(self, ctx: _Context, p: int, pod: str, ps: _PodState) -> None:
+        entry = ctx.prefixes[p]
+        entry.pods.discard(pod)
+        ps.held.discard(p)
+        if not entry.pods:
+            del ctx.prefixes[p]
+
+    def _drop_pod(self, ctx: _Context, pod: str) -> None:
+        ps = ctx.pods.pop(pod, None)
+        if ps is not None:
+            for p in ps.held:
+                entry = ctx.prefixes[p]
+                entry.pods.discard(pod)
+                if not entry.pods:
+                    del ctx.prefixes[p]
+
+    def _drop_if_empty(self, key: Tuple[str, int]) -> None:
+        if not self._contexts[key].prefixes:  # a context lives while it holds something (D2)
+            del self._contexts[key]

@@ -1,0 +1,312 @@
+"""KV-cache events and the normalisation of every input, shared by both backends.
+
+Everything a caller hands the index passes through here first, so both backends see the same
+canonical arrays and raise the same errors with the same messages. Validation is complete before
+an event object exists: a table never sees a half-checked event, and a rejected input changes nothing.
+
+Canonical forms:
+- engine block hashes and prefix hashes: a 1-D C-contiguous ``numpy.uint64`` array;
+- token bytes of an event: a 2-D C-contiguous ``numpy.uint8`` array, one row per block;
+- token bytes of a query: a 1-D C-contiguous ``numpy.uint8`` array (or the caller's ``bytes``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Optional
+
+import numpy as np
+
+__all__ = [
+    "AllBlocksCleared",
+    "BlockRemoved",
+    "BlockStored",
+    "encode_tokens",
+]
+
+_U64_MASK = (1 << 64) - 1
+_I64_MIN = -(1 << 63)
+_I64_MAX = (1 << 63) - 1
+_TOKEN_LIMIT = 1 << 32
+_BYTES_LIKE = (bytes, bytearray, memoryview)
+
+
+def _type_name(value: Any) -> str:
+    return type(value).__name__
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+# ---------------------------------------------------------------------------------------------------
+# scalars
+
+
+def check_str(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a str, not {_type_name(value)}")
+    return value
+
+
+def check_lora_id(value: Any, what: str = "lora_id") -> int:
+    if not _is_int(value):
+        raise TypeError(f"{what} must be an int (-1 for no adapter), not {_type_name(value)}")
+    value = int(value)
+    if not _I64_MIN <= value <= _I64_MAX:
+        raise ValueError(f"{what} must fit in a signed 64-bit integer, got {value}")
+    return value
+
+
+def to_u64(value: Any, what: str) -> int:
+    """An engine or prefix hash: any int in [-2**63, 2**64), taken modulo 2**64."""
+    if not _is_int(value):
+        raise TypeError(f"{what} must be an int, not {_type_name(value)}")
+    value = int(value)
+    if not _I64_MIN <= value <= _U64_MASK:
+        raise ValueError(f"{what} must be in [-2**63, 2**64), got {value}")
+    return value & _U64_MASK
+
+
+def hash_array(values: Any, what: str) -> np.ndarray:
+    """A sequence or integer array of hashes as a read-only 1-D uint64 array (values modulo 2**64)."""
+    if isinstance(values, np.ndarray):
+        if values.ndim != 1:
+            raise ValueError(f"{what} must be one-dimensional, got an array of shape {values.shape}")
+        kind = values.dtype.kind
+        if kind == "u" or kind == "i":
+            # int64 -> uint64 wraps negatives modulo 2**64, which is the rule for hashes
+            out = np.ascontiguousarray(values, dtype=np.uint64) if kind == "u" else \
+                np.ascontiguousarray(values.astype(np.int64, copy=False)).view(np.uint64)
+        elif kind == "O":
+            out = _hash_list(values.tolist(), what)
+        else:
+            raise TypeError(f"{what} must hold ints, got an array of dtype {values.dtype}")
+    elif isinstance(values, (str,) + _BYTES_LIKE) or not isinstance(values, Iterable):
+        raise TypeError(f"{what} must be a sequence of ints, not {_type_name(values)}")
+    else:
+        out = _hash_list(values if isinstance(values, list) else list(values), what)
+    return out
+
+
+def _hash_list(values: list, what: str) -> np.ndarray:
+    if all(type(v) is int for v in values):
+        try:  # fast path: every value already in [0, 2**64)
+            return np.array(values, dtype=np.uint64)
+        except OverflowError:
+            pass
+    return np.array([to_u64(v, f"{what}[{i}]") for i, v in enumerate(values)], dtype=np.uint64)
+
+
+# ---------------------------------------------------------------------------------------------------
+# tokens
+
+
+def _token_ids_to_bytes(ids: np.ndarray, what: str) -> np.ndarray:
+    """An integer array of token ids as flat big-endian 4-byte token bytes (uint8)."""
+    kind = ids.dtype.kind
+    if kind not in "iu":
+        raise TypeError(f"{what} must be token ids (ints) or token bytes (uint8), "
+                        f"got an array of dtype {ids.dtype}")
+    if ids.size and (kind == "i" or ids.dtype.itemsize > 4):
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < 0 or hi >= _TOKEN_LIMIT:
+            bad = lo if lo < 0 else hi
+            raise ValueError(f"{what}: token ids must be in [0, 2**32), got {bad}")
+    return np.ascontiguousarray(ids.reshape(-1), dtype=">u4").view(np.uint8)
+
+
+def _list_to_ids(values: list, what: str) -> np.ndarray:
+    for i, v in enumerate(values):
+        if not _is_int(v):
+            raise TypeError(f"{what}: token ids must be ints, got {_type_name(v)} at index {i}")
+    try:
+        return np.array(values, dtype=np.int64)
+    except OverflowError:
+        big = next(v for v in values if not _I64_MIN <= int(v) <= _I64_MAX)
+        raise ValueError(f"{what}: token ids must be in [0, 2**32), got {int(big)}") from None
+
+
+def encode_tokens(token_ids: Any) -> np.ndarray:
+    """Token ids as token bytes: each id as 4 bytes, unsigned big-endian (SPEC, Terms).
+
+    Accepts a list of ints or a 1-D integer array (any dtype, byte order or strides).
+    """
+    if isinstance(token_ids, np.ndarray):
+        if token_ids.ndim != 1:
+            raise ValueError(f"token ids must be one-dimensional, got an array of shape {token_ids.shape}")
+        return _token_ids_to_bytes(token_ids, "token ids")
+    if isinstance(token_ids, (str,) + _BYTES_LIKE) or not isinstance(token_ids, Iterable):
+        raise TypeError(f"token ids must be a list of ints or an integer array, not {_type_name(token_ids)}")
+    return _token_ids_to_bytes(_list_to_ids(list(token_ids), "token ids"), "token ids")
+
+
+def query_token_bytes(tokens: Any) -> Any:
+    """The token bytes of a query: ``bytes`` as given, else a 1-D C-contiguous uint8 array.
+
+    bytes-like or a 1-D uint8 array are token bytes; any other 1-D integer array or a list of ints
+    are token ids (SPEC, Public API).
+    """
+    if type(tokens) is bytes:
+        return tokens
+    if isinstance(tokens, np.ndarray):
+        if tokens.ndim != 1:
+            raise ValueError(f"tokens must be one-dimensional, got an array of shape {tokens.shape}")
+        if tokens.dtype == np.uint8:
+            return np.ascontiguousarray(tokens)
+        return _token_ids_to_bytes(tokens, "tokens")
+    if isinstance(tokens, _BYTES_LIKE):
+        arr = np.frombuffer(tokens, dtype=np.uint8) if not isinstance(tokens, memoryview) \
+            else np.asarray(tokens)
+        return query_token_bytes(arr) if arr.dtype != np.uint8 or arr.ndim != 1 else np.ascontiguousarray(arr)
+    if isinstance(tokens, str) or not isinstance(tokens, Iterable):
+        raise TypeError(f"tokens must be token bytes or token ids, not {_type_name(tokens)}")
+    return _token_ids_to_bytes(_list_to_ids(list(tokens), "tokens"), "tokens")
+
+
+def event_token_bytes(tokens: Any, n_blocks: int) -> np.ndarray:
+    """The tokens of a BlockStored as a 2-D (n_blocks, bytes_per_block) C-contiguous uint8 array."""
+    if isinstance(tokens, np.ndarray):
+        if tokens.dtype == np.uint8:
+            if tokens.ndim == 2:
+                if tokens.shape[0] != n_blocks:
+                    raise ValueError(f"tokens has {tokens.shape[0]} rows (blocks) but the event has "
+                                     f"{n_blocks} block hashes")
+                return np.ascontiguousarray(tokens)
+            if tokens.ndim == 1:
+                return _split_blocks(np.ascontiguousarray(tokens), n_blocks, 1)
+            raise ValueError(f"tokens must be a 1-D or 2-D array, got shape {tokens.shape}")
+        if tokens.ndim > 2:
+            raise ValueError(f"tokens must be a 1-D or 2-D array, got shape {tokens.shape}")
+        return _split_blocks(_token_ids_to_bytes(tokens, "tokens"), n_blocks, 4)
+    if isinstance(tokens, _BYTES_LIKE):
+        return _split_blocks(query_token_bytes(tokens), n_blocks, 1)
+    if isinstance(tokens, str) or not isinstance(tokens, Iterable):
+        raise TypeError(f"tokens must be token bytes or token ids, not {_type_name(tokens)}")
+    items = tokens if isinstance(tokens, list) else list(tokens)
+    if not items or all(_is_int(v) for v in items):  # a flat list of token ids
+        return _split_blocks(_token_ids_to_bytes(_list_to_ids(items, "tokens"), "tokens"), n_blocks, 4)
+    # a sequence of blocks, each token bytes or token ids
+    if len(items) != n_blocks:
+        raise ValueError(f"tokens holds {len(items)} blocks but the event has {n_blocks} block hashes")
+    blocks = []
+    for i, block in enumerate(items):
+        if _is_int(block) or isinstance(block, (str, bool, float)) or not (
+                isinstance(block, (np.ndarray,) + _BYTES_LIKE) or isinstance(block, Iterable)):
+            raise TypeError(f"tokens[{i}] must be a block of token bytes or token ids, "
+                            f"not {_type_name(block)}")
+        if isinstance(block, np.ndarray) and block.ndim != 1:
+            raise ValueError(f"tokens[{i}] must be one-dimensional, got an array of shape {block.shape}")
+        blocks.append(query_token_bytes(block))
+    widths = {len(b) for b in blocks}
+    if len(widths) != 1:
+        raise ValueError(f"the blocks in tokens differ in length: {sorted(widths)} token bytes")
+    return np.frombuffer(b"".join(bytes(b) for b in blocks), dtype=np.uint8).reshape(n_blocks, -1)
+
+
+def _split_blocks(flat: Any, n_blocks: int, unit: int) -> np.ndarray:
+    """Flat token bytes cut into n_blocks equal rows; unit is 4 for token ids, 1 for token bytes."""
+    flat = np.frombuffer(flat, dtype=np.uint8) if isinstance(flat, bytes) else flat
+    what = "tokens" if unit == 4 else "token bytes"
+    if n_blocks == 0:
+        if len(flat):
+            raise ValueError(f"the event has no block hashes but {len(flat) // unit} {what}")
+        return flat.reshape(0, 0)
+    if len(flat) % n_blocks:
+        raise ValueError(f"{len(flat) // unit} {what} do not divide into {n_blocks} equal blocks")
+    return flat.reshape(n_blocks, -1)
+
+
+# ---------------------------------------------------------------------------------------------------
+# events
+
+
+class BlockStored:
+    """A pod stored ``len(block_hashes)`` chained blocks in its KV cache (SPEC, Semantics 1).
+
+    ``tokens`` holds the tokens of all blocks: a 2-D uint8 array ``(n_blocks, 4 * block_size)``, a
+    sequence of per-block token bytes or token ids, flat token bytes (bytes-like or a 1-D uint8 array),
+    or token ids (a flat or 2-D integer array, or a list of ints). The table checks that each block holds
+    exactly its ``block_size`` tokens.
+    """
+
+    __slots__ = ("block_hashes", "tokens", "model_name", "lora_id", "source_pod", "parent_block_hash")
+
+    def __init__(self, block_hashes: Any, tokens: Any, model_name: str, lora_id: int = -1,
+                 source_pod: str = "", parent_block_hash: Optional[int] = None) -> None:
+        self.block_hashes = hash_array(block_hashes, "block_hashes")
+        self.model_name = check_str(model_name, "model_name")
+        self.lora_id = check_lora_id(lora_id)
+        self.source_pod = check_str(source_pod, "source_pod")
+        self.parent_block_hash = (None if parent_block_hash is None
+                                  else to_u64(parent_block_hash, "parent_block_hash"))
+        self.tokens = event_token_bytes(tokens, len(self.block_hashes))
+
+    @property
+    def n_blocks(self) -> int:
+        return len(self.block_hashes)
+
+    def __repr__(self) -> str:
+        return (f"BlockStored(n_blocks={len(self.block_hashes)}, bytes_per_block={self.tokens.shape[1]}, "
+                f"model_name={self.model_name!r}, lora_id={self.lora_id}, source_pod={self.source_pod!r}, "
+                f"parent_block_hash={self.parent_block_hash})")
+
+
+class BlockRemoved:
+    """A pod removed blocks; an empty ``source_pod`` means every pod of the context (SPEC 2)."""
+
+    __slots__ = ("block_hashes", "model_name", "lora_id", "source_pod")
+
+    def __init__(self, block_hashes: Any, model_name: str, lora_id: int = -1, source_pod: str = "") -> None:
+        self.block_hashes = hash_array(block_hashes, "block_hashes")
+        self.model_name = check_str(model_name, "model_name")
+        self.lora_id = check_lora_id(lora_id)
+        self.source_pod = check_str(source_pod, "source_pod")
+
+    def __repr__(self) -> str:
+        return (f"BlockRemoved(n_blocks={len(self.block_hashes)}, model_name={self.model_name!r}, "
+                f"lora_id={self.lora_id}, source_pod={self.source_pod!r})")
+
+
+class AllBlocksCleared:
+    """A pod dropped its whole cache: in one context, or (``None``) in every matching context (SPEC 3).
+
+    ``model_name`` and ``lora_id`` are filters: ``None`` matches any value, so
+    ``AllBlocksCleared("pod")`` clears every context and ``AllBlocksCleared("pod", "m")`` every LoRA of m.
+    """
+
+    __slots__ = ("source_pod", "model_name", "lora_id")
+
+    def __init__(self, source_pod: str, model_name: Optional[str] = None, lora_id: Optional[int] = None) -> None:
+        self.source_pod = check_str(source_pod, "source_pod")
+        self.model_name = None if model_name is None else check_str(model_name, "model_name")
+        self.lora_id = None if lora_id is None else check_lora_id(lora_id)
+
+    def matches(self, model_name: str, lora_id: int) -> bool:
+        return ((self.model_name is None or self.model_name == model_name)
+                and (self.lora_id is None or self.lora_id == lora_id))
+
+    def __repr__(self) -> str:
+        return (f"AllBlocksCleared(source_pod={self.source_pod!r}, model_name={self.model_name!r}, "
+                f"lora_id={self.lora_id})")
+
+
+def check_event_width(event: BlockStored, block_size: int) -> None:
+    """Each block must hold exactly block_size tokens (SPEC 1)."""
+    width = event.tokens.shape[1]
+    if len(event.block_hashes) and width != 4 * block_size:
+        have = f"{width // 4} tokens" if width % 4 == 0 else f"{width} token bytes"
+        raise ValueError(f"each block must hold block_size={block_size} tokens ({4 * block_size} token "
+                         f"bytes), but this event's blocks hold {have}")
+
+
+def ready_set(ready_pods: Any) -> Optional[frozenset]:
+    """``None`` (every pod) or the frozenset of ready pod names."""
+    if ready_pods is None:
+        return None
+    if isinstance(ready_pods, (str,) + _BYTES_LIKE) or not isinstance(ready_pods, Iterable):
+        raise TypeError(f"ready_pods must be an iterable of pod names or None, not {_type_name(ready_pods)}")
+    pods = frozenset(ready_pods)
+    for pod in pods:
+        if not isinstance(pod, str):
+            raise TypeError(f"ready_pods must hold pod names (str), got {_type_name(pod)}")
+    return pods

@@ -1,0 +1,49 @@
+"""Builds the compiled core, prefixindex._core (Cython + C++).
+
+PREFIXINDEX_NO_EXTENSIONS=1 skips it (the pure-Python backend then runs). Otherwise a failed build is
+an error, never a silent fallback to the slow backend.
+"""
+
+import hashlib
+import os
+
+from setuptools import Extension, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CORE_SOURCES = ["prefixindex/_core.pyx", "prefixindex/_core.pxd", "prefixindex/_xxh64.h"]
+
+
+def source_hash() -> str:
+    # Compiled into the module so that the tests can refuse a stale in-place build (tests/conftest.py).
+    digest = hashlib.sha256()
+    for name in CORE_SOURCES:
+        with open(os.path.join(HERE, name), "rb") as f:
+            digest.update(f.read())
+    return digest.hexdigest()[:16]
+
+
+def extensions():
+    if os.environ.get("PREFIXINDEX_NO_EXTENSIONS", "") not in ("", "0"):
+        return []
+    from Cython.Build import cythonize
+
+    core = Extension(
+        "prefixindex._core",
+        ["prefixindex/_core.pyx"],
+        language="c++",
+        extra_compile_args=["-O3", "-std=c++17", "-fno-strict-aliasing"],
+        define_macros=[("PREFIXINDEX_SOURCE_HASH", f'"{source_hash()}"')],
+    )
+    return cythonize(
+        [core],
+        compiler_directives={
+            "language_level": 3,
+            "boundscheck": False,
+            "wraparound": False,
+            "cdivision": True,
+            "initializedcheck": False,
+        },
+    )
+
+
+setup(ext_modules=extensions())

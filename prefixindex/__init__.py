@@ -1,7 +1,8 @@
 """prefixindex: which serving pod already holds the longest prefix of a prompt in its KV cache.
 
 The table is compiled (Cython + C++) when the extension imports, and pure Python otherwise;
-``BACKEND`` says which runs. ``PREFIXINDEX_NO_EXTENSIONS=1`` forces the pure-Python backend.
+``BACKEND`` says which runs. ``PREFIXINDEX_NO_EXTENSIONS=1`` forces the pure-Python backend, and
+``PREFIXINDEX_REQUIRE_EXTENSIONS=1`` makes a missing extension an ImportError instead of a fallback.
 """
 
 import os
@@ -11,18 +12,23 @@ from ._events import AllBlocksCleared, BlockRemoved, BlockStored, encode_tokens
 
 __version__ = "0.1.0"
 
-if os.environ.get("PREFIXINDEX_NO_EXTENSIONS", "") not in ("", "0"):
-    from ._core_py import SyncPrefixHashTable
-    BACKEND = "python"
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "") not in ("", "0")
+
+
+if _flag("PREFIXINDEX_NO_EXTENSIONS"):
+    from . import _core_py as _impl
 else:
     try:
-        from ._core import SyncPrefixHashTable
-        BACKEND = "cython"
+        from . import _core as _impl
     except ImportError:
-        if os.environ.get("PREFIXINDEX_REQUIRE_EXTENSIONS", "") not in ("", "0"):
+        if _flag("PREFIXINDEX_REQUIRE_EXTENSIONS"):
             raise
-        from ._core_py import SyncPrefixHashTable
-        BACKEND = "python"
+        from . import _core_py as _impl
+
+BACKEND: str = _impl.BACKEND
+SyncPrefixHashTable = _impl.SyncPrefixHashTable
 
 __all__ = [
     "AllBlocksCleared",

@@ -27,9 +27,11 @@ import xxhash
 from ._config import Config
 from ._eviction import EvictionThread
 from ._events import (AllBlocksCleared, BlockRemoved, BlockStored, check_event_width, check_lora_id, check_str,
-                      hash_array, query_token_bytes, ready_set)
+                      encode_tokens, hash_array, query_token_bytes, ready_set)
 
-__all__ = ["SyncPrefixHashTable", "prefix_hash_chain"]
+__all__ = ["BACKEND", "SyncPrefixHashTable", "prefix_hash_chain", "token_bytes_from_msgpack"]
+
+BACKEND = "python"
 
 _pack_u64 = struct.Struct("<Q").pack
 _xxh64 = xxhash.xxh64_intdigest
@@ -52,6 +54,23 @@ def prefix_hash_chain(data: Any, block_bytes: int, seed: int, parent: int, n_blo
         h = _xxh64(_pack_u64(h) + view[i * block_bytes:(i + 1) * block_bytes], seed)
         out.append(h)
     return out
+
+
+def token_bytes_from_msgpack(raw: Any) -> np.ndarray:
+    """A msgpack-encoded array of token ids (as vLLM sends ``token_ids``) as flat token bytes.
+
+    The compiled backend parses the msgpack bytes without making a Python object per token; this one
+    decodes them with msgspec. Malformed input is a ValueError, a non-integer element a TypeError.
+    """
+    import msgspec  # optional dependency: only the vLLM subscriber calls this
+
+    try:
+        ids = msgspec.msgpack.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise ValueError(f"token_ids is not valid msgpack: {exc}") from None
+    if not isinstance(ids, list):
+        raise TypeError(f"token_ids must be a msgpack array, not {type(ids).__name__}")
+    return encode_tokens(ids)
 
 
 class _Prefix:

@@ -10,7 +10,7 @@ import os
 from setuptools import Extension, setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-CORE_SOURCES = ["prefixindex/_core.pyx", "prefixindex/_core.pxd", "prefixindex/_xxh64.h"]
+CORE_SOURCES = ["prefixindex/_core.pyx", "prefixindex/_core.pxd", "prefixindex/_native.h"]
 
 
 def source_hash() -> str:
@@ -25,14 +25,17 @@ def source_hash() -> str:
 def extensions():
     if os.environ.get("PREFIXINDEX_NO_EXTENSIONS", "") not in ("", "0"):
         return []
+    import numpy
     from Cython.Build import cythonize
 
     core = Extension(
         "prefixindex._core",
         ["prefixindex/_core.pyx"],
         language="c++",
+        include_dirs=[numpy.get_include(), "prefixindex"],
         extra_compile_args=["-O3", "-std=c++17", "-fno-strict-aliasing"],
-        define_macros=[("PREFIXINDEX_SOURCE_HASH", f'"{source_hash()}"')],
+        define_macros=[("PREFIXINDEX_SOURCE_HASH", f'"{source_hash()}"'),
+                       ("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     )
     return cythonize(
         [core],

@@ -282,7 +282,7 @@ class SyncPrefixHashTable:
                 entry = ctx.prefixes.get(p)
                 holders = entry.pods if entry is not None else ()
                 if i == 0:
-                    alive = set(holders) if ready is None else ready.intersection(holders)
+                    alive = set(holders) if ready is None else set(ready.intersection(holders))
                 else:
                     for pod in [q for q in alive if q not in holders]:
                         result[pod] = i  # SPEC 4: a pod's match ends at its first missing block
@@ -331,6 +331,11 @@ class SyncPrefixHashTable:
             out = {"contexts": len(self._contexts), "prefixes": prefixes, "entries": entries, "pods": len(pods)}
             out.update(self._counters)
             return out
+
+    def _debug_set_next_tick(self, model_name: str, lora_id: int, value: int) -> None:
+        """Tests only: move a context's tick counter (the compiled core renumbers its 32-bit ticks)."""
+        with self._lock:
+            self._contexts[(model_name, lora_id)].next_tick = value
 
     def snapshot(self) -> Dict[Tuple[str, int], Dict[int, frozenset]]:
         """Everything the index holds: {(model, lora_id): {prefix hash: frozenset(pods)}}."""
@@ -391,7 +396,7 @@ class SyncPrefixHashTable:
             ps = ctx.pods[pod]
             if not ps.held:
                 del ctx.pods[pod]
-            elif len(ps.engine) > len(ps.held):
+            else:
                 ps.engine = {e: p for e, p in ps.engine.items() if p in ps.held}
 
     def _drop_entry(self, ctx: _Context, p: int, pod: str, ps: _PodState) -> None:

@@ -34,7 +34,7 @@ def _load_compiled():
         if _flag("PREFIXINDEX_REQUIRE_EXTENSIONS"):
             raise
         return None
-    sources = [PKG / "_core.pyx", PKG / "_core.pxd", PKG / "_xxh64.h"]
+    sources = [PKG / "_core.pyx", PKG / "_core.pxd", PKG / "_native.h"]
     if all(p.exists() for p in sources):
         digest = hashlib.sha256()
         for p in sources:
@@ -42,7 +42,7 @@ def _load_compiled():
         if core.SOURCE_HASH != digest.hexdigest()[:16]:
             raise RuntimeError(
                 f"prefixindex._core ({core.__file__}) was built from other sources than the checked-out "
-                "_core.pyx/_core.pxd/_xxh64.h: rebuild it (pip install -e . or "
+                "_core.pyx/_core.pxd/_native.h: rebuild it (pip install -e . or "
                 "python setup.py build_ext --inplace)")
     return core
 

@@ -1,0 +1,224 @@
+// C++ pieces of the compiled core that Cython cannot express: the node pool and its allocator, the
+// map types built on them, the per-context structures, relaxed atomics and the monotonic clock.
+// All index logic lives in _core.pyx; this header only holds types.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <ctime>
+#include <functional>
+#include <new>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include <Python.h>
+
+namespace pi {
+
+// The five primes of the XXH64 specification (the hash itself is in _core.pxd).
+static const uint64_t XXH_P1 = 0x9E3779B185EBCA87ULL;
+static const uint64_t XXH_P2 = 0xC2B2AE3D27D4EB4FULL;
+static const uint64_t XXH_P3 = 0x165667B19E3779F9ULL;
+static const uint64_t XXH_P4 = 0x85EBCA77C2B2AE63ULL;
+static const uint64_t XXH_P5 = 0x27D4EB2F165667C5ULL;
+
+// A free-list pool of equal-sized nodes, one per table. Every unordered_map node of the index (both
+// maps use 24-byte nodes) comes from here: glibc would round a 24-byte request up to a 32-byte chunk,
+// which alone would cost 16 bytes per stored block. Only used under the table's exclusive lock.
+// When the last node is freed, the slabs go back to the system.
+class NodePool {
+ public:
+  explicit NodePool(size_t node_size) : node_size_(node_size < sizeof(void*) ? sizeof(void*) : node_size) {}
+  NodePool(const NodePool&) = delete;
+  NodePool& operator=(const NodePool&) = delete;
+  ~NodePool() { release_all(); }
+
+  size_t node_size() const { return node_size_; }
+  size_t live() const { return live_; }
+  size_t reserved_bytes() const { return slabs_.size() * kSlabNodes * node_size_; }
+
+  void* alloc() {
+    if (free_ == nullptr) grow();
+    void* node = free_;
+    free_ = *static_cast<void**>(node);
+    ++live_;
+    return node;
+  }
+
+  void release(void* node) {
+    *static_cast<void**>(node) = free_;
+    free_ = node;
+    if (--live_ == 0) release_all();
+  }
+
+ private:
+  static constexpr size_t kSlabNodes = 4096;
+
+  void grow() {
+    char* slab = static_cast<char*>(std::malloc(kSlabNodes * node_size_));
+    if (slab == nullptr) throw std::bad_alloc();
+    slabs_.push_back(slab);
+    for (size_t i = kSlabNodes; i-- > 0;) {
+      void* node = slab + i * node_size_;
+      *static_cast<void**>(node) = free_;
+      free_ = node;
+    }
+  }
+
+  void release_all() {
+    for (char* slab : slabs_) std::free(slab);
+    slabs_.clear();
+    slabs_.shrink_to_fit();
+    free_ = nullptr;
+  }
+
+  size_t node_size_;
+  size_t live_ = 0;
+  void* free_ = nullptr;
+  std::vector<char*> slabs_;
+};
+
+// Single nodes come from the pool; bucket arrays and anything larger from operator new.
+template <class T>
+struct PoolAllocator {
+  using value_type = T;
+  NodePool* pool;
+
+  explicit PoolAllocator(NodePool* p) noexcept : pool(p) {}
+  template <class U>
+  PoolAllocator(const PoolAllocator<U>& other) noexcept : pool(other.pool) {}
+
+  T* allocate(size_t n) {
+    if (n == 1 && sizeof(T) <= pool->node_size()) return static_cast<T*>(pool->alloc());
+    return static_cast<T*>(::operator new(n * sizeof(T)));
+  }
+  void deallocate(T* p, size_t n) noexcept {
+    if (n == 1 && sizeof(T) <= pool->node_size()) {
+      pool->release(p);
+    } else {
+      ::operator delete(p);
+    }
+  }
+  template <class U>
+  bool operator==(const PoolAllocator<U>& o) const noexcept { return pool == o.pool; }
+  template <class U>
+  bool operator!=(const PoolAllocator<U>& o) const noexcept { return pool != o.pool; }
+};
+
+// One prefix of a context: its recency tick and its pods. `pods` is a pod id, or (kMulti | i) for the
+// sorted pod list ctx.multi[i] when several pods hold the prefix. 32-bit ticks keep the node at 24
+// bytes; a context renumbers its ticks (keeping their order) before they could overflow.
+struct Entry {
+  uint32_t tick;
+  uint32_t pods;
+};
+static const uint32_t kMulti = 0x80000000u;
+
+template <class V>
+using U64Map = std::unordered_map<uint64_t, V, std::hash<uint64_t>, std::equal_to<uint64_t>,
+                                  PoolAllocator<std::pair<const uint64_t, V>>>;
+using PrefixMap = U64Map<Entry>;      // prefix hash -> entry
+using EngineMap = U64Map<uint64_t>;   // engine block hash -> prefix hash
+
+// The largest node of the two maps: libstdc++ stores no hash code for std::hash<uint64_t>, so a node
+// is the next pointer plus the key/value pair.
+static const size_t kNodeSize = sizeof(void*) + sizeof(std::pair<const uint64_t, uint64_t>);
+
+struct PodState {
+  EngineMap engine;
+  uint32_t held = 0;       // entries (prefixes) this pod holds in the context
+  double last_seen = 0.0;  // last accepted event from the pod in this context (D6)
+
+  explicit PodState(NodePool* pool, float load_factor)
+      : engine(0, std::hash<uint64_t>(), std::equal_to<uint64_t>(), PoolAllocator<std::pair<const uint64_t, uint64_t>>(pool)) {
+    engine.max_load_factor(load_factor);
+  }
+};
+
+struct Ctx {
+  PrefixMap prefixes;
+  std::unordered_map<uint32_t, PodState*> pods;  // pod id -> state; a handful per context
+  std::vector<std::vector<uint32_t>> multi;      // pod lists of prefixes held by several pods
+  std::vector<uint32_t> multi_free;              // free slots of `multi`
+  uint64_t next_tick = 0;                        // next per-prefix recency tick (D4)
+  uint64_t lru = 0;                              // table-wide recency of the context (D5)
+  double last_access = 0.0;                      // last store or match (D6)
+  size_t slot = 0;                               // position in the table's context list
+  PyObject* key = nullptr;                       // (model, lora_id), owned reference
+
+  explicit Ctx(NodePool* pool, float load_factor)
+      : prefixes(0, std::hash<uint64_t>(), std::equal_to<uint64_t>(), PoolAllocator<std::pair<const uint64_t, Entry>>(pool)) {
+    prefixes.max_load_factor(load_factor);
+  }
+};
+
+// A vector that keeps its first N elements inline: the per-query scratch lists (ready pods, pods still
+// matching, results, touched entries) are tiny in the common case, and four heap allocations per query
+// cost more than the map walk itself. For trivially copyable T only.
+template <class T, size_t N>
+class SmallVec {
+ public:
+  SmallVec() : data_(buf_), size_(0), cap_(N) {}
+  SmallVec(const SmallVec&) = delete;
+  SmallVec& operator=(const SmallVec&) = delete;
+  ~SmallVec() {
+    if (data_ != buf_) std::free(data_);
+  }
+  void push_back(const T& v) {
+    if (size_ == cap_) grow();
+    data_[size_++] = v;
+  }
+  T& operator[](size_t i) { return data_[i]; }
+  T* begin() { return data_; }
+  T* end() { return data_ + size_; }
+  size_t size() const { return size_; }
+  bool empty() const { return size_ == 0; }
+  void clear() { size_ = 0; }
+  void resize_down(size_t n) { size_ = n; }
+
+ private:
+  void grow() {
+    size_t cap = cap_ * 2;
+    T* data = static_cast<T*>(std::malloc(cap * sizeof(T)));
+    if (data == nullptr) throw std::bad_alloc();
+    std::memcpy(data, data_, size_ * sizeof(T));
+    if (data_ != buf_) std::free(data_);
+    data_ = data;
+    cap_ = cap;
+  }
+  T buf_[N];
+  T* data_;
+  size_t size_;
+  size_t cap_;
+};
+
+struct PodRun {  // a pod and the number of leading blocks it holds
+  uint32_t pod;
+  uint32_t blocks;
+};
+using PodVec = SmallVec<uint32_t, 16>;
+using RunVec = SmallVec<PodRun, 16>;
+using EntryVec = SmallVec<Entry*, 128>;
+
+// Pointer aliases: Cython cannot spell a pointer type as a template argument.
+using EntryPtr = Entry*;
+using PodStatePtr = PodState*;
+using CtxPtr = Ctx*;
+
+// Matches run under the shared lock and write recency concurrently: relaxed atomics make that defined.
+static inline void store_tick(Entry* e, uint32_t tick) { __atomic_store_n(&e->tick, tick, __ATOMIC_RELAXED); }
+static inline uint64_t fetch_add_u64(uint64_t* p, uint64_t v) { return __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }
+static inline void store_f64(double* p, double v) { __atomic_store(p, &v, __ATOMIC_RELAXED); }
+static inline void store_u64(uint64_t* p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
+
+// The clock of time.monotonic() on Linux and macOS, readable without the GIL.
+static inline double monotonic_seconds() {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
+}
+
+}  // namespace pi

@@ -1,0 +1,558 @@
+"""python -m prefixindex demo: route synthetic LLM traffic by KV-cache prefix and compare with random routing.
+
+The demo builds a small simulated cluster and drives the index only through KV-cache events, the way a
+router in front of vLLM pods would:
+
+- Each simulated pod serves one model and has a finite prefix cache (a capacity in blocks, least
+  recently used evicted first, as vLLM's prefix cache does). It names its blocks with its own engine
+  block hashes (a per-pod salted hash of the parent block's hash and the block's tokens) and reports
+  ``BlockStored`` (chained through ``parent_block_hash``; prefill in multi-block chunks, decode one
+  block at a time) and ``BlockRemoved`` when it evicts. A pod that restarts reports
+  ``AllBlocksCleared``, is not ready for a while, and comes back with a new salt.
+- The workload mixes shared system prompts with multi-turn chat sessions: each turn's prompt is the
+  whole conversation so far plus a new user message, and the model's answer is cached too.
+- The same request stream runs twice, against two separate clusters: once routed by the index
+  (longest ``match_prefix`` among the ready pods, ties to the least loaded pod, then at random) and once
+  at random among the ready pods.
+
+The hit rate is ground truth: the fraction of prompt blocks that the chosen pod really held when the
+request arrived, as the simulated pod counts it, not as the index claims it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import heapq
+import json
+import sys
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+import prefixindex
+
+MODELS = ("llama-3.1-8b-instruct", "qwen2.5-7b-instruct")
+MODEL_TRAFFIC_SHARE = (0.6, 0.4)  # the first model is the busier one
+VOCAB_SIZE = 32_000
+MAX_MODEL_LEN = 4_096  # tokens; a session ends when its next turn would not fit
+SYSTEM_PROMPTS_PER_MODEL = 8
+SYSTEM_PROMPT_TOKENS = (300, 1_200)  # [low, high) token counts
+FIRST_MESSAGE_TOKENS = (30, 400)
+FOLLOW_UP_TOKENS = (10, 200)
+ANSWER_TOKENS = (30, 500)
+TURN_CONTINUE_PROBABILITY = 0.7  # geometric number of turns per session, mean ~3.3
+ACTIVE_SESSIONS = 40  # conversations in progress at any time
+NEW_SESSION_PROBABILITY = 0.1  # chance that a tick starts a new session although enough are active
+THINK_TICKS = (5, 60)  # ticks (one request arrives per tick) between an answer and the next turn
+PREFILL_CHUNK_BLOCKS = 32  # chunked prefill: at most this many prompt blocks per BlockStored
+RESTART_DOWN_TICKS = 60  # a restarting pod is not ready for this many ticks
+REQUESTS_PER_RESTART = 1_000
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    requests: int = 3_000
+    pods: int = 8
+    seed: int = 0
+    block_size: int = 16
+    # 10,240 tokens of KV cache per pod: small next to a real GPU, but so is the workload, and it is
+    # what makes the caches churn (evict) within a few thousand requests.
+    cache_tokens_per_pod: int = 10_240
+
+    def __post_init__(self) -> None:
+        for name in ("requests", "pods", "block_size", "cache_tokens_per_pod"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.seed < 2**64:  # it also seeds the index's prefix hashes
+            raise ValueError(f"seed must be in [0, 2**64), got {self.seed}")
+
+    @property
+    def models(self) -> Tuple[str, ...]:
+        return MODELS[:min(len(MODELS), self.pods)]
+
+    @property
+    def cache_blocks_per_pod(self) -> int:
+        # Never less than the longest sequence, so that serving one request cannot evict its own prefix.
+        return max(self.cache_tokens_per_pod, MAX_MODEL_LEN) // self.block_size + 1
+
+
+# ---------------------------------------------------------------------------------------------------
+# workload
+
+
+@dataclass(frozen=True)
+class Session:
+    """One conversation's whole transcript: system prompt, then each turn's message and answer."""
+
+    model: str
+    token_ids: np.ndarray = field(repr=False)  # uint32
+    token_bytes: np.ndarray = field(repr=False)  # uint8, 4 big-endian bytes per token (SPEC: token bytes)
+    raw_bytes: bytes = field(repr=False)  # the same bytes, for hashing by the simulated pods
+
+
+@dataclass(frozen=True)
+class Request:
+    """One turn of a session: its prompt is the transcript's first prompt_tokens tokens, and its
+    answer takes the transcript to total_tokens."""
+
+    tick: int
+    session: int
+    prompt_tokens: int
+    total_tokens: int
+    duration_ticks: int  # how long the request keeps its pod busy (its share of the pod's load)
+
+
+@dataclass(frozen=True)
+class Restart:
+    tick: int
+    pod: int  # index into the cluster's pods
+
+
+@dataclass
+class Workload:
+    models: Tuple[str, ...]
+    sessions: List[Session]
+    requests: List[Request]
+    restarts: List[Restart]
+    system_prompts: int
+
+
+def pod_models(config: DemoConfig) -> List[str]:
+    """The model each pod serves: pods are dealt to the models in turn."""
+    models = config.models
+    return [models[i % len(models)] for i in range(config.pods)]
+
+
+def make_workload(config: DemoConfig) -> Workload:
+    """The request stream, from config.seed alone: the same seed gives the same requests."""
+    rng = np.random.default_rng([config.seed, 1])
+    models = config.models
+    share = np.array(MODEL_TRAFFIC_SHARE[:len(models)])
+    share /= share.sum()
+
+    def tokens(bounds: Tuple[int, int]) -> np.ndarray:
+        return rng.integers(0, VOCAB_SIZE, size=int(rng.integers(*bounds)), dtype=np.uint32)
+
+    system_prompts = {m: [tokens(SYSTEM_PROMPT_TOKENS) for _ in range(SYSTEM_PROMPTS_PER_MODEL)] for m in models}
+    popularity = 1.0 / np.arange(1, SYSTEM_PROMPTS_PER_MODEL + 1)  # Zipf-like: a few prompts dominate
+    popularity /= popularity.sum()
+
+    session_models: List[str] = []
+    chunks: List[List[np.ndarray]] = []  # per session, the pieces of its transcript
+    lengths: List[int] = []
+    turns_left: List[int] = []
+    ready_at: List[int] = []
+    active: List[int] = []
+    requests: List[Request] = []
+
+    def start_session() -> int:
+        model = models[int(rng.choice(len(models), p=share))]
+        system = system_prompts[model][int(rng.choice(SYSTEM_PROMPTS_PER_MODEL, p=popularity))]
+        session_models.append(model)
+        chunks.append([system])
+        lengths.append(len(system))
+        turns_left.append(int(rng.geometric(1.0 - TURN_CONTINUE_PROBABILITY)))
+        ready_at.append(0)
+        active.append(len(chunks) - 1)
+        return len(chunks) - 1
+
+    for tick in range(config.requests):
+        eligible = [s for s in active if ready_at[s] <= tick]
+        if len(active) < ACTIVE_SESSIONS or not eligible or rng.random() < NEW_SESSION_PROBABILITY:
+            s, message = start_session(), tokens(FIRST_MESSAGE_TOKENS)
+        else:
+            s, message = eligible[int(rng.integers(len(eligible)))], tokens(FOLLOW_UP_TOKENS)
+        answer = tokens(ANSWER_TOKENS)
+        prompt_tokens = lengths[s] + len(message)
+        total_tokens = min(prompt_tokens + len(answer), MAX_MODEL_LEN)
+        answer = answer[:total_tokens - prompt_tokens]
+        chunks[s] += [message, answer]
+        lengths[s] = total_tokens
+        duration = 2 + len(answer) // 40  # decoding dominates: longer answers hold the pod longer
+        requests.append(Request(tick, s, prompt_tokens, total_tokens, duration))
+        turns_left[s] -= 1
+        ready_at[s] = tick + duration + int(rng.integers(*THINK_TICKS))
+        if turns_left[s] == 0 or lengths[s] + FOLLOW_UP_TOKENS[1] >= MAX_MODEL_LEN:
+            active.remove(s)
+
+    sessions = []
+    for model, pieces in zip(session_models, chunks):
+        token_ids = np.concatenate(pieces)
+        token_bytes = prefixindex.encode_tokens(token_ids)
+        sessions.append(Session(model, token_ids, token_bytes, token_bytes.tobytes()))
+
+    return Workload(models, sessions, requests, _restart_schedule(config, rng),
+                    SYSTEM_PROMPTS_PER_MODEL * len(models))
+
+
+def _restart_schedule(config: DemoConfig, rng: np.random.Generator) -> List[Restart]:
+    """About one pod restart per REQUESTS_PER_RESTART requests (at least one), never leaving a model
+    without a ready pod."""
+    serving = pod_models(config)
+    wanted = max(1, round(config.requests / REQUESTS_PER_RESTART))
+    first = config.requests // 10  # restarts fall in the middle 80 % of the run, where caches are warm
+    ticks = np.sort(rng.integers(first, max(config.requests * 9 // 10, first + 1), size=wanted))
+    restarts: List[Restart] = []
+    for tick in ticks.tolist():
+        pod = int(rng.integers(config.pods))
+        down = {r.pod for r in restarts if r.tick <= tick < r.tick + RESTART_DOWN_TICKS}
+        others_up = [p for p in range(config.pods) if p != pod and serving[p] == serving[pod] and p not in down]
+        if others_up and pod not in down:
+            restarts.append(Restart(tick, pod))
+    return restarts
+
+
+# ---------------------------------------------------------------------------------------------------
+# the simulated serving pods
+
+
+class SimulatedPod:
+    """A serving engine's prefix cache: finite, LRU, keyed by the engine's own chained block hashes.
+
+    Recency keeps block 0 of every sequence the most recently used (blocks are touched from the tail
+    to the head, as vLLM frees a request's blocks tail first), so a parent is always newer than its
+    children and the LRU victim never has a cached child: the cache stays closed under prefixes.
+    """
+
+    def __init__(self, name: str, model: str, capacity_blocks: int, block_size: int, salt: bytes) -> None:
+        self.name = name
+        self.model = model
+        self.capacity_blocks = capacity_blocks
+        self.block_bytes = 4 * block_size
+        self.salt = salt
+        self.ready = True
+        self.cache: "OrderedDict[int, None]" = OrderedDict()  # engine block hash, least recent first
+
+    def engine_hashes(self, raw: bytes, n_blocks: int) -> List[int]:
+        """The engine block hashes of the first n_blocks blocks of raw token bytes."""
+        out: List[int] = []
+        parent = b"\x00" * 8
+        width = self.block_bytes
+        for i in range(n_blocks):
+            parent = hashlib.blake2b(parent + raw[i * width:(i + 1) * width], digest_size=8,
+                                     key=self.salt).digest()
+            out.append(int.from_bytes(parent, "little"))
+        return out
+
+    def cached_blocks(self, hashes: Sequence[int]) -> int:
+        """How many leading blocks of a sequence (given by its engine hashes) are in the cache."""
+        n = 0
+        cache = self.cache
+        for h in hashes:
+            if h not in cache:
+                break
+            n += 1
+        return n
+
+    def cached_prefix_blocks(self, raw: bytes) -> int:
+        """Ground truth: how many leading blocks of these token bytes the pod holds right now."""
+        return self.cached_blocks(self.engine_hashes(raw, len(raw) // self.block_bytes))
+
+    def serve(self, session: Session, request: Request, events: Optional[list]) -> int:
+        """Run one request: count the prompt blocks found in the cache, then cache the whole sequence
+        (prompt and answer), evicting what does not fit. Appends the KV events to ``events`` when it is
+        a list. Returns the number of prompt blocks that were served from the cache."""
+        width = self.block_bytes
+        prompt_blocks = request.prompt_tokens * 4 // width
+        total_blocks = request.total_tokens * 4 // width
+        hashes = self.engine_hashes(session.raw_bytes, total_blocks)
+        cached = self.cached_blocks(hashes)
+        cache = self.cache
+        for h in reversed(hashes[:cached]):  # protect this request's hits from the eviction below
+            cache.move_to_end(h)
+        overflow = len(cache) + (total_blocks - cached) - self.capacity_blocks
+        evicted = [cache.popitem(last=False)[0] for _ in range(overflow)]
+        for h in reversed(hashes):  # block 0 ends up the most recent (see the class docstring)
+            cache[h] = None
+            cache.move_to_end(h)
+        if events is not None:
+            if evicted:
+                events.append(prefixindex.BlockRemoved(evicted, self.model, -1, self.name))
+            # Prefill stores the missing prompt blocks in chunks; decode completes one block at a time.
+            # Each event chains onto the block before it through parent_block_hash.
+            start = cached
+            while start < total_blocks:
+                stop = min(start + PREFILL_CHUNK_BLOCKS, prompt_blocks) if start < prompt_blocks else start + 1
+                events.append(prefixindex.BlockStored(
+                    hashes[start:stop],
+                    session.token_bytes[start * width:stop * width].reshape(stop - start, width),
+                    self.model, -1, self.name,
+                    parent_block_hash=hashes[start - 1] if start else None))
+                start = stop
+        return min(cached, prompt_blocks)
+
+    def restart(self, salt: bytes, events: Optional[list]) -> None:
+        """The engine restarts with an empty cache and (as a new process) new engine block hashes."""
+        self.cache.clear()
+        self.salt = salt
+        if events is not None:
+            events.append(prefixindex.AllBlocksCleared(self.name))
+
+
+class Cluster:
+    """Pods plus the router's view of their load: requests in flight, by simulated tick."""
+
+    def __init__(self, config: DemoConfig, salt_stream: int) -> None:
+        # Engine salts come from their own random stream, so they never shift the workload's draws.
+        self._salts = np.random.default_rng([config.seed, 2, salt_stream])
+        self.pods = [SimulatedPod(f"default/vllm-{model.split('-')[0]}-{i}", model, config.cache_blocks_per_pod,
+                                  config.block_size, self._new_salt())
+                     for i, model in enumerate(pod_models(config))]
+        self.by_name = {pod.name: pod for pod in self.pods}
+        self.in_flight = dict.fromkeys(self.by_name, 0)
+        self.requests_served = dict.fromkeys(self.by_name, 0)
+        self._finishing: List[Tuple[int, str]] = []  # heap of (end tick, pod name)
+        self._back_up: List[Tuple[int, int]] = []  # heap of (tick, pod index) when a restarted pod is ready
+
+    def _new_salt(self) -> bytes:
+        return self._salts.bytes(16)
+
+    def advance(self, tick: int, restarts: Sequence[Restart], events: Optional[list]) -> None:
+        while self._finishing and self._finishing[0][0] <= tick:
+            self.in_flight[heapq.heappop(self._finishing)[1]] -= 1
+        while self._back_up and self._back_up[0][0] <= tick:
+            self.pods[heapq.heappop(self._back_up)[1]].ready = True
+        for restart in restarts:
+            pod = self.pods[restart.pod]
+            pod.ready = False
+            pod.restart(self._new_salt(), events)
+            heapq.heappush(self._back_up, (tick + RESTART_DOWN_TICKS, restart.pod))
+
+    def ready_pods(self, model: str) -> List[str]:
+        return [pod.name for pod in self.pods if pod.ready and pod.model == model]
+
+    def dispatch(self, pod_name: str, tick: int, request: Request) -> None:
+        self.in_flight[pod_name] += 1
+        self.requests_served[pod_name] += 1
+        heapq.heappush(self._finishing, (tick + request.duration_ticks, pod_name))
+
+
+# ---------------------------------------------------------------------------------------------------
+# the run
+
+
+@dataclass
+class RoutingResult:
+    prompt_blocks: int = 0
+    blocks_reused: int = 0
+    busiest_pod_share: float = 0.0  # the busiest pod's requests over its model's fair share
+
+    @property
+    def hit_rate(self) -> float:
+        return self.blocks_reused / self.prompt_blocks if self.prompt_blocks else 0.0
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {"hit_rate": self.hit_rate, "blocks_reused": self.blocks_reused,
+                "prompt_blocks": self.prompt_blocks, "busiest_pod_share": self.busiest_pod_share}
+
+
+@dataclass
+class DemoRun:
+    """Everything a run made, for printing and for tests that look inside."""
+
+    config: DemoConfig
+    workload: Workload
+    index: Any  # prefixindex.SyncPrefixHashTable
+    prefix_cluster: Cluster
+    random_cluster: Cluster
+    prefix_routing: RoutingResult
+    random_routing: RoutingResult
+    events_sent: Dict[str, int]
+    index_agreed: int  # routed requests where the index's match for the chosen pod was the truth
+    match_latency_ns: np.ndarray
+    wall_seconds: float
+
+    def summary(self) -> Dict[str, Any]:
+        config = self.config
+        latency_us = self.match_latency_ns / 1e3
+        return {
+            "backend": prefixindex.BACKEND,
+            "seed": config.seed,
+            "requests": config.requests,
+            "pods": config.pods,
+            "models": list(self.workload.models),
+            "block_size": config.block_size,
+            "cache_blocks_per_pod": config.cache_blocks_per_pod,
+            "sessions": len(self.workload.sessions),
+            "system_prompts": self.workload.system_prompts,
+            "pod_restarts": len(self.workload.restarts),
+            "prefix_routing": self.prefix_routing.as_dict(),
+            "random_routing": self.random_routing.as_dict(),
+            "events_sent": dict(self.events_sent),
+            "index_agreed": self.index_agreed,
+            "index_stats": self.index.stats(),
+            "match_prefix_latency_us": {
+                "calls": int(len(latency_us)),
+                "median": float(np.median(latency_us)) if len(latency_us) else 0.0,
+                "p99": float(np.percentile(latency_us, 99)) if len(latency_us) else 0.0,
+            },
+            "wall_time_s": self.wall_seconds,
+        }
+
+
+def _busiest_share(cluster: Cluster, workload: Workload) -> float:
+    """Max over pods of (requests it served) / (its model's requests / the model's pod count)."""
+    per_model = {m: sum(1 for r in workload.requests if workload.sessions[r.session].model == m)
+                 for m in workload.models}
+    pods_per_model = {m: sum(1 for p in cluster.pods if p.model == m) for m in workload.models}
+    shares = [cluster.requests_served[p.name] / (per_model[p.model] / pods_per_model[p.model])
+              for p in cluster.pods if per_model[p.model]]
+    return max(shares, default=0.0)
+
+
+def _feed(index: Any, events: list, counts: Dict[str, int]) -> None:
+    for event in events:
+        if isinstance(event, prefixindex.BlockStored):
+            index.process_block_stored(event)
+            counts["block_stored"] += 1
+            counts["blocks_in_block_stored"] += event.n_blocks
+        elif isinstance(event, prefixindex.BlockRemoved):
+            index.process_block_removed(event)
+            counts["block_removed"] += 1
+            counts["blocks_in_block_removed"] += len(event.block_hashes)
+        else:
+            index.process_all_blocks_cleared(event)
+            counts["all_blocks_cleared"] += 1
+    events.clear()
+
+
+def run(config: DemoConfig) -> DemoRun:
+    """Simulate both clusters on the same request stream. The caller closes ``run.index``."""
+    started = time.perf_counter()
+    workload = make_workload(config)
+    prefix_cluster, random_cluster = Cluster(config, salt_stream=0), Cluster(config, salt_stream=1)
+    # Room for everything the pods can hold, so that the index never drops a prefix the pods still
+    # have and the comparison is about routing, not about the index's memory bound.
+    index = prefixindex.SyncPrefixHashTable(
+        prefixindex.Config(seed=config.seed, block_size=config.block_size,
+                           max_prefixes_per_context=max(10_000, 2 * config.pods * config.cache_blocks_per_pod)),
+        background_eviction=False)
+    tie_break = np.random.default_rng([config.seed, 3])
+    random_choice = np.random.default_rng([config.seed, 4])
+    restarts_at: Dict[int, List[Restart]] = {}
+    for restart in workload.restarts:
+        restarts_at.setdefault(restart.tick, []).append(restart)
+
+    prefix_routed, random_routed = RoutingResult(), RoutingResult()
+    counts = dict.fromkeys(("block_stored", "blocks_in_block_stored", "block_removed",
+                            "blocks_in_block_removed", "all_blocks_cleared"), 0)
+    events: list = []
+    latency = np.empty(len(workload.requests), dtype=np.int64)
+    agreed = 0
+    block_bytes = 4 * config.block_size
+    perf_counter_ns = time.perf_counter_ns
+
+    for i, request in enumerate(workload.requests):
+        tick = request.tick
+        session = workload.sessions[request.session]
+        model = session.model
+        n_prompt_blocks = request.prompt_tokens * 4 // block_bytes
+        prompt = session.token_bytes[:request.prompt_tokens * 4]
+
+        # routed by the index
+        prefix_cluster.advance(tick, restarts_at.get(tick, ()), events)
+        _feed(index, events, counts)
+        ready = prefix_cluster.ready_pods(model)
+        t0 = perf_counter_ns()
+        percent, _ = index.match_prefix(model, -1, prompt, ready)
+        latency[i] = perf_counter_ns() - t0
+        # A pod listed with 0 % still holds a block or more (long prompts), so it ranks above an absent one.
+        best = max((percent.get(name, -1) for name in ready))
+        candidates = [name for name in ready if percent.get(name, -1) == best]
+        least = min(prefix_cluster.in_flight[name] for name in candidates)
+        candidates = [name for name in candidates if prefix_cluster.in_flight[name] == least]
+        chosen = candidates[int(tie_break.integers(len(candidates)))] if len(candidates) > 1 else candidates[0]
+        pod = prefix_cluster.by_name[chosen]
+        hits = pod.serve(session, request, events)
+        # What the index said about the chosen pod against what the pod really had (absent = nothing).
+        truth = hits * 100 // n_prompt_blocks if hits else None
+        agreed += percent.get(chosen) == truth
+        prefix_routed.prompt_blocks += n_prompt_blocks
+        prefix_routed.blocks_reused += hits
+        prefix_cluster.dispatch(chosen, tick, request)
+        _feed(index, events, counts)
+
+        # routed at random, on its own pods (they report to nobody)
+        random_cluster.advance(tick, restarts_at.get(tick, ()), None)
+        ready = random_cluster.ready_pods(model)
+        chosen = ready[int(random_choice.integers(len(ready)))]
+        random_routed.prompt_blocks += n_prompt_blocks
+        random_routed.blocks_reused += random_cluster.by_name[chosen].serve(session, request, None)
+        random_cluster.dispatch(chosen, tick, request)
+
+    prefix_routed.busiest_pod_share = _busiest_share(prefix_cluster, workload)
+    random_routed.busiest_pod_share = _busiest_share(random_cluster, workload)
+    return DemoRun(config, workload, index, prefix_cluster, random_cluster, prefix_routed, random_routed,
+                   counts, agreed, latency, time.perf_counter() - started)
+
+
+# ---------------------------------------------------------------------------------------------------
+# output
+
+
+def format_text(summary: Dict[str, Any]) -> str:
+    p, r = summary["prefix_routing"], summary["random_routing"]
+    ev, st, lat = summary["events_sent"], summary["index_stats"], summary["match_prefix_latency_us"]
+    lines = [
+        f"prefixindex demo (backend: {summary['backend']}, seed {summary['seed']})",
+        f"cluster:  {summary['pods']} pods serving {len(summary['models'])} models "
+        f"({', '.join(summary['models'])}), KV cache of {summary['cache_blocks_per_pod']:,} blocks "
+        f"x {summary['block_size']} tokens per pod",
+        f"workload: {summary['requests']:,} requests from {summary['sessions']:,} chat sessions over "
+        f"{summary['system_prompts']} system prompts; {summary['pod_restarts']} pod restart(s)",
+        "",
+        f"{'':32}{'prefix routing':>16}{'random routing':>16}",
+        f"{'requests':32}{summary['requests']:>16,}{summary['requests']:>16,}",
+        f"{'hit rate (cached prompt blocks)':32}{p['hit_rate']:>15.1%} {r['hit_rate']:>15.1%}",
+        f"{'blocks reused':32}{p['blocks_reused']:>16,}{r['blocks_reused']:>16,}",
+        f"{'prompt blocks':32}{p['prompt_blocks']:>16,}{r['prompt_blocks']:>16,}",
+        f"{'busiest pod / fair share':32}{p['busiest_pod_share']:>15.2f}x{r['busiest_pod_share']:>15.2f}x",
+        "",
+        f"events fed to the index: {ev['block_stored']:,} BlockStored ({ev['blocks_in_block_stored']:,} blocks), "
+        f"{ev['block_removed']:,} BlockRemoved ({ev['blocks_in_block_removed']:,} blocks), "
+        f"{ev['all_blocks_cleared']:,} AllBlocksCleared",
+        f"index stats: {st['contexts']} contexts, {st['prefixes']:,} prefixes, {st['entries']:,} entries, "
+        f"{st['pods']} pods; {st['blocks_stored']:,} blocks stored, {st['blocks_removed']:,} removed, "
+        f"{st['orphan_blocks']:,} orphans, {st['evicted_prefixes']:,} evicted by the bound, "
+        f"{st['matches']:,} matches",
+        f"index agreed with the chosen pod's cache on {summary['index_agreed']:,} of {summary['requests']:,} "
+        "routed requests",
+        f"match_prefix latency: median {lat['median']:.1f} us, p99 {lat['p99']:.1f} us ({lat['calls']:,} calls)",
+        f"wall time: {summary['wall_time_s']:.2f} s",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m prefixindex demo",
+        description="Route a synthetic multi-turn chat workload through the prefix index, fed only by "
+                    "simulated KV-cache events, and compare the cache hit rate with random routing.")
+    defaults = DemoConfig()
+    parser.add_argument("--requests", type=int, default=defaults.requests,
+                        help="requests to route (default %(default)s)")
+    parser.add_argument("--pods", type=int, default=defaults.pods, help="serving pods (default %(default)s)")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="workload seed (default %(default)s)")
+    parser.add_argument("--block-size", type=int, default=defaults.block_size,
+                        help="tokens per KV-cache block (default %(default)s)")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = parser.parse_args(argv)
+    try:
+        config = DemoConfig(requests=args.requests, pods=args.pods, seed=args.seed, block_size=args.block_size)
+    except ValueError as exc:
+        parser.error(str(exc))
+    result = run(config)
+    try:
+        summary = result.summary()
+    finally:
+        result.index.close()
+    print(json.dumps(summary, indent=2) if args.json else format_text(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

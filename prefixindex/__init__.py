@@ -6,6 +6,7 @@ The table is compiled (Cython + C++) when the extension imports, and pure Python
 """
 
 import os
+from typing import TYPE_CHECKING
 
 from ._config import Config
 from ._events import AllBlocksCleared, BlockRemoved, BlockStored, encode_tokens
@@ -17,7 +18,9 @@ def _flag(name: str) -> bool:
     return os.environ.get(name, "") not in ("", "0")
 
 
-if _flag("PREFIXINDEX_NO_EXTENSIONS"):
+if TYPE_CHECKING:  # one typed API for both backends: _core.pyi
+    from . import _core as _impl
+elif _flag("PREFIXINDEX_NO_EXTENSIONS"):
     from . import _core_py as _impl
 else:
     try:

@@ -121,66 +121,58 @@ cdef inline uint64_t _be(const uint8_t* p, int n) noexcept nogil:
 def token_bytes_from_msgpack(raw):
     """A msgpack array of token ids (vLLM's ``token_ids``) as flat token bytes, with no Python int per token.
 
-    The same results and errors as _core_py.token_bytes_from_msgpack.
+    Well-formed arrays of ids are parsed here; anything else goes to _core_py's version, which raises
+    the error, so both backends give the same results and the same errors.
     """
     cdef const uint8_t[::1] view = memoryview(raw).cast("B")
-    cdef size_t n = view.shape[0], pos = 0, count = 0, i, need
+    cdef size_t n = view.shape[0], pos = 0, count = 0, i, width
     cdef const uint8_t* p = &view[0] if n else NULL
     cdef uint8_t tag
     cdef uint64_t value
-    cdef int64_t signed_value
     if n == 0:
-        raise ValueError("token_ids is not valid msgpack")
+        return _msgpack_error(raw)
     tag = p[0]
     if 0x90 <= tag <= 0x9f:
         count, pos = tag & 0x0f, 1
-    elif tag == 0xdc or tag == 0xdd:
-        need = 3 if tag == 0xdc else 5
-        if n < need:
-            raise ValueError("token_ids is not valid msgpack")
-        count, pos = _be(p + 1, need - 1), need
+    elif (tag == 0xdc and n >= 3) or (tag == 0xdd and n >= 5):
+        width = 2 if tag == 0xdc else 4
+        count, pos = _be(p + 1, <int>width), 1 + width
     else:
-        _check_msgpack_value(raw)
-        raise TypeError("token_ids must be a msgpack array of ints")
+        return _msgpack_error(raw)
+    if count > n - pos:  # every element takes at least one byte: do not trust a forged length
+        return _msgpack_error(raw)
     out = np.empty(count * 4, dtype=np.uint8)
     cdef uint8_t[::1] dst = out
     for i in range(count):
         if pos >= n:
-            raise ValueError("token_ids is not valid msgpack")
+            return _msgpack_error(raw)
         tag = p[pos]
-        if tag <= 0x7f:
+        if tag <= 0x7f:  # positive fixint
             value, pos = tag, pos + 1
-        elif 0xcc <= tag <= 0xcf or 0xd0 <= tag <= 0xd3:
-            need = 1 << (tag & 0x03)
-            if pos + 1 + need > n:
-                raise ValueError("token_ids is not valid msgpack")
-            value = _be(p + pos + 1, <int>need)
-            if tag >= 0xd0:  # signed: sign-extend
-                signed_value = <int64_t>(value << (64 - 8 * need)) >> (64 - 8 * need)
-                if signed_value < 0:
-                    raise ValueError(f"token_ids: token ids must be in [0, 2**32), got {signed_value} at index {i}")
-            pos += 1 + need
-        elif tag >= 0xe0:
-            raise ValueError(f"token_ids: token ids must be in [0, 2**32), got {<int>tag - 256} at index {i}")
-        else:
-            _check_msgpack_value(raw)
-            raise TypeError(f"token_ids must hold ints, got a non-integer at index {i}")
-        if value >= (1u << 32):
-            raise ValueError(f"token_ids: token ids must be in [0, 2**32), got {value} at index {i}")
+        elif 0xcc <= tag <= 0xce or 0xd0 <= tag <= 0xd2:  # uint8/16/32, int8/16/32
+            width = <size_t>1 << (tag & 0x03)
+            if pos + 1 + width > n:
+                return _msgpack_error(raw)
+            value = _be(p + pos + 1, <int>width)
+            if tag >= 0xd0 and (value >> (8 * width - 1)):  # a negative signed int
+                return _msgpack_error(raw)
+            pos += 1 + width
+        else:  # uint64/int64 (too wide for a token id), negative fixint, or not an int at all
+            return _msgpack_error(raw)
         dst[4 * i] = (value >> 24) & 0xff
         dst[4 * i + 1] = (value >> 16) & 0xff
         dst[4 * i + 2] = (value >> 8) & 0xff
         dst[4 * i + 3] = value & 0xff
     if pos != n:
-        raise ValueError("token_ids is not valid msgpack")
+        return _msgpack_error(raw)
     return out
 
 
-def _check_msgpack_value(raw):
-    # A non-integer element or top-level value: the fallback reports invalid msgpack first when the
-    # whole payload is malformed, so defer to it for the exact same error.
+def _msgpack_error(raw):
     from ._core_py import token_bytes_from_msgpack as reference
-    reference(raw)
+    result = reference(raw)  # raises for malformed input, with the reference's message
+    # Only reached for valid input this parser does not take (uint64 or int64 encodings of small ids).
+    return result
 
 
 # --- the table --------------------------------------------------------------------------------------
@@ -1113,7 +1105,8 @@ cdef class SyncPrefixHashTable:
                     buckets += deref(it).second.engine.bucket_count()
                     inc(it)
             return {"pool_bytes": self.pool.reserved_bytes(), "pool_nodes": self.pool.live(),
-                    "bucket_bytes": buckets * sizeof(void*)}
+                    "bucket_bytes": buckets * sizeof(void*), "pod_ids": len(self._pod_names),
+                    "free_pod_ids": self.free_ids.size()}
         finally:
             self.mutex.unlock_shared()
 

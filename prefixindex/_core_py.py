@@ -29,9 +29,11 @@ from ._eviction import EvictionThread
 from ._events import (AllBlocksCleared, BlockRemoved, BlockStored, check_event_width, check_lora_id, check_str,
                       encode_tokens, hash_array, query_token_bytes, ready_set)
 
-__all__ = ["BACKEND", "SyncPrefixHashTable", "prefix_hash_chain", "token_bytes_from_msgpack"]
+__all__ = ["BACKEND", "SOURCE_HASH", "SyncPrefixHashTable", "prefix_hash_chain", "token_bytes_from_msgpack",
+           "xxh64_digest"]
 
 BACKEND = "python"
+SOURCE_HASH = None  # the compiled core's records the sources it was built from
 
 _pack_u64 = struct.Struct("<Q").pack
 _xxh64 = xxhash.xxh64_intdigest
@@ -43,6 +45,11 @@ STAT_KEYS = (
     "evicted_contexts", "evicted_pods", "evicted_prefixes",
 )
 _COUNTERS = STAT_KEYS[4:]
+
+
+def xxh64_digest(data: Any, seed: int = 0) -> int:
+    """XXH64 of a bytes-like object (the xxhash package's)."""
+    return _xxh64(memoryview(data).cast("B"), seed)
 
 
 def prefix_hash_chain(data: Any, block_bytes: int, seed: int, parent: int, n_blocks: int) -> List[int]:
@@ -59,17 +66,22 @@ def prefix_hash_chain(data: Any, block_bytes: int, seed: int, parent: int, n_blo
 def token_bytes_from_msgpack(raw: Any) -> np.ndarray:
     """A msgpack-encoded array of token ids (as vLLM sends ``token_ids``) as flat token bytes.
 
-    The compiled backend parses the msgpack bytes without making a Python object per token; this one
-    decodes them with msgspec. Malformed input is a ValueError, a non-integer element a TypeError.
+    The compiled backend parses the msgpack bytes without making a Python object per token, and defers
+    to this function for the error whenever the input is not a well-formed array of token ids.
     """
     import msgspec  # optional dependency: only the vLLM subscriber calls this
 
     try:
         ids = msgspec.msgpack.decode(raw)
-    except msgspec.DecodeError as exc:
-        raise ValueError(f"token_ids is not valid msgpack: {exc}") from None
+    except msgspec.DecodeError:
+        raise ValueError("token_ids is not valid msgpack") from None
     if not isinstance(ids, list):
-        raise TypeError(f"token_ids must be a msgpack array, not {type(ids).__name__}")
+        raise TypeError("token_ids must be a msgpack array of ints")
+    for i, v in enumerate(ids):
+        if type(v) is not int:
+            raise TypeError(f"token_ids must hold ints, got a non-integer at index {i}")
+        if not 0 <= v < 1 << 32:
+            raise ValueError(f"token_ids: token ids must be in [0, 2**32), got {v} at index {i}")
     return encode_tokens(ids)
 
 

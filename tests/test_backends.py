@@ -1,0 +1,167 @@
+"""Which backend runs, and that the two expose one API (SPEC 9)."""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import prefixindex
+from prefixindex import _core_py
+
+from conftest import COMPILED, ROOT
+
+compiled_only = pytest.mark.skipif(
+    COMPILED is None, reason="PREFIXINDEX_NO_EXTENSIONS=1: this run tests the pure-Python backend only")
+
+
+def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items()
+               if k not in ("PREFIXINDEX_NO_EXTENSIONS", "PREFIXINDEX_REQUIRE_EXTENSIONS")}
+    environ.update(env)
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          env=environ, cwd=ROOT, timeout=60)
+
+
+def test_backend_in_this_process_matches_the_environment():
+    # conftest and the package apply the same rules to the same environment
+    if COMPILED is None:
+        assert prefixindex.BACKEND == "python"
+        assert prefixindex.SyncPrefixHashTable is _core_py.SyncPrefixHashTable
+    else:
+        assert prefixindex.BACKEND == "cython"
+        assert prefixindex.SyncPrefixHashTable is COMPILED.SyncPrefixHashTable
+
+
+@compiled_only
+def test_default_import_picks_the_compiled_core():
+    proc = run_python("import prefixindex; print(prefixindex.BACKEND, prefixindex.SyncPrefixHashTable.__module__)")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["cython", "prefixindex._core"]
+
+
+def test_no_extensions_forces_the_fallback():
+    proc = run_python("import prefixindex; print(prefixindex.BACKEND, prefixindex.SyncPrefixHashTable.__module__)",
+                      PREFIXINDEX_NO_EXTENSIONS="1")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["python", "prefixindex._core_py"]
+
+
+def test_zero_means_unset():
+    built = importlib.util.find_spec("prefixindex._core") is not None  # whatever this run's own setting
+    proc = run_python("import prefixindex; print(prefixindex.BACKEND)", PREFIXINDEX_NO_EXTENSIONS="0")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == ("cython" if built else "python")
+
+
+# sys.modules[name] = None makes any import of that module raise ImportError: a missing extension.
+MISSING_EXTENSION = "import sys; sys.modules['prefixindex._core'] = None\n"
+
+
+def test_missing_extension_falls_back_silently_by_default():
+    proc = run_python(MISSING_EXTENSION + "import prefixindex; print(prefixindex.BACKEND)")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "python"
+
+
+def test_missing_extension_is_an_error_when_required():
+    proc = run_python(MISSING_EXTENSION + textwrap.dedent("""
+        try:
+            import prefixindex
+        except ImportError as exc:
+            print("ImportError:", exc)
+        else:
+            print("imported", prefixindex.BACKEND)
+        """), PREFIXINDEX_REQUIRE_EXTENSIONS="1")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("ImportError:") and "prefixindex._core" in proc.stdout
+
+
+def test_import_does_not_pull_in_the_optional_extras():
+    proc = run_python("import sys, prefixindex; print(sorted(m for m in ('zmq', 'msgspec') if m in sys.modules))")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def _public(obj) -> set:
+    return {name for name in dir(obj) if not name.startswith("_")} | \
+        {name for name in ("__enter__", "__exit__", "__init__") if hasattr(obj, name)}
+
+
+@compiled_only
+def test_modules_expose_the_same_names():
+    assert sorted(COMPILED.__all__) == sorted(_core_py.__all__)
+    assert COMPILED.BACKEND == "cython" and _core_py.BACKEND == "python"
+    for name in COMPILED.__all__:
+        assert hasattr(COMPILED, name) and hasattr(_core_py, name), name
+
+
+@compiled_only
+def test_tables_expose_the_same_methods_and_attributes():
+    fast = COMPILED.SyncPrefixHashTable(seed=1, background_eviction=False)
+    slow = _core_py.SyncPrefixHashTable(seed=1, background_eviction=False)
+    assert _public(fast) == _public(slow)
+    assert fast.config == slow.config and fast.seed == slow.seed == 1 and fast.block_size == slow.block_size
+
+
+def _signature(func) -> inspect.Signature:
+    sig = inspect.signature(func)
+    # annotations differ in form (strings vs none in the compiled module): compare names, kinds, defaults
+    return [(p.name, p.kind, p.default) for p in sig.parameters.values()]
+
+
+@compiled_only
+@pytest.mark.parametrize("name", sorted(n for n in dir(_core_py.SyncPrefixHashTable)
+                                        if callable(getattr(_core_py.SyncPrefixHashTable, n))
+                                        and (not n.startswith("_") or n in ("__enter__", "__exit__"))))
+def test_method_signatures_match(name):
+    assert _signature(getattr(COMPILED.SyncPrefixHashTable, name)) == \
+        _signature(getattr(_core_py.SyncPrefixHashTable, name))
+
+
+@compiled_only
+@pytest.mark.parametrize("call, same_message", [
+    (lambda cls: cls(None, background_eviction=False, seed=3), True),
+    (lambda cls: cls(background_eviction=False, clock=lambda: 0.0, block_size=8, seed=4), True),
+    (lambda cls: cls(None, None), False),  # clock is keyword-only (the interpreter words this error)
+    (lambda cls: cls(background_eviction=False, nonsense=1), True),  # not a Config field
+    (lambda cls: cls(config=3, background_eviction=False), True),
+])
+def test_constructors_take_the_same_arguments(call, same_message):
+    # A compiled class's __init__ has no introspectable signature: compare what each constructor does.
+    outcomes = []
+    for cls in (COMPILED.SyncPrefixHashTable, _core_py.SyncPrefixHashTable):
+        try:
+            table = call(cls)
+        except Exception as exc:
+            outcomes.append((type(exc), str(exc) if same_message else None))
+        else:
+            outcomes.append(("ok", table.config))
+            table.close()
+    assert outcomes[0] == outcomes[1]
+
+
+@compiled_only
+@pytest.mark.parametrize("name", ["prefix_hash_chain", "token_bytes_from_msgpack", "xxh64_digest"])
+def test_function_signatures_match(name):
+    assert _signature(getattr(COMPILED, name)) == _signature(getattr(_core_py, name))
+
+
+@compiled_only
+def test_stub_matches_the_compiled_module():
+    """The shipped _core.pyi describes the runtime module (mypy's stubtest), so type checkers and IDEs
+    see the API that really runs."""
+    proc = subprocess.run([sys.executable, "-m", "mypy.stubtest", "prefixindex._core"], capture_output=True,
+                          text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_package_ships_typing_markers():
+    pkg = os.path.dirname(prefixindex.__file__)
+    assert os.path.exists(os.path.join(pkg, "py.typed"))
+    assert os.path.exists(os.path.join(pkg, "_core.pyi"))

@@ -1,0 +1,246 @@
+"""Properties of the compiled core that the pure-Python backend does not have: its own XXH64, the GIL
+released while hashing, memory that comes back, pod ids that are recycled, 32-bit ticks."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import subprocess
+import sys
+import textwrap
+import threading
+
+import msgspec
+import numpy as np
+import pytest
+import xxhash
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from prefixindex import BlockRemoved, BlockStored, _core_py
+
+from conftest import COMPILED, PKG, ROOT
+
+pytestmark = pytest.mark.skipif(
+    COMPILED is None, reason="PREFIXINDEX_NO_EXTENSIONS=1: this run tests the pure-Python backend only")
+
+SEEDS = [0, 1, 12345, 2**63, 2**64 - 1, 0x9E3779B185EBCA87]
+
+
+# --- XXH64 ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_xxh64_is_bit_exact_for_every_length_to_300(seed):
+    rng = random.Random(seed)
+    for length in range(301):
+        data = rng.randbytes(length)
+        assert COMPILED.xxh64_digest(data, seed) == xxhash.xxh64_intdigest(data, seed), length
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=2000), seed=st.integers(0, 2**64 - 1))
+def test_xxh64_matches_xxhash_on_random_input(data, seed):
+    assert COMPILED.xxh64_digest(data, seed) == xxhash.xxh64_intdigest(data, seed)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("block_bytes", [0, 4, 8, 16, 20, 24, 28, 60, 64, 68, 120, 256, 1024])
+def test_chain_step_matches_hashing_the_concatenation(seed, block_bytes):
+    # The chain step never builds le_u64(parent) || block; it must equal XXH64 of exactly that.
+    rng = random.Random(block_bytes)
+    data = rng.randbytes(block_bytes * 7)
+    parent = rng.getrandbits(64)
+    expected, h = [], parent
+    for i in range(7):
+        h = xxhash.xxh64_intdigest(h.to_bytes(8, "little") + data[i * block_bytes:(i + 1) * block_bytes], seed)
+        expected.append(h)
+    assert COMPILED.prefix_hash_chain(data, block_bytes, seed, parent, 7) == expected
+    assert _core_py.prefix_hash_chain(data, block_bytes, seed, parent, 7) == expected
+
+
+def test_spec_vectors():
+    table = COMPILED.SyncPrefixHashTable(seed=0, block_size=4, background_eviction=False)
+    assert table.get_prefix_hashes(bytes(range(64))).tolist() == [
+        11344027220848036247, 18003942762009276101, 14324276475049219208, 10343039462069839574]
+    table = COMPILED.SyncPrefixHashTable(seed=12345, block_size=4, background_eviction=False)
+    assert table.get_prefix_hashes(bytes(range(64))).tolist() == [
+        6083364958448685401, 6227983788108009764, 12622932646954752131, 17988495296683065305]
+    table = COMPILED.SyncPrefixHashTable(seed=0, block_size=16, background_eviction=False)
+    assert table.get_prefix_hashes(list(range(32))).tolist() == [13063670922251535405, 15794143472128267642]
+
+
+# --- the GIL --------------------------------------------------------------------------------------
+
+def main_thread_saw_a_call_in_progress(work) -> bool:
+    """With a switch interval far beyond the test's length, Python never takes the GIL from the worker
+    thread: the main thread can only run while the worker is inside ``work`` if ``work`` released the
+    GIL, or else after the worker has finished. The worker repeats the call until the main thread has
+    looked, so however late the main thread wakes, the answer is True exactly when the call releases
+    the GIL. Deterministic: no timing is measured."""
+    started, looked, inside = threading.Event(), threading.Event(), [False]
+
+    def worker():
+        started.set()
+        for i in range(200):
+            if looked.is_set():
+                break
+            inside[0] = True
+            work(i)
+            inside[0] = False
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(100.0)
+    try:
+        thread = threading.Thread(target=worker)
+        thread.start()
+        started.wait()
+        seen_inside = inside[0]
+        looked.set()
+        thread.join()
+    finally:
+        sys.setswitchinterval(old)
+    return seen_inside
+
+
+@pytest.mark.parametrize("call", ["get_prefix_hashes", "match_prefix_hit", "match_prefix_miss", "store"])
+def test_long_hashing_releases_the_gil(call):
+    rng = np.random.default_rng(0)
+    blocks = 1 << 15  # 2 MiB of token bytes at block_size 16
+    tokens = rng.integers(0, 256, blocks * 64, dtype=np.uint8)
+    table = COMPILED.SyncPrefixHashTable(seed=1, block_size=16, background_eviction=False,
+                                         max_prefixes_per_context=4 * blocks)
+    if call == "match_prefix_hit":
+        table.process_block_stored(BlockStored(np.arange(blocks, dtype=np.uint64), tokens.reshape(blocks, 64), "m"))
+    events = [BlockStored(np.arange(blocks, dtype=np.uint64) + i * blocks, tokens.reshape(blocks, 64), f"m{i}")
+              for i in range(4)] if call == "store" else []
+    work = {
+        "get_prefix_hashes": lambda i: table.get_prefix_hashes(tokens),
+        "match_prefix_hit": lambda i: table.match_prefix("m", -1, tokens, [""]),
+        "match_prefix_miss": lambda i: table.match_prefix("absent", -1, tokens),
+        "store": lambda i: table.process_block_stored(events[i % 4]),
+    }[call]
+    assert main_thread_saw_a_call_in_progress(work), f"{call} kept the GIL for the whole call"
+
+
+def test_the_gil_check_detects_a_call_that_keeps_the_gil():
+    # the pure-Python backend hashes with the GIL held: the check above must say so
+    table = _core_py.SyncPrefixHashTable(seed=1, block_size=16, background_eviction=False)
+    tokens = bytes(64 * 64)
+    assert not main_thread_saw_a_call_in_progress(lambda i: table.get_prefix_hashes(tokens))
+
+
+# --- memory -----------------------------------------------------------------------------------------
+
+MEMORY_SCRIPT = textwrap.dedent("""
+    import gc, json, numpy as np, psutil
+    from prefixindex import _core, BlockStored, BlockRemoved
+    N, PER = 1_000_000, 10_000
+    rng = np.random.default_rng(0)
+    chunks = [rng.integers(0, 256, (PER, 64), dtype=np.uint8) for _ in range(N // PER)]  # 64 MB, made once
+    table = _core.SyncPrefixHashTable(seed=1, block_size=16, background_eviction=False,
+                                      max_prefixes_per_context=2 * N)
+    proc = psutil.Process()
+    rss, pool = [], []
+    for cycle in range(5):
+        base = cycle * N  # new engine hashes every cycle, as a pod's cache churns
+        for i in range(N // PER):
+            table.process_block_stored(BlockStored(np.arange(PER, dtype=np.uint64) + base + i * PER, chunks[i],
+                                                   "m", -1, "pod-%d" % (i % 4)))
+        full = table.stats()["entries"]
+        for i in range(N // PER):
+            table.process_block_removed(BlockRemoved(np.arange(PER, dtype=np.uint64) + base + i * PER, "m", -1,
+                                                     "pod-%d" % (i % 4)))
+        gc.collect()
+        rss.append(proc.memory_info().rss)
+        pool.append(table._debug_memory())
+        assert full == N, full
+        assert table.stats()["entries"] == 0
+    print(json.dumps({"rss": rss, "pool": pool}))
+""")
+
+
+def test_memory_comes_back_after_storing_and_removing_a_million_blocks():
+    proc = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT], capture_output=True, text=True, cwd=ROOT,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    import json
+    out = json.loads(proc.stdout)
+    rss = out["rss"]
+    # The pool hands its slabs back when the last node goes, and every map of an emptied context is freed.
+    assert all(p["pool_nodes"] == 0 and p["pool_bytes"] == 0 for p in out["pool"]), out["pool"]
+    # Resident memory does not keep growing: later cycles stay within 16 MiB of the first one
+    # (a million stored blocks take about 60 MB, so a leak of even a quarter of them would show).
+    assert max(rss[1:]) - rss[0] < 16 * 2**20, rss
+
+
+def test_pod_ids_are_recycled_when_pods_churn():
+    """Kubernetes renames pods on every restart: 10,000 pod names passing through must not leave
+    10,000 interned ids behind."""
+    table = COMPILED.SyncPrefixHashTable(seed=1, block_size=4, background_eviction=False)
+    tokens = np.zeros((1, 16), dtype=np.uint8)
+    for generation in range(10_000):
+        pod = f"default/vllm-{generation}"
+        table.process_block_stored(BlockStored([generation], tokens, "m", -1, pod))
+        if generation >= 3:  # then the one three generations back goes: at most three hold blocks
+            table.process_block_removed(BlockRemoved([generation - 3], "m", -1, f"default/vllm-{generation - 3}"))
+    memory = table._debug_memory()
+    assert table.stats()["pods"] == 3
+    assert memory["pod_ids"] <= 8, memory  # ids are reused, not appended
+    assert table.match_blocks("m", -1, bytes(16)) == {f"default/vllm-{g}": 1 for g in range(9997, 10_000)}
+
+
+# --- 32-bit ticks -----------------------------------------------------------------------------------
+
+def test_tick_renumbering_keeps_the_same_victims_as_the_reference():
+    """The compiled core keeps ticks in 32 bits and renumbers a context's ticks (in order) before they
+    could wrap. Driving both backends across that point must leave them evicting the same prefixes."""
+    rng = random.Random(7)
+    tables = [mod.SyncPrefixHashTable(seed=3, block_size=1, max_prefixes_per_context=40,
+                                      background_eviction=False, clock=lambda: 0.0)
+              for mod in (COMPILED, _core_py)]
+    first = BlockStored([0], [0], "m", -1, "a")
+    for table in tables:
+        table.process_block_stored(first)
+        table._debug_set_next_tick("m", -1, 2**31 - 50)  # just below the renumbering point
+    for step in range(400):
+        engine = rng.randrange(1, 60)
+        tokens = [rng.randrange(0, 4) for _ in range(3)]
+        query = [rng.randrange(0, 4) for _ in range(rng.randrange(1, 6))]
+        event = BlockStored([engine, engine + 100, engine + 200], tokens, "m", -1, rng.choice("ab"))
+        results = []
+        for table in tables:
+            table.process_block_stored(event)
+            results.append((table.match_blocks("m", -1, query), table.snapshot(), table.stats()))
+        assert results[0] == results[1], step
+    assert results[0][2]["evicted_prefixes"] > 0  # trims happened on both sides of the renumbering
+
+
+# --- msgpack token ids ---------------------------------------------------------------------------
+
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(
+    st.lists(st.integers(0, 2**32 - 1), max_size=300).map(msgspec.msgpack.encode),
+    st.lists(st.one_of(st.integers(-2**63, 2**64 - 1), st.floats(), st.booleans(), st.none(), st.text(max_size=2)),
+             max_size=8).map(msgspec.msgpack.encode),
+    st.binary(max_size=40),
+    st.lists(st.integers(0, 300), max_size=20).map(lambda ids: msgspec.msgpack.encode(ids)[:-1]),
+))
+def test_msgpack_token_ids_match_the_reference(raw):
+    outcomes = []
+    for mod in (COMPILED, _core_py):
+        try:
+            outcomes.append(("ok", mod.token_bytes_from_msgpack(raw).tobytes()))
+        except (TypeError, ValueError) as exc:
+            outcomes.append((type(exc), str(exc)))
+    assert outcomes[0] == outcomes[1]
+
+
+# --- the build -------------------------------------------------------------------------------------
+
+def test_compiled_module_was_built_from_these_sources():
+    digest = hashlib.sha256()
+    for name in ("_core.pyx", "_core.pxd", "_native.h"):
+        digest.update((PKG / name).read_bytes())
+    assert COMPILED.SOURCE_HASH == digest.hexdigest()[:16]

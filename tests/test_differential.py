@@ -1,0 +1,157 @@
+"""SPEC 9: the compiled and the pure-Python backends give identical results for identical calls.
+
+Hypothesis draws sequences of operations (stores with chaining, orphans, aliases and reused engine
+hashes; removals for one pod or all; clears; add/remove_prefix; matches with every kind of ready_pods;
+clock moves with eviction passes; small limits so that trims and context evictions happen; bad inputs)
+and runs each on both backends side by side. After every step the outcome (return value, or exception
+type and message), and the whole state (snapshot and stats), must be identical.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from prefixindex import AllBlocksCleared, BlockRemoved, BlockStored, _core_py
+
+from conftest import COMPILED, FakeClock
+
+pytestmark = pytest.mark.skipif(
+    COMPILED is None, reason="PREFIXINDEX_NO_EXTENSIONS=1: only one backend in this run")
+
+BLOCK = 2  # tokens per block: small, so that random token lists share prefixes often
+models = st.sampled_from(["m", "n", "o", "p", "é"])
+loras = st.sampled_from([-1, 1])
+pods = st.sampled_from(["a", "b", "c", ""])
+engine_hashes = st.integers(0, 12) | st.sampled_from([2**64 - 1, -1, 2**63])
+token_ids = st.integers(0, 2)
+
+
+@st.composite
+def store_op(draw):
+    n = draw(st.integers(0, 5))
+    ids = draw(st.lists(token_ids, min_size=n * BLOCK, max_size=n * BLOCK))
+    form = draw(st.sampled_from(["ids", "bytes2d", "blocks", "wrong_width"]))
+    if form == "bytes2d":
+        tokens = np.array(ids, dtype=">u4").view(np.uint8).reshape(n, 4 * BLOCK)
+    elif form == "blocks":
+        tokens = [np.array(ids[i * BLOCK:(i + 1) * BLOCK], dtype=">u4").tobytes() for i in range(n)]
+    elif form == "wrong_width" and n:
+        tokens = np.zeros((n, 4 * BLOCK + 4), dtype=np.uint8)  # blocks of 3 tokens: rejected by the table
+    else:
+        tokens = ids
+    event = BlockStored(draw(st.lists(engine_hashes, min_size=n, max_size=n)), tokens, draw(models),
+                        draw(loras), draw(pods), draw(st.none() | engine_hashes))
+    return "store", event
+
+
+@st.composite
+def remove_op(draw):
+    return "remove", BlockRemoved(draw(st.lists(engine_hashes, max_size=4)), draw(models), draw(loras), draw(pods))
+
+
+@st.composite
+def clear_op(draw):
+    return "clear", AllBlocksCleared(draw(pods), draw(st.none() | models), draw(st.none() | loras))
+
+
+ready_pods = st.one_of(
+    st.none(),
+    st.lists(st.sampled_from(["a", "b", "c", "", "zz"]), max_size=3),
+    st.sets(st.sampled_from(["a", "b", "c"])).map(frozenset),
+    st.dictionaries(st.sampled_from(["a", "b"]), st.integers()),
+    st.just("a"),        # a str: TypeError
+    st.just(["a", 1]),   # a non-str pod: TypeError
+)
+
+
+@st.composite
+def match_op(draw):
+    kind = draw(st.sampled_from(["prefix", "blocks"]))
+    ids = draw(st.lists(token_ids, max_size=12))
+    form = draw(st.sampled_from(["list", "int32", "bytes", "uint8", "float", "2d"]))
+    tokens = {
+        "list": ids,
+        "int32": np.array(ids, dtype=np.int32),
+        "bytes": np.array(ids, dtype=">u4").tobytes(),
+        "uint8": np.array(ids, dtype=">u4").view(np.uint8),
+        "float": np.array(ids, dtype=np.float64),  # TypeError
+        "2d": np.array(ids, dtype=np.int64).reshape(1, -1),  # ValueError
+    }[form]
+    model = draw(models | st.just(3))  # 3: TypeError
+    lora = draw(loras | st.just(True))  # True: TypeError
+    return kind, (model, lora, tokens, draw(ready_pods))
+
+
+@st.composite
+def add_prefix_op(draw):
+    ids = draw(st.lists(token_ids, max_size=8))
+    return "add_prefix", (draw(models), draw(loras), draw(pods), ids)
+
+
+operations = st.lists(st.one_of(
+    store_op(), store_op(), store_op(), remove_op(), clear_op(), match_op(), match_op(), add_prefix_op(),
+    st.tuples(st.just("remove_prefix"), st.tuples(models, loras, pods)),
+    st.tuples(st.just("advance"), st.sampled_from([1.0, 30.0, 61.0])),
+    st.tuples(st.just("evict"), st.none()),
+), max_size=60)
+
+
+def apply(table, clock, op):
+    kind, arg = op
+    if kind == "store":
+        return table.process_block_stored(arg)
+    if kind == "remove":
+        return table.process_block_removed(arg)
+    if kind == "clear":
+        return table.process_all_blocks_cleared(arg)
+    if kind == "prefix":
+        percent, hashes = table.match_prefix(*arg)
+        assert hashes.dtype == np.uint64
+        return percent, hashes.tolist()
+    if kind == "blocks":
+        return table.match_blocks(*arg)
+    if kind == "add_prefix":
+        model, lora, pod, ids = arg
+        return table.add_prefix(model, lora, pod, table.get_prefix_hashes(ids))
+    if kind == "remove_prefix":
+        return table.remove_prefix(*arg)
+    if kind == "advance":
+        clock.advance(arg)
+        return None
+    return table.evict_now()
+
+
+def outcome(table, clock, op):
+    try:
+        return ("ok", apply(table, clock, op))
+    except (TypeError, ValueError) as exc:
+        return (type(exc).__name__, str(exc))
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(operations, st.sampled_from([(3, 6), (2, 1), (50, 1000)]))
+def test_backends_agree_step_by_step(ops, limits):
+    max_contexts, max_prefixes = limits
+    sides = []
+    for mod in (COMPILED, _core_py):
+        clock = FakeClock()
+        table = mod.SyncPrefixHashTable(seed=42, block_size=BLOCK, max_contexts=max_contexts,
+                                        max_prefixes_per_context=max_prefixes, eviction_duration_minutes=1,
+                                        clock=clock, background_eviction=False)
+        sides.append((table, clock))
+    for step, op in enumerate(ops):
+        results = [outcome(table, clock, op) for table, clock in sides]
+        assert results[0] == results[1], (step, op)
+        states = [(table.snapshot(), table.stats()) for table, _ in sides]
+        assert states[0] == states[1], (step, op)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.binary(max_size=3000), st.integers(0, 2**64 - 1), st.integers(1, 40))
+def test_prefix_hashes_agree(data, seed, block_size):
+    fast = COMPILED.SyncPrefixHashTable(seed=seed, block_size=block_size, background_eviction=False)
+    slow = _core_py.SyncPrefixHashTable(seed=seed, block_size=block_size, background_eviction=False)
+    assert fast.get_prefix_hashes(data).tolist() == slow.get_prefix_hashes(data).tolist()

@@ -1,0 +1,150 @@
+"""``python -m prefixindex subscribe``: argument handling in-process, and end to end in a subprocess
+against a publisher written here from the wire doc (it republishes its stores every 20 ms, so the
+subscriber's slow join costs nothing: BlockStored is idempotent)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import List
+
+import pytest
+import zmq
+
+from prefixindex.vllm import Pod, main
+
+from test_vllm_decode import batch, stored
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class RepeatingPublisher:
+    def __init__(self, payload: bytes, topic: bytes = b"kv-events") -> None:
+        self.ctx = zmq.Context()
+        self.pub = self.ctx.socket(zmq.PUB)
+        self.pub.setsockopt(zmq.LINGER, 0)
+        self.pub.bind("tcp://127.0.0.1:*")
+        self.endpoint = self.pub.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.payload = payload
+        self.topic = topic
+        self.sent = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            self.pub.send_multipart([self.topic, self.sent.to_bytes(8, "big"), self.payload])
+            self.sent += 1
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.pub.close(0)
+        self.ctx.term()
+
+
+@pytest.fixture
+def publisher():
+    pub = RepeatingPublisher(batch([stored([11, 12], list(range(8)), 4, enc="array"),
+                                    stored([13], list(range(20, 24)), 4, lora_name="sql"),
+                                    stored([14], list(range(30, 34)), 4, medium="CPU")]))
+    yield pub
+    pub.close()
+
+
+def _run(args: List[str], **kwargs) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "prefixindex", "subscribe", *args], capture_output=True,
+                          text=True, timeout=60, cwd=ROOT, env=env, **kwargs)
+
+
+def test_end_to_end_json(publisher):
+    out = _run(["--pod", f"pod-a={publisher.endpoint},topic=kv-events",
+                "--pod", "pod-b=tcp://127.0.0.1:9,replay=tcp://127.0.0.1:10,model=other",
+                "--model", "llama", "--lora-map", "sql=7", "--block-size", "4", "--seed", "0",
+                "--interval", "0.3", "--duration", "1.5", "--json"])
+    assert out.returncode == 0, out.stderr
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    assert len(lines) >= 3  # a line per interval and a final one
+    assert [line["elapsed"] for line in lines] == sorted(line["elapsed"] for line in lines)
+    final = lines[-1]
+    a, b = final["pods"]["pod-a"], final["pods"]["pod-b"]
+    assert a["batches"] >= 1 and a["events"] == 2 * a["batches"] and a["filtered"] == a["batches"]
+    assert a["blocks_stored"] == 3 * a["batches"] and a["malformed"] == 0
+    assert (b["batches"], b["model"], b["replay_endpoint"]) == (0, "other", "tcp://127.0.0.1:10")
+    assert final["index"]["contexts"] == 2    # (llama, -1) and (llama, 7)
+    assert final["index"]["entries"] == 3     # the CPU block is not indexed
+    assert final["index"]["orphan_blocks"] == 0
+    assert final["totals"]["batches"] == a["batches"]
+
+
+def test_end_to_end_text_until_sigterm(publisher):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "prefixindex", "subscribe", "--pod",
+                             f"pod-a={publisher.endpoint},topic=kv-events", "--model", "llama", "--block-size", "4",
+                             "--interval", "0.2", "--per-pod"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+    try:
+        header = proc.stdout.readline()
+        assert "subscribed to pod-a=" + publisher.endpoint in header
+        deadline = time.monotonic() + 10
+        line = ""
+        while "entries=2" not in line:  # the first two blocks of the default (no LoRA name) context
+            assert time.monotonic() < deadline, "no stats line showed the stored blocks"
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read()
+        proc.send_signal(signal.SIGTERM)
+        rest, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    final = [ln for ln in rest.splitlines() if ln.startswith("[")][-1]
+    assert "pods=1" in final and "malformed=0" in final and "index contexts=1" in final
+    assert "    pod-a: last_seq=" in rest
+    assert "pod 'pod-a': adapter 'sql' has no lora_id" in err  # no --lora-map here: reported by name
+
+
+def test_bad_endpoint_is_an_error_exit(capsys):
+    assert main(["--pod", "pod-a=tcp://*:5557", "--model", "m", "--duration", "0"]) == 1
+    assert "pod-a" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--pod", "pod-a=tcp://127.0.0.1:5557"], "--model is required"),
+    (["--pod", "pod-a"], "NAME=ENDPOINT"),
+    (["--pod", "pod-a=tcp://127.0.0.1:5557,colour=red", "--model", "m"], "unknown --pod option"),
+    (["--pod", "pod-a=127.0.0.1:5557", "--model", "m"], "ZeroMQ endpoint"),
+    (["--pod", "p=tcp://127.0.0.1:1", "--pod", "p=tcp://127.0.0.1:2", "--model", "m"], "its own NAME"),
+    (["--pod", "p=tcp://127.0.0.1:1", "--model", "m", "--lora-map", "sql"], "NAME=ID"),
+    (["--pod", "p=tcp://127.0.0.1:1", "--model", "m", "--lora-map", "sql=x"], "NAME=ID"),
+    (["--pod", "p=tcp://127.0.0.1:1", "--model", "m", "--interval", "0"], "--interval"),
+    (["--pod", "p=tcp://127.0.0.1:1", "--model", "m", "--block-size", "0"], "block_size"),
+    ([], "--pod"),
+])
+def test_argument_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_pod_parse():
+    pod = Pod.parse("default/llama-0=tcp://10.0.0.1:5557,replay=tcp://10.0.0.1:5558,topic=kv-events,model=m")
+    assert pod == Pod("default/llama-0", "tcp://10.0.0.1:5557", "tcp://10.0.0.1:5558", "kv-events", "m")
+    assert Pod.parse("10.0.0.1:8000=tcp://h:5557") == Pod("10.0.0.1:8000", "tcp://h:5557")
+    assert Pod.parse("p=tcp://h:5557,topic=").topic == ""
+
+
+def test_dispatcher_lists_subscribe():
+    from prefixindex.__main__ import main as dispatch
+
+    assert dispatch(["subscribe", "--pod", "p=tcp://*:1", "--model", "m", "--duration", "0"]) == 1

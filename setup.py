@@ -33,7 +33,7 @@ def extensions():
         ["prefixindex/_core.pyx"],
         language="c++",
         include_dirs=[numpy.get_include(), "prefixindex"],
-        extra_compile_args=["-O3", "-std=c++17", "-fno-strict-aliasing"],
+        extra_compile_args=["-O3", "-g0", "-std=c++17", "-fno-strict-aliasing"],
         define_macros=[("PREFIXINDEX_SOURCE_HASH", f'"{source_hash()}"'),
                        ("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     )

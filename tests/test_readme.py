@@ -1,0 +1,25 @@
+"""README.md's usage example runs as written (on whichever backend this run uses)."""
+
+import re
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def test_readme_usage_example_runs():
+    text = (ROOT / "README.md").read_text()
+    example = re.search(r"## Usage\n\n```python\n(.*?)```", text, re.S)
+    assert example, "README.md has no Usage example"
+    proc = subprocess.run([sys.executable, "-c", example.group(1)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "'blocks_stored': 3" in proc.stdout  # its closing stats() line
+
+
+def test_readme_starts_with_the_two_commands_ci_runs():
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```\n(.*?)\n```", text, re.S)
+    assert blocks[0] == "python -m pip install -e . && python -m prefixindex demo"
+    assert blocks[1].startswith("python -m pip install -e '.[test]' && python -m pytest")
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "eval \"$demo_command\"" in ci and "eval \"$test_command\"" in ci

@@ -1,0 +1,316 @@
+"""The benchmark side: ``python -m prefixindex bench`` and the asv suite in asv_benchmarks/.
+
+No timing assertions (the machine is shared and noisy): the tests check that every workload runs on
+every available backend, that the numbers are well-formed and positive, and that each asv benchmark's
+setup builds the table it claims and its timed call has the effect it claims, on tiny parameters.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import BACKENDS
+
+ROOT = Path(__file__).resolve().parent.parent
+ASV_DIR = ROOT / "asv_benchmarks"
+BACKEND_NAMES = sorted(BACKENDS)  # "python", and "cython" when the compiled core imports here
+
+
+# --- python -m prefixindex bench ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bench_doc():
+    proc = subprocess.run([sys.executable, "-m", "prefixindex", "bench", "--quick", "--json"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    return json.loads(proc.stdout)
+
+
+def _finite_positive(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def test_bench_json_has_every_workload_for_every_backend(bench_doc):
+    from prefixindex import _bench
+
+    assert sorted(bench_doc["backends"]) == BACKEND_NAMES
+    assert [r["id"] for r in bench_doc["results"]] == [row[0] for row in _bench.ROWS]
+    for r in bench_doc["results"]:
+        assert sorted(r["values"]) == BACKEND_NAMES, r["id"]
+        for name, v in r["values"].items():
+            assert "error" not in v, (r["id"], name, v)
+            assert _finite_positive(v["median"]), (r["id"], name, v)
+            if r["target"] is None:
+                assert v["pass"] is None
+            else:
+                better = v["median"] <= r["target"] if r["better"] == "lower" else v["median"] >= r["target"]
+                assert v["pass"] is better
+            if r["id"] == "bytes_per_entry":
+                # a (pod, block) entry costs more than its 8-byte hash, and far less than 10 kB
+                assert 8 < v["median"] < 10_000, (name, v)
+                assert v["entries"] == bench_doc["settings"]["memory_entries"][name] > 0
+                assert v["method"] in ("tracemalloc", "mallinfo2", "rss")
+                if "rss_cross_check" in v:
+                    assert _finite_positive(v["rss_cross_check"])
+            else:
+                assert v["batches"] >= 7 and v["calls"] >= v["batches"]
+                assert v["p25"] <= v["median"] <= v["p75"] and _finite_positive(v["best"])
+        if len(BACKEND_NAMES) == 2:
+            assert _finite_positive(r["speedup"])
+            assert (r["speedup_pass"] is None) == (r["speedup_target"] is None)
+        else:
+            assert r["speedup"] is None and r["speedup_pass"] is None
+
+
+def test_bench_json_describes_the_machine_and_run(bench_doc):
+    m, s = bench_doc["machine"], bench_doc["settings"]
+    assert m["cpu"] and m["logical_cpus"] >= 1 and m["usable_cpus"] >= 1
+    assert m["python"].split()[1] == ".".join(map(str, sys.version_info[:3]))
+    assert m["numpy"] == np.__version__
+    assert s["quick"] is True and s["block_size"] == 16 and s["contexts"] == 100 and s["prompt_tokens"] == 1024
+    assert _finite_positive(s["loop_overhead_ns"])
+    assert 0 < bench_doc["elapsed_seconds"] < 600
+    for name in BACKEND_NAMES:
+        assert bench_doc["backends"][name]["backend"] == name
+
+
+def test_bench_table_shows_targets_ratios_and_verdicts(bench_doc):
+    from prefixindex import _bench
+
+    text = _bench.format_report(bench_doc)
+    lines = text.splitlines()
+    header = next(line for line in lines if line.startswith("workload "))
+    for name in ("unit", "target", "python", "cython", "ratio"):
+        assert name in header
+    for row in _bench.ROWS:
+        line = next(line for line in lines if line.startswith(row[1]))
+        if row[4] is not None:
+            assert ("pass" in line) or ("MISS" in line), line
+    assert "bytes per entry, python: tracemalloc" in text
+    assert bench_doc["machine"]["cpu"] in text
+
+
+def test_bench_rejects_an_unknown_backend():
+    proc = subprocess.run([sys.executable, "-m", "prefixindex", "bench", "--backends", "fortran"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "unknown backend" in proc.stderr
+
+
+def test_measure_reports_a_failing_workload_instead_of_dying():
+    from prefixindex import _bench
+
+    def boom(*_):
+        raise RuntimeError("broken")
+
+    out = _bench.measure({"ok": _bench.loop_op(lambda *a: None, [()] * 10),
+                          "bad": _bench.loop_op(boom, [()] * 10)}, budget_s=0.01)
+    assert out["bad"] == {"error": "RuntimeError: broken"}
+    assert out["ok"]["batches"] >= 7 and out["ok"]["median_ns"] > 0
+
+
+@pytest.mark.parametrize("backend_name", BACKEND_NAMES)
+def test_memory_probe_counts_the_entries_it_stored(backend_name):
+    from prefixindex import _bench
+
+    method = _bench.MEMORY_METHOD[backend_name]
+    if not _bench.memory_methods_available()[method]:
+        method = "rss"
+    probe = _bench.memory_probe(backend_name, 6400, method)
+    assert probe["entries"] == probe["blocks"] == 6400 and probe["prefixes"] == 6400
+    assert 8 < probe["bytes_per_entry"] < 10_000
+
+
+# --- the asv suite --------------------------------------------------------------------------------------
+
+
+def _strip_comments(text: str) -> str:
+    return "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("//"))
+
+
+def test_asv_conf_points_at_the_suite_and_keeps_results_out_of_git():
+    conf = json.loads(_strip_comments((ASV_DIR / "asv.conf.json").read_text()))
+    assert (ASV_DIR / conf["repo"]).resolve() == ROOT
+    assert (ASV_DIR / conf["benchmark_dir"] / "__init__.py").exists()
+    for key in ("results_dir", "env_dir", "html_dir"):
+        assert (ASV_DIR / conf[key]).resolve().parent == ROOT / ".asv", key
+    assert ".asv/" in (ROOT / ".gitignore").read_text().split()
+
+
+@pytest.fixture
+def suite(monkeypatch):
+    """import_module for the suite's modules (as asv imports them: the package ``benchmarks``)."""
+    monkeypatch.syspath_prepend(str(ASV_DIR))
+    common = importlib.import_module("benchmarks._common")
+    common.forget()
+    yield lambda name: importlib.import_module(f"benchmarks.{name}")
+    common.forget()
+
+
+OUR_MODULES = ["events", "eviction", "harness", "hashing", "matching", "memory", "threads"]
+
+
+def test_every_benchmark_class_of_ours_is_exercised_below(suite):
+    exercised = {"GetPrefixHashes", "MatchPromptLength", "MatchReadyPods", "MatchContexts", "ProcessBlockStored",
+                 "ProcessBlockRemoved", "AllBlocksCleared", "StalenessPass", "PrefixBoundTrim", "PeakMemStore",
+                 "BytesPerEntry", "MatchThreads", "HarnessOverhead"}
+    found = set()
+    for name in OUR_MODULES:
+        module = suite(name)
+        for attr, obj in vars(module).items():
+            if isinstance(obj, type) and obj.__module__ == module.__name__ and any(
+                    a.startswith(("time_", "peakmem_", "track_", "mem_")) for a in dir(obj)):
+                found.add(attr)
+                if getattr(obj, "params", None):  # parametrised over both backends, backend first
+                    assert obj.param_names[0] == "backend" and list(obj.params[0]) == ["python", "cython"], attr
+    assert found == exercised
+
+
+def test_an_absent_backend_is_an_asv_skip(suite, monkeypatch):
+    common = suite("_common")
+    monkeypatch.setitem(common.MODULES, "cython", "prefixindex._no_such_backend")
+    with pytest.raises(NotImplementedError):
+        suite("hashing").GetPrefixHashes().setup("cython", 256)
+
+
+@pytest.mark.parametrize("backend_name", BACKEND_NAMES)
+def test_get_prefix_hashes(suite, backend_name):
+    b = suite("hashing").GetPrefixHashes()
+    b.setup(backend_name, 256)
+    b.time_get_prefix_hashes(backend_name, 256)
+    assert len(b.table.get_prefix_hashes(b.query)) == 256 // 16
+
+
+@pytest.mark.parametrize("backend_name", BACKEND_NAMES)
+@pytest.mark.parametrize("hit", ["full", "partial", "miss"])
+@pytest.mark.parametrize("cls, param", [("MatchPromptLength", 256), ("MatchReadyPods", 3), ("MatchContexts", 2)])
+def test_match(suite, backend_name, hit, cls, param):
+    b = getattr(suite("matching"), cls)()
+    b.setup(backend_name, hit, param)
+    state = b.state
+    assert b.table.stats()["entries"] == state.entries
+    assert b.table.stats()["contexts"] == state.contexts
+    b.time_match_prefix(backend_name, hit, param)
+    result, hashes = b.table.match_prefix(b.model, -1, b.query, b.ready)
+    assert len(hashes) == state.n_blocks
+    assert result == b.expected
+    assert len(b.ready) == (param if cls == "MatchReadyPods" else 1)
+    if hit == "full":
+        assert result == {p: 100 for p in b.ready}
+    elif hit == "partial":
+        assert result == {p: 50 for p in b.ready}
+    else:
+        assert result == {}
+
+
+@pytest.mark.parametrize("backend_name", BACKEND_NAMES)
+def test_process_block_stored_places_new_blocks_every_sample(suite, backend_name):
+    b = suite("events").ProcessBlockStored()
+    for _ in range(3):  # asv re-runs setup before every sample
+        b.setup(backend_name, 10)
+        base = b.state.entries
+        assert b.table.stats()["entries"] == base
+        b.time_process_block_stored(backend_name, 10)
+        stats = b.table.stats()
+        assert stats["entries"] == base + 10 and stats["orphan_blocks"] == 0
+
+
+@pytest.mark.parametrize("backend_name", BACKEND_NAMES)
+def test_process_block_removed_removes_held_blocks_every_sample(suite, backend_name):
+    b = suite("events").ProcessBlockRemoved()
+    for _ in range(3):
+        b.setup(backend_name, 10)
+        base = b.state.entries
+        assert b.table.stats()["entries"] == base + 10
+        b.time_process_block_removed(backend_name, 10)
+        assert b.table.stats()["entries"] == base
+
+
+@pytest.mark.parametrize("backend_name", BACKEND_NAMES)
+def test_all_blocks_cleared_clears_the_busy_pod(suite, backend_name):
+    b = suite("events").AllBlocksCleared()
+    for _ in range(2):
+        b.setup(backend_name, 500)
+        assert b.table.stats()["entries"] == b.state.entries == 100 * 64 + 64 + 500
+        b.time_all_blocks_cleared(backend_name, 500)
+        stats = b.table.stats()
+        assert stats["entries"] == 100 * 64 + 64 and stats["contexts"] == 101
+
+
+@pytest.mark.parametrize("backend_name", BACKEND_NAMES)
+@pytest.mark.parametrize("stale", ["none", "pods", "contexts"])
+def test_staleness_pass(suite, backend_name, stale):
+    b = suite("eviction").StalenessPass()
+    for _ in range(2):
+        b.setup(backend_name, 1000, stale)
+        before = b.table.stats()
+        assert before["entries"] == 1000 and before["contexts"] == 10 and before["pods"] == 10
+        b.time_evict_now(backend_name, 1000, stale)
+        after = b.table.stats()
+        if stale == "none":
+            assert after["entries"] == 1000 and after["evicted_pods"] == after["evicted_contexts"] == 0
+        elif stale == "pods":
+            assert after["entries"] == 0 and after["evicted_pods"] == 100 and after["evicted_contexts"] == 0
+        else:
+            assert after["entries"] == 0 and after["evicted_contexts"] == 10 and after["evicted_pods"] == 0
+
+
+@pytest.mark.parametrize("backend_name", BACKEND_NAMES)
+def test_store_over_the_bound_trims(suite, backend_name):
+    b = suite("eviction").PrefixBoundTrim()
+    for _ in range(2):
+        b.setup(backend_name, 1000)
+        assert b.table.stats()["prefixes"] == 1000
+        b.time_store_over_bound(backend_name, 1000)
+        stats = b.table.stats()
+        assert stats["prefixes"] == 750 and stats["evicted_prefixes"] == 251
+        assert b.table.match_blocks("model-0000", -1, b.event.tokens.reshape(-1)) == {"pod-1": 1}
+
+
+@pytest.mark.parametrize("backend_name", BACKEND_NAMES)
+def test_peakmem_store(suite, backend_name):
+    memory = suite("memory")
+    b = memory.PeakMemStore()
+    b.setup(backend_name, 6400)
+    b.peakmem_events_only(backend_name, 6400)
+    assert b.table.stats()["entries"] == 0
+    b.peakmem_store(backend_name, 6400)
+    assert b.table.stats()["entries"] == 6400
+
+
+@pytest.mark.parametrize("backend_name", BACKEND_NAMES)
+def test_track_bytes_per_entry(suite, backend_name):
+    b = suite("memory").BytesPerEntry()
+    b.setup(backend_name, 6400)
+    assert 8 < b.track_bytes_per_entry(backend_name, 6400) < 10_000
+    assert 8 < b.track_rss_bytes_per_entry(backend_name, 6400) < 10_000
+    assert b.track_bytes_per_entry.unit == "bytes"
+
+
+@pytest.mark.parametrize("backend_name", BACKEND_NAMES)
+def test_match_threads(suite, backend_name, monkeypatch):
+    threads = suite("threads")
+    monkeypatch.setattr(threads, "CONTEXTS", 4)
+    b = threads.MatchThreads()
+    b.setup(backend_name, 2)
+    state = b.state
+    assert state.table.stats()["entries"] == 4 * 512
+    assert [len(c) for c in state.chunks] == [128, 128]
+    assert state.run() == threads.MATCHES
+    for model, lora, query, ready in state.chunks[1][:4]:
+        assert state.table.match_prefix(model, lora, query, ready)[0] == {"pod-0": 100}
+    b.time_256_matches_8192_tokens(backend_name, 2)
+
+
+def test_harness_overhead(suite):
+    b = suite("harness").HarnessOverhead()
+    b.setup()
+    assert b.time_noop() is None

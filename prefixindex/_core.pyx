@@ -39,6 +39,12 @@ from ._events import (AllBlocksCleared, BlockRemoved, BlockStored, check_event_w
 
 cnp.import_array()
 
+# The event classes as C globals: `type(event) is BlockStored` would look the name up in the module
+# dict on every event.
+cdef object BlockStoredType = BlockStored
+cdef object BlockRemovedType = BlockRemoved
+cdef object AllBlocksClearedType = AllBlocksCleared
+
 cdef extern from "Python.h":
     ctypedef struct PyMemberDef:
         Py_ssize_t offset
@@ -658,7 +664,7 @@ cdef class SyncPrefixHashTable:
             data[0] = <const uint8_t*>PyBytes_AS_STRING(tokens)
             nbytes[0] = PyBytes_GET_SIZE(tokens)
             return tokens
-        if type(tokens) is not np.ndarray or cnp.PyArray_TYPE(<cnp.ndarray>tokens) != cnp.NPY_UINT8 \
+        if not cnp.PyArray_CheckExact(tokens) or cnp.PyArray_TYPE(<cnp.ndarray>tokens) != cnp.NPY_UINT8 \
                 or cnp.PyArray_NDIM(<cnp.ndarray>tokens) != 1 \
                 or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>tokens):
             tokens = query_token_bytes(tokens)  # the shared path: same conversions and errors as _core_py
@@ -685,14 +691,14 @@ cdef class SyncPrefixHashTable:
     # -- events ------------------------------------------------------------------------------------
 
     def process_block_stored(self, event):
-        if type(event) is BlockStored:
+        if type(event) is BlockStoredType:
             engine_arr = _slot(event, OFF_STORED_HASHES)
             tokens_arr = _slot(event, OFF_STORED_TOKENS)
             model = _slot(event, OFF_STORED_MODEL)
             lora = _slot(event, OFF_STORED_LORA)
             pod_obj = _slot(event, OFF_STORED_POD)
             parent_obj = _slot(event, OFF_STORED_PARENT)
-        elif isinstance(event, BlockStored):
+        elif isinstance(event, BlockStoredType):
             engine_arr, tokens_arr = event.block_hashes, event.tokens
             model, lora = event.model_name, event.lora_id
             pod_obj, parent_obj = event.source_pod, event.parent_block_hash
@@ -759,7 +765,7 @@ cdef class SyncPrefixHashTable:
             self.mutex.unlock()
 
     def process_block_removed(self, event):
-        if type(event) is not BlockRemoved and not isinstance(event, BlockRemoved):
+        if type(event) is not BlockRemovedType and not isinstance(event, BlockRemovedType):
             raise TypeError(f"process_block_removed takes a BlockRemoved, not {type(event).__name__}")
         engine_arr = event.block_hashes
         cdef size_t n = _array_len(engine_arr, cnp.NPY_UINT64, 1, b"block_hashes")
@@ -830,7 +836,7 @@ cdef class SyncPrefixHashTable:
         return removed
 
     def process_all_blocks_cleared(self, event):
-        if type(event) is not AllBlocksCleared and not isinstance(event, AllBlocksCleared):
+        if type(event) is not AllBlocksClearedType and not isinstance(event, AllBlocksClearedType):
             raise TypeError(f"process_all_blocks_cleared takes an AllBlocksCleared, not {type(event).__name__}")
         model = event.model_name
         lora = event.lora_id

@@ -163,6 +163,12 @@ def query_token_bytes(tokens: Any) -> Any:
     return _token_ids_to_bytes(_list_to_ids(list(tokens), "tokens"), "tokens")
 
 
+def _is_block(value: Any) -> bool:
+    """Whether an element of an event's tokens is one block (token bytes or token ids), not a token."""
+    return isinstance(value, (np.ndarray,) + _BYTES_LIKE) or (
+        isinstance(value, Iterable) and not isinstance(value, str))
+
+
 def event_token_bytes(tokens: Any, n_blocks: int) -> np.ndarray:
     """The tokens of a BlockStored as a 2-D (n_blocks, bytes_per_block) C-contiguous uint8 array."""
     if isinstance(tokens, np.ndarray):
@@ -183,7 +189,7 @@ def event_token_bytes(tokens: Any, n_blocks: int) -> np.ndarray:
     if isinstance(tokens, str) or not isinstance(tokens, Iterable):
         raise TypeError(f"tokens must be token bytes or token ids, not {_type_name(tokens)}")
     items = tokens if isinstance(tokens, list) else list(tokens)
-    if not items or all(_is_int(v) for v in items):  # a flat list of token ids
+    if not items or not _is_block(items[0]):  # a flat list of token ids (anything else in it: TypeError)
         return _split_blocks(_token_ids_to_bytes(_list_to_ids(items, "tokens"), "tokens"), n_blocks, 4)
     # a sequence of blocks, each token bytes or token ids
     if len(items) != n_blocks:
@@ -305,8 +311,8 @@ def ready_set(ready_pods: Any) -> Optional[frozenset]:
         return None
     if isinstance(ready_pods, (str,) + _BYTES_LIKE) or not isinstance(ready_pods, Iterable):
         raise TypeError(f"ready_pods must be an iterable of pod names or None, not {_type_name(ready_pods)}")
-    pods = frozenset(ready_pods)
+    pods = list(ready_pods)  # iterated once: ready_pods may be a generator
     for pod in pods:
         if not isinstance(pod, str):
             raise TypeError(f"ready_pods must hold pod names (str), got {_type_name(pod)}")
-    return pods
+    return frozenset(pods)

@@ -214,10 +214,16 @@ static inline uint64_t fetch_add_u64(uint64_t* p, uint64_t v) { return __atomic_
 static inline void store_f64(double* p, double v) { __atomic_store(p, &v, __ATOMIC_RELAXED); }
 static inline void store_u64(uint64_t* p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
 
-// The clock of time.monotonic() on Linux and macOS, readable without the GIL.
+// The clock of time.monotonic(), readable without the GIL. On Linux the coarse variant of the same
+// clock (updated every few milliseconds, read without a syscall or TSC read): staleness is measured in
+// minutes, and this is read on every call.
 static inline double monotonic_seconds() {
   struct timespec ts;
+#ifdef CLOCK_MONOTONIC_COARSE
+  clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+#else
   clock_gettime(CLOCK_MONOTONIC, &ts);
+#endif
   return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
 }
 

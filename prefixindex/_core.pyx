@@ -322,6 +322,14 @@ cdef class SyncPrefixHashTable:
     cdef size_t live_pods
     cdef uint64_t ctx_clock
     cdef Counters n
+    # The last (model, lora_id, pod) an event was stored for, by object identity, and where it went.
+    # A subscriber streams one pod's events with the same str and int objects, so most events skip
+    # three dict lookups. The objects are held (an address can be reused by another object once freed);
+    # hot_ctx is set to NULL whenever any pod state or context is freed, which is when c/ps could go.
+    cdef object hot_model, hot_lora, hot_pod
+    cdef Ctx* hot_ctx
+    cdef PodState* hot_ps
+    cdef uint32_t hot_pid
     cdef object __weakref__
 
     def __cinit__(self, *args, **kwargs):
@@ -438,6 +446,7 @@ cdef class SyncPrefixHashTable:
         return ps
 
     cdef void _delete_pod_state(self, PodState* ps, uint32_t pid) noexcept nogil:
+        self.hot_ctx = NULL
         del ps
         self.pod_refs[pid] -= 1
         if self.pod_refs[pid] == 0:
@@ -491,6 +500,7 @@ cdef class SyncPrefixHashTable:
 
     cdef void _unlink_ctx(self, Ctx* c):
         cdef Ctx* last = self.all_ctx.back()
+        self.hot_ctx = NULL
         model, lora = <object>c.key
         loras = self._contexts[model]
         del loras[lora]
@@ -726,14 +736,18 @@ cdef class SyncPrefixHashTable:
         self._lock()
         try:
             self.n.events_block_stored += 1
-            c = self._find_ctx(model, lora)
-            if c != NULL:
-                pid = self._pod_id(pod)
-                if pid != NO_POD:
-                    found = c.pods.find(pid)
-                    if found != c.pods.end():
-                        ps = deref(found).second
-                        ps.last_seen = now  # any event from a pod shows it is alive here (D6)
+            if self.hot_ctx != NULL and model is self.hot_model and lora is self.hot_lora and pod is self.hot_pod:
+                c, ps, pid = self.hot_ctx, self.hot_ps, self.hot_pid
+                ps.last_seen = now
+            else:
+                c = self._find_ctx(model, lora)
+                if c != NULL:
+                    pid = self._pod_id(pod)
+                    if pid != NO_POD:
+                        found = c.pods.find(pid)
+                        if found != c.pods.end():
+                            ps = deref(found).second
+                            ps.last_seen = now  # any event from a pod shows it is alive here (D6)
             parent = self.seed
             if has_parent:
                 if ps == NULL:
@@ -759,6 +773,14 @@ cdef class SyncPrefixHashTable:
                 hash_chain(data, n, self.block_bytes, self.seed, parent, hashes)
                 self._place(c, ps, pid, hashes, engines, n)
             self.n.blocks_stored += n
+            if c.pods.count(pid):  # still there after a trim: remember where this pod's events go
+                if self.hot_model is not model:
+                    self.hot_model = model
+                if self.hot_lora is not lora:
+                    self.hot_lora = lora
+                if self.hot_pod is not pod:
+                    self.hot_pod = pod
+                self.hot_ctx, self.hot_ps, self.hot_pid = c, ps, pid
         finally:
             if not self.released.empty():
                 self._drain_released()

@@ -11,7 +11,7 @@ import os
 import secrets
 from typing import Any, Mapping, Optional
 
-__all__ = ["Config", "ENV_VARS"]
+__all__ = ["Config", "ENV_VARS", "resolve_config"]
 
 # field name -> environment variable, in the order of the SPEC table
 ENV_VARS = {
@@ -72,6 +72,18 @@ class Config:
         if self.seed is not None:
             return self
         return dataclasses.replace(self, seed=secrets.randbits(64))
+
+
+def resolve_config(config: Optional[Config], overrides: Mapping[str, Any]) -> Config:
+    """The configuration a table runs with (D10): the environment's when ``config`` is None, with
+    ``overrides`` applied either way, and a concrete seed."""
+    if config is None:
+        config = Config.from_env(**overrides)
+    elif not isinstance(config, Config):
+        raise TypeError(f"config must be a prefixindex.Config, not {type(config).__name__}")
+    elif overrides:
+        config = dataclasses.replace(config, **overrides)
+    return config.with_seed()
 
 
 def _validate(values: Mapping[str, Any], from_env: bool) -> None:

@@ -31,9 +31,10 @@ cdef extern from "_native.h" namespace "pi" nogil:
     cdef uint32_t kMulti
     cdef size_t kNodeSize
 
-    cdef cppclass PrefixMap:
+    # prefix hash -> Entry, and engine hash -> prefix hash: one template, two instantiations
+    cdef cppclass U64Map[V]:
         cppclass iterator:
-            pair[const uint64_t, Entry]& operator*()
+            pair[const uint64_t, V]& operator*()
             iterator operator++()
             bint operator==(iterator)
             bint operator!=(iterator)
@@ -42,29 +43,14 @@ cdef extern from "_native.h" namespace "pi" nogil:
         iterator find(uint64_t)
         iterator erase(iterator)
         size_t erase(uint64_t)
-        pair[iterator, bint] emplace(uint64_t, Entry)
-        pair[iterator, bint] try_emplace(const uint64_t&, Entry&)
+        size_t count(uint64_t)
+        pair[iterator, bint] try_emplace(const uint64_t&, V&)
         size_t size()
         size_t bucket_count()
-        void reserve(size_t)
         void clear()
 
-    cdef cppclass EngineMap:
-        cppclass iterator:
-            pair[const uint64_t, uint64_t]& operator*()
-            iterator operator++()
-            bint operator==(iterator)
-            bint operator!=(iterator)
-        iterator begin()
-        iterator end()
-        iterator find(uint64_t)
-        iterator erase(iterator)
-        size_t erase(uint64_t)
-        pair[iterator, bint] emplace(uint64_t, uint64_t)
-        pair[iterator, bint] try_emplace(const uint64_t&, uint64_t&)
-        size_t size()
-        size_t bucket_count()
-        void clear()
+    ctypedef U64Map[Entry] PrefixMap
+    ctypedef U64Map[uint64_t] EngineMap
 
     cdef cppclass PodState:
         PodState(NodePool* pool, float load_factor) except +

@@ -27,12 +27,11 @@ from libcpp.vector cimport vector
 
 cimport numpy as cnp
 
-import dataclasses
 import time
 
 import numpy as np
 
-from ._config import Config
+from ._config import resolve_config
 from ._eviction import EvictionThread
 from ._events import (AllBlocksCleared, BlockRemoved, BlockStored, check_event_width, check_lora_id, check_str,
                       hash_array, query_token_bytes, ready_set)
@@ -350,13 +349,7 @@ cdef class SyncPrefixHashTable:
         del self.mutex
 
     def __init__(self, config=None, *, clock=None, background_eviction=True, **overrides):
-        if config is None:
-            config = Config.from_env(**overrides)
-        elif not isinstance(config, Config):
-            raise TypeError(f"config must be a prefixindex.Config, not {type(config).__name__}")
-        elif overrides:
-            config = dataclasses.replace(config, **overrides)
-        self.config = config.with_seed()
+        self.config = resolve_config(config, overrides)
         self.seed = self.config.seed
         self.block_size = self.config.block_size
         self.block_bytes = 4 * <size_t>self.block_size
@@ -393,6 +386,12 @@ cdef class SyncPrefixHashTable:
         if not self.mutex.try_lock():
             with nogil:
                 self.mutex.lock()
+
+    cdef void _unlock(self):
+        """End an exclusive section: recycle the pod ids it released (with the GIL), then unlock."""
+        if not self.released.empty():
+            self._drain_released()
+        self.mutex.unlock()
 
     cdef inline void _lock_shared(self) noexcept:
         if not self.mutex.try_lock_shared():
@@ -782,9 +781,7 @@ cdef class SyncPrefixHashTable:
                     self.hot_pod = pod
                 self.hot_ctx, self.hot_ps, self.hot_pid = c, ps, pid
         finally:
-            if not self.released.empty():
-                self._drain_released()
-            self.mutex.unlock()
+            self._unlock()
 
     def process_block_removed(self, event):
         if type(event) is not BlockRemovedType and not isinstance(event, BlockRemovedType):
@@ -829,9 +826,7 @@ cdef class SyncPrefixHashTable:
             self.n.blocks_removed += removed
             self._drop_if_empty(c)
         finally:
-            if not self.released.empty():
-                self._drain_released()
-            self.mutex.unlock()
+            self._unlock()
 
     cdef uint64_t _remove_blocks(self, Ctx* c, vector[pair[uint32_t, PodStatePtr]]* targets,
                                  const uint64_t* engines, size_t n) noexcept nogil:
@@ -877,9 +872,7 @@ cdef class SyncPrefixHashTable:
                         self._drop_pod(c, pid)
                     self._drop_if_empty(c)
         finally:
-            if not self.released.empty():
-                self._drain_released()
-            self.mutex.unlock()
+            self._unlock()
 
     # -- direct prefix API (AIBrix's AddPrefix / RemovePrefix) ---------------------------------------
 
@@ -905,9 +898,7 @@ cdef class SyncPrefixHashTable:
             else:
                 self._place(c, ps, pid, &hashes[0], NULL, n)
         finally:
-            if not self.released.empty():
-                self._drain_released()
-            self.mutex.unlock()
+            self._unlock()
 
     def remove_prefix(self, model_name, lora_id, pod):
         """Forget every prefix ``pod`` holds in the context (AIBrix's RemovePrefix)."""
@@ -926,9 +917,7 @@ cdef class SyncPrefixHashTable:
                     self._drop_pod(c, pid)
             self._drop_if_empty(c)
         finally:
-            if not self.released.empty():
-                self._drain_released()
-            self.mutex.unlock()
+            self._unlock()
 
     # -- queries -----------------------------------------------------------------------------------
 
@@ -1058,9 +1047,7 @@ cdef class SyncPrefixHashTable:
             self.n.evicted_contexts += n_contexts
             self.n.evicted_pods += n_pods
         finally:
-            if not self.released.empty():
-                self._drain_released()
-            self.mutex.unlock()
+            self._unlock()
         return {"contexts": n_contexts, "pods": n_pods}
 
     def stats(self):

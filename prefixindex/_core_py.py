@@ -13,7 +13,6 @@ One lock per table guards all of it.
 
 from __future__ import annotations
 
-import dataclasses
 import heapq
 import struct
 import threading
@@ -24,7 +23,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 import numpy as np
 import xxhash
 
-from ._config import Config
+from ._config import Config, resolve_config
 from ._eviction import EvictionThread
 from ._events import (AllBlocksCleared, BlockRemoved, BlockStored, check_event_width, check_lora_id, check_str,
                       encode_tokens, hash_array, query_token_bytes, ready_set)
@@ -132,13 +131,7 @@ class SyncPrefixHashTable:
 
     def __init__(self, config: Optional[Config] = None, *, clock: Optional[Callable[[], float]] = None,
                  background_eviction: bool = True, **overrides: Any) -> None:
-        if config is None:
-            config = Config.from_env(**overrides)
-        elif not isinstance(config, Config):
-            raise TypeError(f"config must be a prefixindex.Config, not {type(config).__name__}")
-        elif overrides:
-            config = dataclasses.replace(config, **overrides)
-        self.config: Config = config.with_seed()
+        self.config: Config = resolve_config(config, overrides)
         self.seed: int = self.config.seed  # type: ignore[assignment]
         self.block_size: int = self.config.block_size
         self._block_bytes = 4 * self.block_size

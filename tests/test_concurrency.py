@@ -234,12 +234,25 @@ def test_events_and_matches_are_atomic(backend):
     matched either fully or not at all, and a snapshot holds all of it or nothing."""
     t = backend.SyncPrefixHashTable(seed=SEED, block_size=4, background_eviction=False)
     errors, seen = [], set()
-    deadline = time.monotonic() + 0.6
     query = toks(1, 2, 3, 4, 5, 6)
+    # Run for at least 0.3 s and until the readers have seen both states (which shows they really
+    # interleaved with the writer); how soon that happens is up to the scheduler, so no fixed window.
+    started = time.monotonic()
+    give_up = started + 10.0
+    done = threading.Event()
+
+    def running():
+        if done.is_set():
+            return False
+        now = time.monotonic()
+        if now > give_up or (now > started + 0.3 and seen == {0, 6}):
+            done.set()
+            return False
+        return True
 
     def writer():
         try:
-            while time.monotonic() < deadline:
+            while running():
                 t.process_block_stored(BlockStored([1, 2, 3, 4, 5, 6], query, "m", -1, "A"))
                 t.process_block_removed(BlockRemoved([1, 2, 3, 4, 5, 6], "m", -1, "A"))
         except BaseException:  # noqa: BLE001
@@ -247,7 +260,7 @@ def test_events_and_matches_are_atomic(backend):
 
     def reader():
         try:
-            while time.monotonic() < deadline:
+            while running():
                 got = t.match_blocks("m", -1, query)
                 seen.add(got.get("A", 0))
                 assert got in ({}, {"A": 6}), got
@@ -255,6 +268,7 @@ def test_events_and_matches_are_atomic(backend):
                 assert n in (0, 6), n
         except BaseException:  # noqa: BLE001
             errors.append(traceback.format_exc())
+            done.set()
 
     old = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)   # switch threads as often as possible, to expose unguarded steps

@@ -191,54 +191,52 @@ cdef inline uint64_t _converge(uint64_t v1, uint64_t v2, uint64_t v3, uint64_t v
     return _merge(h, v4)
 
 
+cdef inline void _start(uint64_t* acc, uint64_t seed) noexcept nogil:
+    acc[0] = seed + XXH_P1 + XXH_P2
+    acc[1] = seed + XXH_P2
+    acc[2] = seed
+    acc[3] = seed - XXH_P1
+
+
+cdef inline size_t _stripes(uint64_t* acc, const uint8_t* p, size_t n) noexcept nogil:
+    """Fold every whole 32-byte stripe of p[0:n] into the four accumulators; returns the bytes used."""
+    cdef size_t used = 0
+    while n - used >= 32:
+        acc[0] = _round(acc[0], _read64(p + used))
+        acc[1] = _round(acc[1], _read64(p + used + 8))
+        acc[2] = _round(acc[2], _read64(p + used + 16))
+        acc[3] = _round(acc[3], _read64(p + used + 24))
+        used += 32
+    return used
+
+
 cdef inline uint64_t xxh64(const uint8_t* p, size_t n, uint64_t seed) noexcept nogil:
     """XXH64 of n bytes at p."""
-    cdef uint64_t v1, v2, v3, v4, h
-    cdef size_t total = n
-    if n >= 32:
-        v1 = seed + XXH_P1 + XXH_P2
-        v2 = seed + XXH_P2
-        v3 = seed
-        v4 = seed - XXH_P1
-        while n >= 32:
-            v1 = _round(v1, _read64(p))
-            v2 = _round(v2, _read64(p + 8))
-            v3 = _round(v3, _read64(p + 16))
-            v4 = _round(v4, _read64(p + 24))
-            p += 32
-            n -= 32
-        h = _converge(v1, v2, v3, v4)
-    else:
-        h = seed + XXH_P5
-    return _finish(h + total, p, n)
+    cdef uint64_t acc[4]
+    cdef size_t used
+    if n < 32:
+        return _finish(seed + XXH_P5 + n, p, n)
+    _start(acc, seed)
+    used = _stripes(acc, p, n)
+    return _finish(_converge(acc[0], acc[1], acc[2], acc[3]) + n, p + used, n - used)
 
 
 cdef inline uint64_t xxh64_link(uint64_t parent, const uint8_t* block, size_t n, uint64_t seed) noexcept nogil:
     """XXH64(le_u64(parent) || block[0:n], seed): one link of the prefix hash chain (SPEC)."""
-    cdef uint64_t v1, v2, v3, v4, h
-    cdef size_t total = n + 8
-    if total >= 32:
-        v1 = seed + XXH_P1 + XXH_P2
-        v2 = seed + XXH_P2
-        v3 = seed
-        v4 = seed - XXH_P1
+    cdef uint64_t acc[4]
+    cdef uint64_t h
+    cdef size_t used
+    if n + 8 >= 32:
         # first stripe: the parent is lane 0, the block supplies lanes 1-3
-        v1 = _round(v1, parent)
-        v2 = _round(v2, _read64(block))
-        v3 = _round(v3, _read64(block + 8))
-        v4 = _round(v4, _read64(block + 16))
-        block += 24
-        n -= 24
-        while n >= 32:
-            v1 = _round(v1, _read64(block))
-            v2 = _round(v2, _read64(block + 8))
-            v3 = _round(v3, _read64(block + 16))
-            v4 = _round(v4, _read64(block + 24))
-            block += 32
-            n -= 32
-        return _finish(_converge(v1, v2, v3, v4) + total, block, n)
+        _start(acc, seed)
+        acc[0] = _round(acc[0], parent)
+        acc[1] = _round(acc[1], _read64(block))
+        acc[2] = _round(acc[2], _read64(block + 8))
+        acc[3] = _round(acc[3], _read64(block + 16))
+        used = 24 + _stripes(acc, block + 24, n - 24)
+        return _finish(_converge(acc[0], acc[1], acc[2], acc[3]) + n + 8, block + used, n - used)
     # fewer than 32 bytes: the parent is the first 8-byte lane of the tail
-    h = seed + XXH_P5 + total
+    h = seed + XXH_P5 + n + 8
     h = h ^ _round(0, parent)
     h = _rotl(h, 27) * XXH_P1 + XXH_P4
     return _finish(h, block, n)

@@ -683,18 +683,21 @@ cdef class SyncPrefixHashTable:
         nbytes[0] = <size_t>cnp.PyArray_DIM(<cnp.ndarray>tokens, 0)
         return tokens
 
+    cdef void _hash_chain(self, const uint8_t* data, size_t n, uint64_t parent, uint64_t* out) noexcept:
+        """Hash n chained blocks into out; without the GIL when that is long enough to be worth it."""
+        if n * self.block_bytes >= NOGIL_BYTES:
+            with nogil:
+                hash_chain(data, n, self.block_bytes, self.seed, parent, out)
+        else:
+            hash_chain(data, n, self.block_bytes, self.seed, parent, out)
+
     def get_prefix_hashes(self, tokens):
         cdef const uint8_t* data
         cdef size_t nbytes
         owner = self._token_bytes(tokens, &data, &nbytes)
         cdef cnp.npy_intp n = nbytes // self.block_bytes
         cdef cnp.ndarray out = cnp.PyArray_EMPTY(1, &n, cnp.NPY_UINT64, 0)
-        cdef uint64_t* h = <uint64_t*>cnp.PyArray_DATA(out)
-        if nbytes >= NOGIL_BYTES:
-            with nogil:
-                hash_chain(data, n, self.block_bytes, self.seed, self.seed, h)
-        else:
-            hash_chain(data, n, self.block_bytes, self.seed, self.seed, h)
+        self._hash_chain(data, n, self.seed, <uint64_t*>cnp.PyArray_DATA(out))
         return out
 
     # -- events ------------------------------------------------------------------------------------
@@ -933,13 +936,8 @@ cdef class SyncPrefixHashTable:
         cdef uint64_t* h = <uint64_t*>cnp.PyArray_DATA(out)
         result = self._match(model_name, lora, data, h, n, ready, True, &hashed)
         if hashed < <size_t>n:  # the walk stopped early; match_prefix returns every hash
-            if (n - hashed) * self.block_bytes >= NOGIL_BYTES:
-                with nogil:
-                    hash_chain(data + hashed * self.block_bytes, n - hashed, self.block_bytes, self.seed,
-                               h[hashed - 1] if hashed else self.seed, h + hashed)
-            else:
-                hash_chain(data + hashed * self.block_bytes, n - hashed, self.block_bytes, self.seed,
-                           h[hashed - 1] if hashed else self.seed, h + hashed)
+            self._hash_chain(data + hashed * self.block_bytes, n - hashed, h[hashed - 1] if hashed else self.seed,
+                             h + hashed)
         return result, out
 
     def match_blocks(self, model_name, lora_id, tokens, ready_pods=None):

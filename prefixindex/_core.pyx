@@ -33,7 +33,8 @@ import numpy as np
 
 from ._config import resolve_config
 from ._eviction import EvictionThread
-from ._events import (AllBlocksCleared, BlockRemoved, BlockStored, check_event_width, check_lora_id, check_str,
+from ._events import (AllBlocksCleared, BlockRemoved, BlockStored, check_batch, check_event_width, check_lora_id,
+                      check_str,
                       hash_array, query_token_bytes, ready_set)
 
 cnp.import_array()
@@ -877,6 +878,19 @@ cdef class SyncPrefixHashTable:
         finally:
             self._unlock()
 
+    def process_events(self, events):
+        """Apply a sequence of BlockStored / BlockRemoved / AllBlocksCleared in order, as the three
+        methods would one by one. Every event is checked first: a bad one is an error naming its
+        position, and nothing of the batch is applied."""
+        batch = check_batch(events, self.block_size)
+        for event in batch:
+            if isinstance(event, BlockStoredType):
+                self.process_block_stored(event)
+            elif isinstance(event, BlockRemovedType):
+                self.process_block_removed(event)
+            else:
+                self.process_all_blocks_cleared(event)
+
     # -- direct prefix API (AIBrix's AddPrefix / RemovePrefix) ---------------------------------------
 
     def add_prefix(self, model_name, lora_id, pod, prefix_hashes):
@@ -950,6 +964,23 @@ cdef class SyncPrefixHashTable:
         cdef size_t n = nbytes // self.block_bytes
         cdef vector[uint64_t] h = vector[uint64_t](n)
         return self._match(model_name, lora, data, h.data(), n, ready, False, &hashed)
+
+    def match(self, model_name, lora_id, tokens, ready_pods=None):
+        """pod -> number of the query's blocks it holds from block 0 on, and the query's prefix hashes:
+        what match_blocks and match_prefix say, from one walk and one recency update."""
+        lora = _check_context(model_name, lora_id)
+        cdef const uint8_t* data
+        cdef size_t nbytes, hashed = 0
+        owner = self._token_bytes(tokens, &data, &nbytes)
+        ready = _ready_names(ready_pods)
+        cdef cnp.npy_intp n = nbytes // self.block_bytes
+        cdef cnp.ndarray out = cnp.PyArray_EMPTY(1, &n, cnp.NPY_UINT64, 0)
+        cdef uint64_t* h = <uint64_t*>cnp.PyArray_DATA(out)
+        result = self._match(model_name, lora, data, h, n, ready, False, &hashed)
+        if hashed < <size_t>n:
+            self._hash_chain(data + hashed * self.block_bytes, n - hashed, h[hashed - 1] if hashed else self.seed,
+                             h + hashed)
+        return result, out
 
     cdef dict _match(self, model, lora, const uint8_t* data, uint64_t* h, size_t n, ready, bint percent, size_t* hashed):
         """The walk of SPEC 4 under the shared lock. Blocks are hashed as the walk reaches them, in the

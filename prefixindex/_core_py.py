@@ -25,7 +25,8 @@ import xxhash
 
 from ._config import Config, resolve_config
 from ._eviction import EvictionThread
-from ._events import (AllBlocksCleared, BlockRemoved, BlockStored, check_event_width, check_lora_id, check_str,
+from ._events import (AllBlocksCleared, BlockRemoved, BlockStored, check_batch, check_event_width, check_lora_id,
+                      check_str,
                       encode_tokens, hash_array, query_token_bytes, ready_set)
 
 __all__ = ["BACKEND", "SOURCE_HASH", "SyncPrefixHashTable", "prefix_hash_chain", "token_bytes_from_msgpack",
@@ -241,6 +242,19 @@ class SyncPrefixHashTable:
                 self._drop_pod(self._contexts[key], event.source_pod)
                 self._drop_if_empty(key)
 
+    def process_events(self, events: Any) -> None:
+        """Apply a sequence of BlockStored / BlockRemoved / AllBlocksCleared in order, as the three
+        methods would one by one. Every event is checked first: a bad one is an error naming its
+        position, and nothing of the batch is applied."""
+        batch = check_batch(events, self.block_size)
+        for event in batch:
+            if type(event) is BlockStored or isinstance(event, BlockStored):
+                self.process_block_stored(event)
+            elif isinstance(event, BlockRemoved):
+                self.process_block_removed(event)
+            else:
+                self.process_all_blocks_cleared(event)
+
     # -- direct prefix API (AIBrix's AddPrefix / RemovePrefix) ---------------------------------------
 
     def add_prefix(self, model_name: str, lora_id: int, pod: str, prefix_hashes: Any) -> None:
@@ -277,6 +291,13 @@ class SyncPrefixHashTable:
         """pod -> number of the query's blocks it holds from block 0 on."""
         key, hashes, ready = self._query(model_name, lora_id, tokens, ready_pods)
         return self._match(key, hashes, ready)
+
+    def match(self, model_name: str, lora_id: int, tokens: Any,
+              ready_pods: Any = None) -> Tuple[Dict[str, int], np.ndarray]:
+        """pod -> number of the query's blocks it holds from block 0 on, and the query's prefix hashes:
+        what match_blocks and match_prefix say, from one walk and one recency update."""
+        key, hashes, ready = self._query(model_name, lora_id, tokens, ready_pods)
+        return self._match(key, hashes, ready), np.array(hashes, dtype=np.uint64)
 
     def _query(self, model_name: Any, lora_id: Any, tokens: Any, ready_pods: Any):
         key = (check_str(model_name, "model_name"), check_lora_id(lora_id))

@@ -305,6 +305,24 @@ def check_event_width(event: BlockStored, block_size: int) -> None:
                          f"bytes), but this event's blocks hold {have}")
 
 
+def check_batch(events: Any, block_size: int) -> list:
+    """The events of a process_events call as a list, each checked as its process_* method would
+    (kind and block width); the error names the first bad position, before anything is applied."""
+    if isinstance(events, (str,) + _BYTES_LIKE) or not isinstance(events, Iterable):
+        raise TypeError(f"process_events takes a sequence of events, not {_type_name(events)}")
+    batch = list(events)
+    for i, event in enumerate(batch):
+        if isinstance(event, BlockStored):
+            try:
+                check_event_width(event, block_size)
+            except ValueError as exc:
+                raise ValueError(f"events[{i}]: {exc}") from None
+        elif not isinstance(event, (BlockRemoved, AllBlocksCleared)):
+            raise TypeError(f"events[{i}] must be a BlockStored, BlockRemoved or AllBlocksCleared, "
+                            f"not {_type_name(event)}")
+    return batch
+
+
 def ready_set(ready_pods: Any) -> Optional[frozenset]:
     """``None`` (every pod) or the frozenset of ready pod names."""
     if ready_pods is None:

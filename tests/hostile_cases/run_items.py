@@ -15,9 +15,9 @@ import traceback
 from common import to_jsonable
 
 faulthandler.enable()
-_watchdog = float(os.environ.get("HOSTILE_WATCHDOG", "0"))
-if _watchdog > 0:
-    faulthandler.dump_traceback_later(_watchdog, exit=True)
+# Each item is small: one that takes longer than this is a hang (its stacks are dumped, the child exits,
+# and the parent resumes at the next item).
+_watchdog = float(os.environ.get("HOSTILE_ITEM_WATCHDOG", "20"))
 
 _items = list(importlib.import_module(sys.argv[1]).ITEMS.items())
 _backend = importlib.import_module(sys.argv[2])
@@ -26,6 +26,7 @@ for _index in range(int(sys.argv[3]), len(_items)):
     print(json.dumps({"begin": _index, "id": _id}), flush=True)
     sys.stderr.write(f"--- item {_index} {_id}\n")
     sys.stderr.flush()
+    faulthandler.dump_traceback_later(_watchdog, exit=True)
     try:
         _outcome = {"ok": to_jsonable(_fn(_backend))}
     except Exception as exc:  # the outcome the parent judges: type and message, as the differential tests do

@@ -28,6 +28,7 @@ if str(CASES) not in sys.path:  # the tests read the item lists of the case modu
     sys.path.insert(0, str(CASES))
 # Generous: the machine is shared and loaded. The watchdog fires first, so that a hang shows its stacks.
 TIMEOUT = float(os.environ.get("PREFIXINDEX_HOSTILE_TIMEOUT", "60"))
+ITEM_WATCHDOG = float(os.environ.get("PREFIXINDEX_HOSTILE_ITEM_TIMEOUT", "20"))
 WORKERS = int(os.environ.get("PREFIXINDEX_HOSTILE_WORKERS", "4"))
 MODULES = {"python": "prefixindex._core_py", "cython": "prefixindex._core"}
 STDERR_TAIL = 6000
@@ -54,7 +55,7 @@ class Run:
 
     def describe(self) -> str:
         if self.hung:
-            return f"HUNG: no exit within {self.timeout:.0f} s (stacks from the faulthandler watchdog below)"
+            return "HUNG: no exit within the timeout (stacks from the faulthandler watchdog below)"
         if self.returncode is not None and self.returncode < 0:
             try:
                 name = signal.Signals(-self.returncode).name
@@ -75,6 +76,7 @@ def _text(data: Any) -> str:
 
 def run_child(args: List[str], timeout: float = TIMEOUT) -> Run:
     env = dict(os.environ)
+    env["HOSTILE_ITEM_WATCHDOG"] = str(ITEM_WATCHDOG)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(CASES)] + [p for p in [env.get("PYTHONPATH")] if p])
     env["HOSTILE_WATCHDOG"] = str(max(timeout - 8.0, timeout * 0.8))
     with _lock:
@@ -159,7 +161,10 @@ def _items(module: str, backend: str, timeout: float) -> Dict[str, Dict[str, Any
         start = index + 1
 
 
-def submit_items(module: str, backend: str, timeout: float = TIMEOUT) -> "Future[Any]":
+ITEMS_TIMEOUT = 5 * TIMEOUT  # a backstop only: each item has its own watchdog (run_items.py)
+
+
+def submit_items(module: str, backend: str, timeout: float = ITEMS_TIMEOUT) -> "Future[Any]":
     key = ("items", module, backend)
     with _lock:
         if key not in _futures:

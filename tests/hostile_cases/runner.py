@@ -29,7 +29,8 @@ if str(CASES) not in sys.path:  # the tests read the item lists of the case modu
 # Generous: the machine is shared and loaded. The watchdog fires first, so that a hang shows its stacks.
 TIMEOUT = float(os.environ.get("PREFIXINDEX_HOSTILE_TIMEOUT", "60"))
 ITEM_WATCHDOG = float(os.environ.get("PREFIXINDEX_HOSTILE_ITEM_TIMEOUT", "20"))
-WORKERS = int(os.environ.get("PREFIXINDEX_HOSTILE_WORKERS", "4"))
+# Hung children sleep (a deadlock), so more children than cores keeps a run with hangs short.
+WORKERS = int(os.environ.get("PREFIXINDEX_HOSTILE_WORKERS", "6"))
 MODULES = {"python": "prefixindex._core_py", "cython": "prefixindex._core"}
 STDERR_TAIL = 6000
 

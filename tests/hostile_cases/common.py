@@ -71,7 +71,7 @@ def state(table: Any) -> Tuple[Dict[Any, Any], Dict[str, int]]:
 
 def consistent(table: Any) -> Dict[Any, Any]:
     """Assert that stats() agrees with snapshot() and that every name is an exact str / int."""
-    snap = table.snapshot()
+    snap: Dict[Any, Any] = table.snapshot()
     stats = table.stats()
     for key, prefixes in snap.items():
         assert type(key[0]) is str and type(key[1]) is int, f"context key {key!r} is not (str, int)"

@@ -13,13 +13,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import threading
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from common import Config, FakeClock, chain, stored, toks
 
 FIELDS = ("max_contexts", "max_prefixes_per_context", "eviction_interval_seconds", "eviction_duration_minutes",
           "block_size", "seed")
-VALID = {"max_contexts": 10, "max_prefixes_per_context": 100, "eviction_interval_seconds": 60.0,
+VALID: Dict[str, Any] = {"max_contexts": 10, "max_prefixes_per_context": 100, "eviction_interval_seconds": 60.0,
          "eviction_duration_minutes": 20.0, "block_size": 4, "seed": 0}
 BOUNDS = {"block_size": 2**24, "max_contexts": 2**32, "max_prefixes_per_context": 2**32,
           "eviction_interval_seconds": 2**31}
@@ -140,7 +140,7 @@ def init_again_on_a_live_table(backend: Any) -> None:
 
 def _init_from_clock(catch: bool) -> Callable[[Any], None]:
     def run(backend: Any) -> None:
-        seen = []
+        seen: List[Optional[RuntimeError]] = []
         armed = [False]
         holder: Dict[str, Any] = {}
 
@@ -166,7 +166,7 @@ def _init_from_clock(catch: bool) -> Callable[[Any], None]:
                      lambda: t.add_prefix("other", 3, "q", chain(0)), lambda: t.evict_now()):
             armed[0] = True
             try:
-                call()
+                call()  # type: ignore[no-untyped-call]  # (a tuple of lambdas)
             except RuntimeError:
                 assert not catch, "the clock caught the RuntimeError, yet the call raised one"
         assert seen and all(isinstance(e, RuntimeError) for e in seen), f"__init__ from the clock gave {seen}"
@@ -190,7 +190,7 @@ def table_never_initialised(backend: Any) -> None:
                  lambda: t.get_prefix_hashes(toks(0)), lambda: t.add_prefix("m", -1, "p", [1]),
                  lambda: t.stats(), lambda: t.snapshot(), lambda: t.evict_now(), lambda: t.close()):
         try:
-            call()
+            call()  # type: ignore[no-untyped-call]  # (a tuple of lambdas)
         except (RuntimeError, TypeError, ValueError, AttributeError):
             pass
     try:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import itertools
-from typing import Any, Callable, Dict, List
+from typing import Tuple, Any, Callable, Dict, List
 
 import numpy as np
 
@@ -122,7 +122,7 @@ def _readonly() -> np.ndarray:
     return a
 
 
-STORED_FIELDS: Dict[str, tuple] = {
+STORED_FIELDS: Dict[str, Tuple[Any, ...]] = {
     # rows != hashes or width != 4*block_size: a ValueError, nothing else
     "hashes_longer": ("block_hashes", lambda: np.arange(100, 100 + BIG, dtype=np.uint64), "ValueError"),
     "hashes_shorter": ("block_hashes", lambda: np.array([10], dtype=np.uint64), "ValueError"),
@@ -159,7 +159,7 @@ STORED_FIELDS: Dict[str, tuple] = {
     "lora_huge": ("lora_id", lambda: 2**70, "any"),
 }
 
-OTHER_FIELDS: Dict[str, tuple] = {
+OTHER_FIELDS: Dict[str, Tuple[Any, ...]] = {
     "removed_hashes_longer": ("removed", "block_hashes", lambda: np.arange(BIG, dtype=np.uint64)),
     "removed_hashes_list": ("removed", "block_hashes", lambda: [1, 2]),
     "removed_hashes_2d": ("removed", "block_hashes", lambda: np.array([[1], [2]], dtype=np.uint64)),

@@ -9,14 +9,14 @@ ValueError on every backend: a size that overflows, or that exceeds the data.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Dict
+from typing import Tuple, Any, Callable, Dict
 
 import numpy as np
 
 X64 = b"x" * 64
 _strided = memoryview(bytes(range(64)))[::2]
 
-CHAIN: Dict[str, tuple] = {
+CHAIN: Dict[str, Tuple[Any, ...]] = {
     "spec_vector": (bytes(range(64)), 16, 0, 0, 4),
     "seed_and_parent": (bytes(range(64)), 16, 12345, 2**64 - 1, 4),
     "partial_use": (X64, 16, 0, 0, 3),
@@ -52,7 +52,7 @@ EXPECT_VALUE_ERROR = {"chain_" + k for k in (
     "wrapping_size", "wrapping_size_2", "wrapping_size_3", "huge_block_bytes", "huge_n_blocks",
     "one_block_too_many", "block_past_the_end", "empty_data_one_block")}
 
-DIGEST: Dict[str, tuple] = {
+DIGEST: Dict[str, Tuple[Any, ...]] = {
     "empty": (b"",),
     "abc": (b"abc", 0),
     "max_seed": (b"abc", 2**64 - 1),
@@ -93,11 +93,11 @@ MSGPACK: Dict[str, bytes] = {
 }
 
 
-def _chain(args: tuple, backend: Any) -> Any:
+def _chain(args: Tuple[Any, ...], backend: Any) -> Any:
     return backend.prefix_hash_chain(*args)
 
 
-def _digest(args: tuple, backend: Any) -> Any:
+def _digest(args: Tuple[Any, ...], backend: Any) -> Any:
     return backend.xxh64_digest(*args)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 import itertools
-from typing import Any, Callable
+from typing import Any, Callable, Dict
 
 from common import (AllBlocksCleared, BlockRemoved, BlockStored, chain, check_usable, consistent, make_table,
                     toks)
@@ -48,7 +48,7 @@ class Model(str, enum.Enum):
     LLAMA = "llama-3-8b"
 
 
-def _exact_keys(result: dict) -> None:
+def _exact_keys(result: Dict[Any, Any]) -> None:
     assert all(type(k) is str for k in result), f"result keys {list(result)!r} are not exact str"
 
 
@@ -161,7 +161,8 @@ def non_str_names_are_type_errors(backend: Any) -> None:
     t = make_table(backend)
     t.process_block_stored(BlockStored([1], toks(0), "m", -1, "p"))
     before = (t.snapshot(), t.stats())
-    for bad in (b"m", 5, None, ["m"], ("m",), 1.5):
+    bads: Any = (b"m", 5, None, ["m"], ("m",), 1.5)
+    for bad in bads:
         for call in (lambda: BlockStored([1], toks(0), bad, -1, "p"),
                      lambda: BlockRemoved([1], bad, -1, "p"),
                      lambda: t.match_blocks(bad, -1, toks(0)),

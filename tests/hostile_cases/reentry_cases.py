@@ -12,7 +12,7 @@ from __future__ import annotations
 import gc
 import itertools
 import threading
-from typing import Any, Callable, List
+from typing import Any, Callable, Dict, List
 
 from common import (BlockRemoved, BlockStored, REENTRY, attempt, chain, check_usable, consistent,
                     make_table, stored, toks)
@@ -40,7 +40,7 @@ class _Reenter:
             self.busy = False
 
 
-def _inner_calls(t: Any) -> dict:
+def _inner_calls(t: Any) -> Dict[str, Callable[[], Any]]:
     fresh = itertools.count(1000)
     return {
         "stats": lambda: t.stats(),
@@ -165,7 +165,7 @@ def clock_raises(backend: Any) -> None:
                      lambda: t.match_blocks("m", -1, toks(0, 1)), lambda: t.add_prefix("m", -1, "q", chain(0)),
                      lambda: t.process_block_removed(BlockRemoved([1], "m", -1, "p")), lambda: t.evict_now()):
             try:
-                call()
+                call()  # type: ignore[no-untyped-call]  # (a tuple of lambdas)
             except ZeroDivisionError:
                 pass
         state["raise"] = False
@@ -182,7 +182,7 @@ def clock_returns_junk(backend: Any) -> None:
         for call in (lambda: t.process_block_stored(stored([1, 2], [0, 1], "p")),
                      lambda: t.match_blocks("m", -1, toks(0, 1)), lambda: t.evict_now()):
             try:
-                call()
+                call()  # type: ignore[no-untyped-call]  # (a tuple of lambdas)
             except (TypeError, ValueError):
                 pass
     live["on"] = False

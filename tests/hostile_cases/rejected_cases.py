@@ -9,7 +9,7 @@ recency order). The item returns the exception's type; the parent checks it agai
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Dict
+from typing import Tuple, Any, Callable, Dict
 
 import numpy as np
 
@@ -86,7 +86,7 @@ CALLS: Dict[str, Callable[[Any], Any]] = {
     "match_prefix_negative_token": lambda t: t.match_prefix("c0", -1, [-1, 0, 0, 0]),
     "match_lora_float": lambda t: t.match("c0", 1.0, toks(0, 1)),
 }
-EXPECT: Dict[str, tuple] = {k: ("TypeError", "ValueError") for k in CALLS}
+EXPECT: Dict[str, Tuple[Any, ...]] = {k: ("TypeError", "ValueError") for k in CALLS}
 EXPECT.update({k: ("TypeError",) for k in (
     "stored_lora_float", "stored_lora_str", "stored_model_list", "stored_model_bytes", "stored_model_none",
     "stored_pod_none", "stored_pod_list", "removed_model_list", "removed_lora_float", "cleared_lora_float",

@@ -183,7 +183,8 @@ def item_outcome(module: str, item_id: str, backend: str) -> Dict[str, Any]:
         pytest.fail(f"{module}:{item_id} on the {backend} backend produced no outcome", pytrace=False)
     if "crashed" in outcome:
         pytest.fail(f"{module}:{item_id} on the {backend} backend: {outcome['crashed']}", pytrace=False)
-    return outcome
+    result: Dict[str, Any] = outcome
+    return result
 
 
 def describe(outcome: Dict[str, Any]) -> str:

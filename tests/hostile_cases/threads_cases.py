@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any, Dict, List
+from typing import Tuple, Any, Dict, List
 
 import numpy as np
 
@@ -238,7 +238,7 @@ def context_flood_differential(backend: Any) -> None:
     tables = {"python": make_table(reference, max_contexts=1000, max_prefixes_per_context=50, clock=FakeClock()),
               "cython": make_table(backend, max_contexts=1000, max_prefixes_per_context=50, clock=FakeClock())}
     rng = random.Random(8)
-    keys: List[tuple] = []
+    keys: List[Tuple[Any, ...]] = []
     for i in range(5000):
         key = (f"model-{i}", i % 3 - 1)
         keys.append(key)

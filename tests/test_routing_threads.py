@@ -149,7 +149,11 @@ def test_threads_beside_a_vllm_subscriber_and_eviction(make_table):
     from prefixindex.vllm import Pod, VLLMSubscriber
 
     table = make_table(block_size=BS, clock=time.monotonic, background_eviction=True,
-                       eviction_interval_seconds=0.01, eviction_duration_minutes=0.002)
+                       eviction_interval_seconds=0.01, eviction_duration_minutes=0.002,
+                       max_prefixes_per_context=30)
+    # A pod that reports once and then falls silent: the eviction thread drops it as stale mid-run.
+    table.process_block_stored(BlockStored([1, 2], toks(0, 1), MODEL, -1, "pod-0", None))
+    table.process_block_stored(BlockStored([1, 2], toks(0, 1), "quiet-model", -1, "silent", None))
     ctx = zmq.Context()
     sockets = []
     pods = []
@@ -211,6 +215,7 @@ def test_threads_beside_a_vllm_subscriber_and_eviction(make_table):
     final_checks(router)
     stats = table.stats()
     assert stats["events_block_stored"] > 50
-    # the eviction thread ran and removed stale state while the router was reading the table
-    assert stats["evicted_pods"] + stats["evicted_contexts"] + stats["evicted_prefixes"] > 0
+    # the eviction thread removed stale state, and the bound trimmed prefixes, while routers read
+    assert stats["evicted_pods"] + stats["evicted_contexts"] > 0
+    assert stats["evicted_prefixes"] > 0
     assert table.eviction_thread_alive

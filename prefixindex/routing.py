@@ -155,6 +155,7 @@ DEFAULTS: Dict[str, Any] = {
     "prefill_weight": 1.0,
     "pending_weight": 1.0,
     "request_tokens": 256.0,
+    "load_exponent": 1.0,
     "kv_usage_tokens": 0.0,
     "guard_requests": 4,
     "predicted_ttl_seconds": 5.0,
@@ -166,6 +167,7 @@ _CHECKS: Dict[str, Callable[[Any], Any]] = {
     "prefill_weight": _number("prefill_weight", 0.0),
     "pending_weight": _number("pending_weight", 0.0),
     "request_tokens": _number("request_tokens", 0.0),
+    "load_exponent": _number("load_exponent", 1.0),
     "kv_usage_tokens": _number("kv_usage_tokens", 0.0),
     "guard_requests": _count("guard_requests", 1),
     "predicted_ttl_seconds": _number("predicted_ttl_seconds", 0.0, low_inclusive=False),
@@ -196,6 +198,7 @@ class Router:
         self._prefill_weight: float = resolved["prefill_weight"]
         self._pending_weight: float = resolved["pending_weight"]
         self._request_tokens: float = resolved["request_tokens"]
+        self._load_exponent: float = resolved["load_exponent"]
         self._kv_usage_tokens: float = resolved["kv_usage_tokens"]
         self._guard_requests: int = resolved["guard_requests"]
         self._ttl: float = resolved["predicted_ttl_seconds"]
@@ -272,7 +275,7 @@ class Router:
                 pend = pending.get(p, 0)
                 shared = min(pend, (got - m) * bs)
                 c = (self._prefill_weight * (n - got) * bs + self._pending_weight * (pend - shared)
-                     + self._request_tokens * reqs + self._kv_usage_tokens * (load.kv_usage or 0.0))
+                     + self._request_tokens * reqs ** self._load_exponent + self._kv_usage_tokens * (load.kv_usage or 0.0))
                 cost[p] = c
                 ranked.append((c, reqs, pend, order[p] if order is not None else names.index(p), p))
             best = min(ranked)

@@ -35,7 +35,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple, Union, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -122,16 +122,16 @@ class _Prediction:
         return (self.expires, self.seq) < (other.expires, other.seq)
 
 
-# name -> (default, check); a check returns the value to keep or raises ValueError/TypeError
+# A setting's check returns the value to keep, or raises TypeError (wrong type) / ValueError (bad value).
 def _number(name: str, low: float, low_inclusive: bool = True) -> Callable[[Any], float]:
     def check(value: Any) -> float:
         if not isinstance(value, (int, float, np.integer, np.floating)) or isinstance(value, (bool, np.bool_)):
             raise TypeError(f"setting {name} must be a number, not {_type_name(value)}")
-        value = float(value)
-        if math.isnan(value) or math.isinf(value) or value < low or (value == low and not low_inclusive):
+        number = float(value)
+        if math.isnan(number) or math.isinf(number) or number < low or (number == low and not low_inclusive):
             bound = ">=" if low_inclusive else ">"
-            raise ValueError(f"setting {name} must be a finite number {bound} {low:g}, got {value}")
-        return value
+            raise ValueError(f"setting {name} must be a finite number {bound} {low:g}, got {number}")
+        return number
     return check
 
 
@@ -148,7 +148,7 @@ def _count(name: str, low: int) -> Callable[[Any], int]:
 def _callable(value: Any) -> Callable[[], float]:
     if not callable(value):
         raise TypeError(f"setting clock must be a callable returning seconds, not {_type_name(value)}")
-    return value  # type: ignore[no-any-return]
+    return cast(Callable[[], float], value)
 
 
 DEFAULTS: Dict[str, Any] = {
@@ -300,7 +300,7 @@ class Router:
         return Choice(pod, n, MappingProxyType(matched), MappingProxyType(predicted), MappingProxyType(cost),
                       reason, hashes_array, ticket)
 
-    def _walk_predictions(self, preds: Dict[int, Dict[str, _Prediction]], nameset: set,
+    def _walk_predictions(self, preds: Dict[int, Dict[str, _Prediction]], nameset: Set[str],
                           matched_some: Mapping[str, int], hashes: List[int], out: Dict[str, int]) -> None:
         """Fill ``out`` with pod -> blocks held or predicted from block 0, for candidates whose
         predictions extend their exact run; confirm the predictions that the exact run now covers."""
@@ -475,7 +475,7 @@ class Router:
             }
 
 
-def _candidates(pods: Any) -> Tuple[List[str], set, Optional[Dict[str, PodLoad]]]:
+def _candidates(pods: Any) -> Tuple[List[str], Set[str], Optional[Dict[str, PodLoad]]]:
     """The candidates' names in order, and their loads when given as a mapping (checked first)."""
     loads: Optional[Dict[str, PodLoad]] = None
     kind = type(pods)
@@ -502,7 +502,7 @@ def _candidates(pods: Any) -> Tuple[List[str], set, Optional[Dict[str, PodLoad]]
         raise ValueError("pods is empty: choose needs at least one candidate pod")
     nameset = set(names)
     if len(nameset) != len(names):
-        seen: set = set()
+        seen: Set[str] = set()
         twice = next(p for p in names if p in seen or seen.add(p))  # type: ignore[func-returns-value]
         raise ValueError(f"pods lists {twice!r} more than once")
     return names, nameset, loads

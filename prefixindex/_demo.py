@@ -69,11 +69,12 @@ class DemoConfig:
     cache_tokens_per_pod: int = 10_240
     # The queue model (docs/routing.md): vLLM's max_num_seqs in miniature, a prefill rate of a mid-size
     # model on one GPU, and a fixed decode time; arrivals scale with the pod count, so that 8 and 64
-    # pods run at the same utilisation (about 60 % of the slots on average).
+    # pods run at the same utilisation: about 2.1 slot-seconds per request, so a bit over half of the
+    # slots are busy on average, about 63 % on the busier model's pods.
     slots_per_pod: int = 4
     prefill_tokens_per_s: float = 8_000.0
     decode_seconds: float = 2.0
-    requests_per_s_per_pod: float = 1.2
+    requests_per_s_per_pod: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("requests", "pods", "block_size", "cache_tokens_per_pod", "slots_per_pod"):

@@ -154,10 +154,10 @@ def _callable(value: Any) -> Callable[[], float]:
 DEFAULTS: Dict[str, Any] = {
     "prefill_weight": 1.0,
     "pending_weight": 1.0,
-    "request_tokens": 256.0,
-    "load_exponent": 1.0,
+    "request_tokens": 64.0,
+    "load_exponent": 2.5,
     "kv_usage_tokens": 0.0,
-    "guard_requests": 4,
+    "guard_requests": 3,
     "predicted_ttl_seconds": 5.0,
     "max_predicted_entries": 100_000,
     "clock": time.monotonic,
@@ -280,13 +280,15 @@ class Router:
                 ranked.append((c, reqs, pend, order[p] if order is not None else names.index(p), p))
             best = min(ranked)
             reason = "lowest cost"
-            if best[1] >= self._guard_requests:
+            if predicted[best[4]] > matched[best[4]] and pending.get(best[4], 0):
+                # A burst: the pod is prefilling this prefix right now. The guard leaves it alone, as
+                # the extra requests share that work (ROUTING.md Semantics 2).
+                reason = "lowest cost (predicted)"
+            elif best[1] >= self._guard_requests:
                 idle = [r for r in ranked if r[1] == 0]
                 if idle:
                     best = min(idle)
                     reason = "hot-spot guard"
-            if reason == "lowest cost" and predicted[best[4]] > matched[best[4]]:
-                reason = "lowest cost (predicted)"
             pod = best[4]
             got = predicted[pod]
             if got < n and self._max_entries > 0:

@@ -137,7 +137,7 @@ def test_cost_is_the_documented_formula(make_table, router_for):
     table = make_table()
     store(table, "a", [0, 1])
     router = router_for(table, prefill_weight=2.0, pending_weight=0.5, request_tokens=7.0, kv_usage_tokens=100.0,
-                        max_predicted_entries=0)
+                        load_exponent=1.0, max_predicted_entries=0)
     n = 4
     first = router.choose(MODEL, -1, toks(0, 1, 2, 3), {"a": PodLoad(), "b": PodLoad()})
     assert first.pod == "a"
@@ -152,6 +152,18 @@ def test_cost_is_the_documented_formula(make_table, router_for):
     third = router.choose(MODEL, -1, toks(9, 8, 7, 6), ["a", "c"])
     assert third.cost["a"] == 2.0 * n * BS + 0.5 * (n * BS) + 7.0 * 2  # second still prefilling all 4 blocks
     assert third.cost["c"] == 2.0 * n * BS and third.pod == "c"
+
+
+def test_load_term_is_convex(router_for):
+    """request_tokens * requests ** load_exponent: each more request in flight costs more than the last."""
+    router = router_for(request_tokens=10.0, load_exponent=2.5, pending_weight=0.0, max_predicted_entries=0)
+    for _ in range(3):
+        router.choose(MODEL, -1, toks(0), {"a": PodLoad(running=2), "b": PodLoad(running=100)})
+    c = router.choose(MODEL, -1, toks(0), {"a": PodLoad(running=2), "b": PodLoad(running=100)})
+    assert c.cost["a"] == pytest.approx(BS + 10.0 * 5 ** 2.5)  # 3 of its own + 2 running
+    assert c.cost["b"] == pytest.approx(BS + 10.0 * 100 ** 2.5)
+    linear = router_for(request_tokens=10.0, load_exponent=1.0, max_predicted_entries=0)
+    assert linear.choose(MODEL, -1, toks(0), {"a": PodLoad(running=5)}).cost["a"] == BS + 50.0
 
 
 def test_load_outweighs_a_short_match(make_table, router_for):
@@ -170,7 +182,7 @@ def test_hot_spot_guard_sends_to_an_idle_pod(make_table, router_for):
     prompt = toks(0, 1, 2, 3)
     # With the prefill of 4 blocks (16 tokens) worth far more than a request, the hot pod wins on cost
     # until the guard steps in at guard_requests requests in flight.
-    router = router_for(table, guard_requests=3, request_tokens=1.0)
+    router = router_for(table, guard_requests=3, request_tokens=1.0, load_exponent=1.0)
     picks = [router.choose(MODEL, -1, prompt, ["hot", "cold1", "cold2"]) for _ in range(5)]
     assert [c.pod for c in picks] == ["hot", "hot", "hot", "cold1", "cold1"]
     assert picks[3].reason == "hot-spot guard"
@@ -179,14 +191,14 @@ def test_hot_spot_guard_sends_to_an_idle_pod(make_table, router_for):
     assert picks[4].reason == "lowest cost (predicted)" and picks[4].cost["cold1"] < picks[4].cost["hot"]
     assert router.stats()["decisions_by_reason"]["hot-spot guard"] == 1
     # the caller's running + waiting count as load for the guard too
-    loaded = router_for(table, guard_requests=3, request_tokens=1.0)
+    loaded = router_for(table, guard_requests=3, request_tokens=1.0, load_exponent=1.0)
     c = loaded.choose(MODEL, -1, prompt, {"hot": PodLoad(running=2, waiting=1), "cold1": PodLoad()})
     assert c.pod == "cold1" and c.reason == "hot-spot guard"
     # no idle candidate: no guard
     c = loaded.choose(MODEL, -1, prompt, {"hot": PodLoad(running=5), "cold1": PodLoad(running=9)})
     assert c.pod == "hot" and c.reason != "hot-spot guard"
     # without the guard (a threshold never reached) the hot pod keeps everything
-    unguarded = router_for(table, guard_requests=10**6, request_tokens=1.0)
+    unguarded = router_for(table, guard_requests=10**6, request_tokens=1.0, load_exponent=1.0)
     assert {unguarded.choose(MODEL, -1, prompt, ["hot", "cold1"]).pod for _ in range(6)} == {"hot"}
 
 
@@ -352,6 +364,18 @@ def test_burst_of_identical_prompts_lands_on_one_pod(make_table, router_for, blo
     assert picks[1].predicted[picks[0].pod] == picks[1].n_blocks == 1024 // block_size
     assert picks[1].matched[picks[0].pod] == 0
     assert router.stats()["predictions"] == {picks[0].pod: {"made": 1, "confirmed": 0, "expired": 0}}
+
+
+def test_the_guard_leaves_a_burst_together(make_table, router_for):
+    """Requests sharing a prefix that the pod is prefilling now are not moved by the guard."""
+    router = router_for(make_table(block_size=16), guard_requests=1, request_tokens=1.0)
+    picks = burst(router, n=4)
+    assert len({c.pod for c in picks}) == 1
+    assert router.stats()["decisions_by_reason"] == {"lowest cost": 1, "lowest cost (predicted)": 3}
+    for c in picks:
+        router.prefill_done(c)  # prefill over: the next one is an ordinary choice again, and guarded
+    again = burst(router, n=1)[0]
+    assert again.pod != picks[0].pod and again.reason == "hot-spot guard"
 
 
 def test_without_predictions_a_burst_scatters(make_table, router_for):

@@ -824,7 +824,7 @@ cdef class SyncPrefixHashTable:
                 if known is not NULL:
                     ready_ids.push_back(<uint32_t>(<object>known))
             sort(ready_ids.begin(), ready_ids.end())
-        depth = walk(c, h, n, data, self.block_bytes, self.seed, prehashed,
+        depth = walk(c, h, n, data, self.block_bytes, self.seed, prehashed, PROBE_CHUNK,
                      &ready_ids if filter_ready else NULL, &found, &touched, hashed)
         # the matched blocks were used just now; block 0 gets the newest tick (D4)
         if c.next_tick + depth >= RENUMBER_AT:

@@ -650,7 +650,7 @@ def format_text(summary: Dict[str, Any]) -> str:
         f"workload: {summary['requests']:,} requests from {summary['sessions']:,} chat sessions over "
         f"{summary['system_prompts']} system prompts; {summary['pod_restarts']} pod restart(s)",
         f"queue model: {q['slots_per_pod']} slots per pod, prefill {q['prefill_tokens_per_s']:,.0f} tokens/s, "
-        f"decode {q['decode_seconds']:g} s, {q['requests_per_s_per_pod']:g} requests/s per pod",
+        f"decode {q['decode_seconds']:g} s, arrivals {q['requests_per_s_per_pod']:g}/s per pod",
         "",
         *format_table(summary["policies"]),
         "",

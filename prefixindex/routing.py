@@ -228,11 +228,11 @@ class Router:
 
     def choose(self, model_name: str, lora_id: int, tokens: Any, pods: PodsArg) -> Choice:
         """Choose one of ``pods`` for the prompt and record the request as in flight there."""
-        names, nameset, loads = _candidates(pods)
+        names, matched, loads = _candidates(pods)  # matched: every candidate -> 0, in order
         matched_some, hashes_array = self._table.match(model_name, lora_id, tokens, names)
         hashes_array.flags.writeable = False
-        hashes: List[int] = hashes_array.tolist()
-        n = len(hashes)
+        hashes: Optional[List[int]] = None  # as Python ints, made only when predictions need them
+        n = len(hashes_array)
         bs = self._block_size
         key = (model_name, int(lora_id))
         with self._lock:
@@ -245,21 +245,20 @@ class Router:
             interesting = set(matched_some)
             if requests:
                 if len(requests) < len(names):
-                    interesting.update(p for p in requests if p in nameset)
+                    interesting.update(p for p in requests if p in matched)
                 else:
                     interesting.update(p for p in names if p in requests)
             if loads is not None:
                 interesting.update(p for p, load in loads.items() if load.running or load.waiting or load.kv_usage)
             predicted_run: Dict[str, int] = {}
             if preds:
-                self._walk_predictions(preds, nameset, matched_some, hashes, predicted_run)
+                hashes = hashes_array.tolist()
+                self._walk_predictions(preds, matched, matched_some, hashes, predicted_run)
                 interesting.update(predicted_run)
 
             base = self._prefill_weight * n * bs
-            matched = dict.fromkeys(names, 0)
             matched.update(matched_some)
-            predicted = dict(matched)
-            predicted.update(predicted_run)
+            predicted = {**matched, **predicted_run} if predicted_run else matched
             cost = dict.fromkeys(names, base)
             # (cost, requests in flight, tokens pending, position) for each pod that can win
             ranked: List[Tuple[float, int, int, int, str]] = []
@@ -292,7 +291,7 @@ class Router:
             pod = best[4]
             got = predicted[pod]
             if got < n and self._max_entries > 0:
-                self._predict(key, pod, hashes, got, n, now)
+                self._predict(key, pod, hashes_array.tolist() if hashes is None else hashes, got, n, now)
             ticket = _Ticket(self, pod, (n - got) * bs)
             requests[pod] = requests.get(pod, 0) + 1
             self._prefilling[pod] = self._prefilling.get(pod, 0) + 1
@@ -302,7 +301,7 @@ class Router:
         return Choice(pod, n, MappingProxyType(matched), MappingProxyType(predicted), MappingProxyType(cost),
                       reason, hashes_array, ticket)
 
-    def _walk_predictions(self, preds: Dict[int, Dict[str, _Prediction]], nameset: Set[str],
+    def _walk_predictions(self, preds: Dict[int, Dict[str, _Prediction]], nameset: Mapping[str, int],
                           matched_some: Mapping[str, int], hashes: List[int], out: Dict[str, int]) -> None:
         """Fill ``out`` with pod -> blocks held or predicted from block 0, for candidates whose
         predictions extend their exact run; confirm the predictions that the exact run now covers."""
@@ -477,8 +476,9 @@ class Router:
             }
 
 
-def _candidates(pods: Any) -> Tuple[List[str], Set[str], Optional[Dict[str, PodLoad]]]:
-    """The candidates' names in order, and their loads when given as a mapping (checked first)."""
+def _candidates(pods: Any) -> Tuple[List[str], Dict[str, int], Optional[Dict[str, PodLoad]]]:
+    """The candidates' names in order, a dict of them -> 0 (in order), and their loads when given as a
+    mapping (all checked first)."""
     loads: Optional[Dict[str, PodLoad]] = None
     kind = type(pods)
     if kind is list or kind is tuple:  # the common case, without the ABC checks below
@@ -502,9 +502,9 @@ def _candidates(pods: Any) -> Tuple[List[str], Set[str], Optional[Dict[str, PodL
                 raise TypeError(f"pods must hold pod names (str), got {_type_name(name)}")
     if not names:
         raise ValueError("pods is empty: choose needs at least one candidate pod")
-    nameset = set(names)
-    if len(nameset) != len(names):
+    zeros = dict.fromkeys(names, 0)
+    if len(zeros) != len(names):
         seen: Set[str] = set()
         twice = next(p for p in names if p in seen or seen.add(p))  # type: ignore[func-returns-value]
         raise ValueError(f"pods lists {twice!r} more than once")
-    return names, nameset, loads
+    return names, zeros, loads

@@ -38,7 +38,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 import prefixindex
-from prefixindex.routing import Choice, Router
+from prefixindex._demo_policies import POLICIES, Policy, PrefixOnlyPolicy, RouterPolicy
 
 MODELS = ("llama-3.1-8b-instruct", "qwen2.5-7b-instruct")
 MODEL_TRAFFIC_SHARE = (0.6, 0.4)  # the first model is the busier one
@@ -268,7 +268,7 @@ class SimulatedPod:
         """Ground truth: how many leading blocks of these token bytes the pod holds right now."""
         return self.cached_blocks(self.engine_hashes(raw, len(raw) // self.block_bytes))
 
-    def serve(self, session: Session, request: Request, events: Optional[list]) -> int:
+    def serve(self, session: Session, request: Request, events: Optional[List[Any]]) -> int:
         """Run one request: count the prompt blocks found in the cache, then cache the whole sequence
         (prompt and answer), evicting what does not fit. Appends the KV events to ``events`` when it is
         a list. Returns the number of prompt blocks that were served from the cache."""
@@ -301,7 +301,7 @@ class SimulatedPod:
                 start = stop
         return min(cached, prompt_blocks)
 
-    def restart(self, salt: bytes, events: Optional[list]) -> None:
+    def restart(self, salt: bytes, events: Optional[List[Any]]) -> None:
         """The engine restarts with an empty cache and (as a new process) new engine block hashes."""
         self.cache.clear()
         self.salt = salt
@@ -333,7 +333,7 @@ class Cluster:
     def _new_salt(self) -> bytes:
         return self._salts.bytes(16)
 
-    def advance(self, now: float, tick: int, restarts: Sequence[Restart], events: Optional[list]) -> None:
+    def advance(self, now: float, tick: int, restarts: Sequence[Restart], events: Optional[List[Any]]) -> None:
         while self._finishing and self._finishing[0][0] <= now:
             self.in_flight[heapq.heappop(self._finishing)[1]] -= 1
         while self._back_up and self._back_up[0][0] <= tick:
@@ -361,104 +361,6 @@ class Cluster:
         return prefill_end - now, prefill_end, end
 
 
-# ---------------------------------------------------------------------------------------------------
-# the policies
-
-
-class Policy:
-    """Chooses a ready pod for each request; ``index`` is None for policies that need no index."""
-
-    name = ""
-    uses_index = False
-
-    def __init__(self, config: DemoConfig, index: Any) -> None:
-        self.index = index
-        self.tie_break = np.random.default_rng([config.seed, 3])
-
-    def choose(self, now: float, model: str, prompt: np.ndarray, ready: List[str], cluster: Cluster) -> str:
-        raise NotImplementedError
-
-    def dispatched(self, pod: str, ttft_end: float, end: float) -> None:
-        """Told when the chosen request's prefill and decode end (the queue model's times)."""
-
-    def advance(self, now: float) -> None:
-        """Called before each request with the modelled time."""
-
-
-class RandomPolicy(Policy):
-    name = "random"
-
-    def choose(self, now: float, model: str, prompt: np.ndarray, ready: List[str], cluster: Cluster) -> str:
-        return ready[int(self.tie_break.integers(len(ready)))]
-
-
-class LeastLoadPolicy(Policy):
-    name = "least-load"
-
-    def choose(self, now: float, model: str, prompt: np.ndarray, ready: List[str], cluster: Cluster) -> str:
-        least = min(cluster.in_flight[p] for p in ready)
-        candidates = [p for p in ready if cluster.in_flight[p] == least]
-        return candidates[int(self.tie_break.integers(len(candidates)))] if len(candidates) > 1 else candidates[0]
-
-
-class PrefixOnlyPolicy(Policy):
-    """Most matched blocks, ties to the least loaded, then at random: what the index alone suggests."""
-
-    name = "prefix-only"
-    uses_index = True
-
-    def __init__(self, config: DemoConfig, index: Any) -> None:
-        super().__init__(config, index)
-        self.latency_ns: List[int] = []
-        self.last_matched: Dict[str, int] = {}
-
-    def choose(self, now: float, model: str, prompt: np.ndarray, ready: List[str], cluster: Cluster) -> str:
-        t0 = time.perf_counter_ns()
-        matched, _ = self.index.match(model, -1, prompt, ready)
-        self.latency_ns.append(time.perf_counter_ns() - t0)
-        self.last_matched = matched
-        best = max(matched.get(p, 0) for p in ready)
-        candidates = [p for p in ready if matched.get(p, 0) == best]
-        least = min(cluster.in_flight[p] for p in candidates)
-        candidates = [p for p in candidates if cluster.in_flight[p] == least]
-        return candidates[int(self.tie_break.integers(len(candidates)))] if len(candidates) > 1 else candidates[0]
-
-
-class RouterPolicy(Policy):
-    """prefixindex.routing.Router with its default settings, on the modelled clock; it is told when
-    each request's prefill ends (prefill_done) and when it finishes (finished)."""
-
-    name = "router"
-    uses_index = True
-
-    def __init__(self, config: DemoConfig, index: Any) -> None:
-        super().__init__(config, index)
-        self.now = 0.0
-        self.router = Router(index, clock=lambda: self.now)
-        self._due: List[Tuple[float, int, int, Choice]] = []  # heap of (time, seq, 0 prefill / 1 end, choice)
-        self._seq = 0
-        self._last: Optional[Choice] = None
-
-    def advance(self, now: float) -> None:
-        due = self._due
-        while due and due[0][0] <= now:
-            when, _, kind, choice = heapq.heappop(due)
-            self.now = when
-            (self.router.finished if kind else self.router.prefill_done)(choice)
-        self.now = now
-
-    def choose(self, now: float, model: str, prompt: np.ndarray, ready: List[str], cluster: Cluster) -> str:
-        self._last = self.router.choose(model, -1, prompt, ready)
-        return self._last.pod
-
-    def dispatched(self, pod: str, ttft_end: float, end: float) -> None:
-        assert self._last is not None
-        heapq.heappush(self._due, (ttft_end, self._seq, 0, self._last))
-        heapq.heappush(self._due, (end, self._seq + 1, 1, self._last))
-        self._seq += 2
-
-
-POLICIES = (RandomPolicy, LeastLoadPolicy, PrefixOnlyPolicy, RouterPolicy)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -550,7 +452,7 @@ def _busiest_share(cluster: Cluster, workload: Workload) -> float:
     return max(shares, default=0.0)
 
 
-def _feed(index: Any, events: list, counts: Dict[str, int]) -> None:
+def _feed(index: Any, events: List[Any], counts: Dict[str, int]) -> None:
     for event in events:
         if isinstance(event, prefixindex.BlockStored):
             counts["block_stored"] += 1
@@ -592,7 +494,7 @@ def run(config: DemoConfig) -> DemoRun:
         event_counts[name] = dict.fromkeys(("block_stored", "blocks_in_block_stored", "block_removed",
                                             "blocks_in_block_removed", "all_blocks_cleared"), 0)
     agreed = 0
-    events: list = []
+    events: List[Any] = []
 
     for request in workload.requests:
         tick = request.tick

@@ -486,3 +486,16 @@ def test_predictions_are_per_model_and_adapter(router_for):
     assert other.predicted == other.matched and other.pod == "b"
     model2 = router.choose("other-model", -1, prompt, ["b", "a"])
     assert model2.predicted == model2.matched
+
+
+def test_stats_keys(router_for):
+    router = router_for()
+    c = router.choose(MODEL, -1, toks(0, 1), ["a", "b"])
+    stats = router.stats()
+    assert set(stats) == {"decisions", "decisions_by_reason", "in_flight", "predictions", "predicted_entries"}
+    assert stats["decisions"] == 1 and stats["decisions_by_reason"] == {c.reason: 1}
+    assert stats["in_flight"] == {c.pod: {"prefilling": 1, "decoding": 0}}
+    assert stats["predictions"] == {c.pod: {"made": 1, "confirmed": 0, "expired": 0}}
+    assert stats["predicted_entries"] == 2
+    stats["in_flight"].clear()  # a copy: the router's own state is not handed out
+    assert router.stats()["in_flight"]

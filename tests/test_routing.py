@@ -499,3 +499,20 @@ def test_stats_keys(router_for):
     assert stats["predicted_entries"] == 2
     stats["in_flight"].clear()  # a copy: the router's own state is not handed out
     assert router.stats()["in_flight"]
+
+
+def test_chained_predictions_are_all_confirmed(make_table, router_for):
+    """A conversation's second turn extends the first turn's prediction; one report confirms both."""
+    table = make_table()
+    router = router_for(table)
+    first = router.choose(MODEL, -1, toks(0, 1), ["a", "b"])
+    router.finished(first)
+    second = router.choose(MODEL, -1, toks(0, 1, 2, 3), ["b", "a"])
+    assert second.pod == first.pod and second.predicted[first.pod] == 2
+    router.finished(second)
+    assert router.stats()["predictions"][first.pod]["made"] == 2
+    store(table, first.pod, [0, 1, 2, 3])
+    router.finished(router.choose(MODEL, -1, toks(0, 1, 2, 3), ["a", "b"]))
+    stats = router.stats()
+    assert stats["predictions"][first.pod] == {"made": 2, "confirmed": 2, "expired": 0}
+    assert stats["predicted_entries"] == 0

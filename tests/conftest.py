@@ -34,16 +34,18 @@ def _load_compiled():
         if _flag("PREFIXINDEX_REQUIRE_EXTENSIONS"):
             raise
         return None
-    sources = [PKG / "_core.pyx", PKG / "_core.pxd", PKG / "_native.h"]
-    if all(p.exists() for p in sources):
+    # the rule of setup.py's source_hash(): every .pyx, .pxd and .h of the package, by file name
+    sources = sorted((p for ext in ("pyx", "pxd", "h") for p in PKG.glob("*." + ext)), key=lambda p: p.name)
+    if (PKG / "_core.pyx").exists():
         digest = hashlib.sha256()
         for p in sources:
             digest.update(p.read_bytes())
-        if core.SOURCE_HASH != digest.hexdigest()[:16]:
-            raise RuntimeError(
-                f"prefixindex._core ({core.__file__}) was built from other sources than the checked-out "
-                "_core.pyx/_core.pxd/_native.h: rebuild it (pip install -e . or "
-                "python setup.py build_ext --inplace)")
+        for module in (core, importlib.import_module("prefixindex._convert")):
+            if module.SOURCE_HASH != digest.hexdigest()[:16]:
+                raise RuntimeError(
+                    f"{module.__name__} ({module.__file__}) was built from other sources than the checked-out "
+                    "prefixindex/*.pyx, *.pxd, *.h: rebuild it (pip install -e . or "
+                    "python setup.py build_ext --inplace)")
     return core
 
 

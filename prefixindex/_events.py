@@ -7,14 +7,40 @@ an event object exists: a table never sees a half-checked event, and a rejected 
 Canonical forms:
 - engine block hashes and prefix hashes: a 1-D C-contiguous ``numpy.uint64`` array;
 - token bytes of an event: a 2-D C-contiguous ``numpy.uint8`` array, one row per block;
-- token bytes of a query: a 1-D C-contiguous ``numpy.uint8`` array (or the caller's ``bytes``).
+- token bytes of a query: a 1-D C-contiguous ``numpy.uint8`` array (or the caller's ``bytes``);
+- names (models, pods): plain ``str`` (a ``str`` subclass, such as an ``enum`` of pods, gives its text).
+
+Every conversion tries the fast converter first (``prefixindex._convert``, one C pass, or its vectorised
+twin ``_convert_py``), which returns None for anything off the happy path; the careful code below then
+runs, and raises the documented error. So the happy path costs no per-element Python work, and the
+errors are the same whichever converter ran.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Optional
+import os
+from typing import Any, Callable, Iterable, List, NoReturn, Optional, Tuple
 
 import numpy as np
+
+
+def _load_converters() -> Any:  # TODO(lead): fold into _backend.choose
+    """The compiled converters unless PREFIXINDEX_NO_EXTENSIONS is set or they do not import (SPEC 9)."""
+    if os.environ.get("PREFIXINDEX_NO_EXTENSIONS", "") in ("", "0"):
+        try:
+            from . import _convert
+            return _convert
+        except ImportError:
+            if os.environ.get("PREFIXINDEX_REQUIRE_EXTENSIONS", "") not in ("", "0"):
+                raise
+    from . import _convert_py
+    return _convert_py
+
+
+CONVERTERS = _load_converters()
+_fast_token_bytes: Callable[[Any], Any] = CONVERTERS.token_bytes
+_fast_block_bytes: Callable[[Any, int], Optional[np.ndarray]] = CONVERTERS.token_ids_block_bytes
+_fast_hashes: Callable[[Any], Optional[np.ndarray]] = CONVERTERS.hashes_u64
 
 __all__ = [
     "AllBlocksCleared",
@@ -43,32 +69,57 @@ def _is_int(value: Any) -> bool:
 
 
 def check_str(value: Any, what: str) -> str:
+    """A name as a plain str: a str subclass (an enum of pods, say) gives its text, so that a name's own
+    ``__hash__``/``__eq__`` never runs inside the index, and ``Pod.A`` and ``"a"`` are the same pod."""
+    if type(value) is str:
+        return value
     if not isinstance(value, str):
         raise TypeError(f"{what} must be a str, not {_type_name(value)}")
-    return value
+    return str.__str__(value)  # not str(value): that is "Pod.A" for a str enum
+
+
+def check_pod(value: Any, what: str = "pod") -> str:
+    """A pod name: a non-empty str, as plain str (SPEC, Public API: ``""`` is only the "every pod" of
+    BlockRemoved, so it names no pod that could store, hold or clear anything)."""
+    if type(value) is str and value:
+        return value
+    pod = check_str(value, what)
+    if not pod:
+        raise ValueError(f'{what} must be a non-empty pod name ("" means every pod, and only in BlockRemoved)')
+    return pod
 
 
 def check_lora_id(value: Any, what: str = "lora_id") -> int:
     if not _is_int(value):
         raise TypeError(f"{what} must be an int (-1 for no adapter), not {_type_name(value)}")
-    value = int(value)
-    if not _I64_MIN <= value <= _I64_MAX:
-        raise ValueError(f"{what} must fit in a signed 64-bit integer, got {value}")
-    return value
+    number = int(value)
+    if not _I64_MIN <= number <= _I64_MAX:
+        raise ValueError(f"{what} must fit in a signed 64-bit integer, got {number}")
+    return number
 
 
 def to_u64(value: Any, what: str) -> int:
-    """An engine or prefix hash: any int in [-2**63, 2**64), taken modulo 2**64."""
+    """An engine or prefix hash: any int in [-2**63, 2**64), taken modulo 2**64, or bytes of 8 or more
+    read as their last 8 bytes, big-endian (vLLM's digest form; SPEC, Terms)."""
+    if isinstance(value, bytes):
+        if len(value) < 8:
+            raise ValueError(f"{what} as bytes must hold at least 8 bytes (the last 8 are the hash), "
+                             f"got {len(value)}")
+        return int.from_bytes(value[-8:], "big")
     if not _is_int(value):
         raise TypeError(f"{what} must be an int, not {_type_name(value)}")
-    value = int(value)
-    if not _I64_MIN <= value <= _U64_MASK:
-        raise ValueError(f"{what} must be in [-2**63, 2**64), got {value}")
-    return value & _U64_MASK
+    number = int(value)
+    if not _I64_MIN <= number <= _U64_MASK:
+        raise ValueError(f"{what} must be in [-2**63, 2**64), got {number}")
+    return number & _U64_MASK
 
 
 def hash_array(values: Any, what: str) -> np.ndarray:
-    """A sequence or integer array of hashes as a read-only 1-D uint64 array (values modulo 2**64)."""
+    """A sequence or integer array of hashes as a 1-D C-contiguous uint64 array (values modulo 2**64;
+    ``bytes`` elements by their last 8 bytes, big-endian)."""
+    out = _fast_hashes(values)
+    if out is not None:
+        return out
     if isinstance(values, np.ndarray):
         if values.ndim != 1:
             raise ValueError(f"{what} must be one-dimensional, got an array of shape {values.shape}")
@@ -88,12 +139,10 @@ def hash_array(values: Any, what: str) -> np.ndarray:
     return out
 
 
-def _hash_list(values: list, what: str) -> np.ndarray:
-    if all(type(v) is int for v in values):
-        try:  # fast path: every value already in [0, 2**64)
-            return np.array(values, dtype=np.uint64)
-        except OverflowError:
-            pass
+def _hash_list(values: List[Any], what: str) -> np.ndarray:
+    out = _fast_hashes(values)  # a list made from an iterator or an object array may be plain after all
+    if out is not None:
+        return out
     return np.array([to_u64(v, f"{what}[{i}]") for i, v in enumerate(values)], dtype=np.uint64)
 
 
@@ -115,7 +164,7 @@ def _token_ids_to_bytes(ids: np.ndarray, what: str) -> np.ndarray:
     return np.ascontiguousarray(ids.reshape(-1), dtype=">u4").view(np.uint8)
 
 
-def _list_to_ids(values: list, what: str) -> np.ndarray:
+def _list_to_ids(values: List[Any], what: str) -> np.ndarray:
     for i, v in enumerate(values):
         if not _is_int(v):
             raise TypeError(f"{what}: token ids must be ints, got {_type_name(v)} at index {i}")
@@ -131,6 +180,11 @@ def encode_tokens(token_ids: Any) -> np.ndarray:
 
     Accepts a list of ints or a 1-D integer array (any dtype, byte order or strides).
     """
+    # bytes and uint8 arrays are token *ids* here (each id < 256), not token bytes as in a query
+    if type(token_ids) is not bytes and not (type(token_ids) is np.ndarray and token_ids.dtype == np.uint8):
+        out: Optional[np.ndarray] = _fast_token_bytes(token_ids)  # an array: bytes are excluded above
+        if out is not None:
+            return out
     if isinstance(token_ids, np.ndarray):
         if token_ids.ndim != 1:
             raise ValueError(f"token ids must be one-dimensional, got an array of shape {token_ids.shape}")
@@ -146,8 +200,9 @@ def query_token_bytes(tokens: Any) -> Any:
     bytes-like or a 1-D uint8 array are token bytes; any other 1-D integer array or a list of ints
     are token ids (SPEC, Public API).
     """
-    if type(tokens) is bytes:
-        return tokens
+    out = _fast_token_bytes(tokens)
+    if out is not None:
+        return out
     if isinstance(tokens, np.ndarray):
         if tokens.ndim != 1:
             raise ValueError(f"tokens must be one-dimensional, got an array of shape {tokens.shape}")
@@ -171,6 +226,9 @@ def _is_block(value: Any) -> bool:
 
 def event_token_bytes(tokens: Any, n_blocks: int) -> np.ndarray:
     """The tokens of a BlockStored as a 2-D (n_blocks, bytes_per_block) C-contiguous uint8 array."""
+    out = _fast_block_bytes(tokens, n_blocks)  # flat token ids: the common form outside the subscriber
+    if out is not None:
+        return out
     if isinstance(tokens, np.ndarray):
         if tokens.dtype == np.uint8:
             if tokens.ndim == 2:
@@ -211,19 +269,42 @@ def event_token_bytes(tokens: Any, n_blocks: int) -> np.ndarray:
 
 def _split_blocks(flat: Any, n_blocks: int, unit: int) -> np.ndarray:
     """Flat token bytes cut into n_blocks equal rows; unit is 4 for token ids, 1 for token bytes."""
-    flat = np.frombuffer(flat, dtype=np.uint8) if isinstance(flat, bytes) else flat
+    rows: np.ndarray = np.frombuffer(flat, dtype=np.uint8) if isinstance(flat, bytes) else np.asarray(flat)
     what = "tokens" if unit == 4 else "token bytes"
     if n_blocks == 0:
-        if len(flat):
-            raise ValueError(f"the event has no block hashes but {len(flat) // unit} {what}")
-        return flat.reshape(0, 0)
-    if len(flat) % n_blocks:
-        raise ValueError(f"{len(flat) // unit} {what} do not divide into {n_blocks} equal blocks")
-    return flat.reshape(n_blocks, -1)
+        if len(rows):
+            raise ValueError(f"the event has no block hashes but {len(rows) // unit} {what}")
+        return rows.reshape(0, 0)
+    if len(rows) % n_blocks:
+        raise ValueError(f"{len(rows) // unit} {what} do not divide into {n_blocks} equal blocks")
+    return rows.reshape(n_blocks, -1)
 
 
 # ---------------------------------------------------------------------------------------------------
 # events
+
+
+_new_object = object.__new__
+
+
+def _refuse_set(self: Any, name: str, value: Any) -> NoReturn:
+    raise AttributeError(f"{type(self).__name__} events are immutable: cannot set {name!r} "
+                         "(build a new event instead)")
+
+
+def _refuse_delete(self: Any, name: str) -> NoReturn:
+    raise AttributeError(f"{type(self).__name__} events are immutable: cannot delete {name!r}")
+
+
+def _slot_setters(cls: type) -> Tuple[Any, ...]:
+    """The __set__ of each slot of cls, in __slots__ order: the one way to fill an immutable event (the
+    class's own __setattr__ refuses), and they write the slot even where a subclass shadows its name."""
+    return tuple(cls.__dict__[name].__set__ for name in cls.__slots__)  # type: ignore[attr-defined]
+
+
+# Events are built in __new__, not __init__: an event is complete when it exists, and calling __init__
+# again on a live one (object.__init__) changes nothing (SPEC, Public API: immutable once built). The
+# compiled core reads the slots by offset, so their names and order stay as they are.
 
 
 class BlockStored:
@@ -232,20 +313,52 @@ class BlockStored:
     ``tokens`` holds the tokens of all blocks: a 2-D uint8 array ``(n_blocks, 4 * block_size)``, a
     sequence of per-block token bytes or token ids, flat token bytes (bytes-like or a 1-D uint8 array),
     or token ids (a flat or 2-D integer array, or a list of ints). The table checks that each block holds
-    exactly its ``block_size`` tokens.
+    exactly its ``block_size`` tokens. ``source_pod`` must name the pod (non-empty). Immutable once built.
     """
 
     __slots__ = ("block_hashes", "tokens", "model_name", "lora_id", "source_pod", "parent_block_hash")
+    block_hashes: np.ndarray
+    tokens: np.ndarray
+    model_name: str
+    lora_id: int
+    source_pod: str
+    parent_block_hash: Optional[int]
 
-    def __init__(self, block_hashes: Any, tokens: Any, model_name: str, lora_id: int = -1,
-                 source_pod: str = "", parent_block_hash: Optional[int] = None) -> None:
-        self.block_hashes = hash_array(block_hashes, "block_hashes")
-        self.model_name = check_str(model_name, "model_name")
-        self.lora_id = check_lora_id(lora_id)
-        self.source_pod = check_str(source_pod, "source_pod")
-        self.parent_block_hash = (None if parent_block_hash is None
-                                  else to_u64(parent_block_hash, "parent_block_hash"))
-        self.tokens = event_token_bytes(tokens, len(self.block_hashes))
+    def __new__(cls, block_hashes: Any, tokens: Any, model_name: str, lora_id: int = -1,
+                source_pod: str = "", parent_block_hash: Optional[int] = None) -> BlockStored:
+        # exact-type checks first: the careful validators run only for input off the happy path
+        hashes = _fast_hashes(block_hashes)
+        if hashes is None:
+            hashes = hash_array(block_hashes, "block_hashes")
+        if type(model_name) is not str:
+            model_name = check_str(model_name, "model_name")
+        if type(lora_id) is not int or not _I64_MIN <= lora_id <= _I64_MAX:
+            lora_id = check_lora_id(lora_id)
+        if type(source_pod) is not str or not source_pod:
+            source_pod = _check_source_pod(source_pod, "a block is always stored by some pod")
+        if parent_block_hash is not None and (type(parent_block_hash) is not int
+                                              or not 0 <= parent_block_hash <= _U64_MASK):
+            parent_block_hash = to_u64(parent_block_hash, "parent_block_hash")
+        rows = _fast_block_bytes(tokens, len(hashes))
+        if rows is None:
+            rows = event_token_bytes(tokens, len(hashes))
+        self = _new_object(cls)
+        _set_hashes, _set_tokens, _set_model, _set_lora, _set_pod, _set_parent = _STORED_SETTERS
+        _set_hashes(self, hashes)
+        _set_tokens(self, rows)
+        _set_model(self, model_name)
+        _set_lora(self, lora_id)
+        _set_pod(self, source_pod)
+        _set_parent(self, parent_block_hash)
+        return self
+
+    __setattr__ = _refuse_set
+    __delattr__ = _refuse_delete
+
+    def __reduce__(self) -> Tuple[Any, ...]:
+        # pickle and copy rebuild through __new__ (the checked arrays pass its checks again unchanged)
+        return (type(self), (self.block_hashes, self.tokens, self.model_name, self.lora_id, self.source_pod,
+                             self.parent_block_hash))
 
     @property
     def n_blocks(self) -> int:
@@ -258,15 +371,39 @@ class BlockStored:
 
 
 class BlockRemoved:
-    """A pod removed blocks; an empty ``source_pod`` means every pod of the context (SPEC 2)."""
+    """A pod removed blocks; an empty ``source_pod`` means every pod of the context (SPEC 2).
+    Immutable once built."""
 
     __slots__ = ("block_hashes", "model_name", "lora_id", "source_pod")
+    block_hashes: np.ndarray
+    model_name: str
+    lora_id: int
+    source_pod: str
 
-    def __init__(self, block_hashes: Any, model_name: str, lora_id: int = -1, source_pod: str = "") -> None:
-        self.block_hashes = hash_array(block_hashes, "block_hashes")
-        self.model_name = check_str(model_name, "model_name")
-        self.lora_id = check_lora_id(lora_id)
-        self.source_pod = check_str(source_pod, "source_pod")
+    def __new__(cls, block_hashes: Any, model_name: str, lora_id: int = -1,
+                source_pod: str = "") -> BlockRemoved:
+        hashes = _fast_hashes(block_hashes)
+        if hashes is None:
+            hashes = hash_array(block_hashes, "block_hashes")
+        if type(model_name) is not str:
+            model_name = check_str(model_name, "model_name")
+        if type(lora_id) is not int or not _I64_MIN <= lora_id <= _I64_MAX:
+            lora_id = check_lora_id(lora_id)
+        if type(source_pod) is not str:
+            source_pod = check_str(source_pod, "source_pod")  # "" stays: every pod (SPEC 2)
+        self = _new_object(cls)
+        _set_hashes, _set_model, _set_lora, _set_pod = _REMOVED_SETTERS
+        _set_hashes(self, hashes)
+        _set_model(self, model_name)
+        _set_lora(self, lora_id)
+        _set_pod(self, source_pod)
+        return self
+
+    __setattr__ = _refuse_set
+    __delattr__ = _refuse_delete
+
+    def __reduce__(self) -> Tuple[Any, ...]:
+        return (type(self), (self.block_hashes, self.model_name, self.lora_id, self.source_pod))
 
     def __repr__(self) -> str:
         return (f"BlockRemoved(n_blocks={len(self.block_hashes)}, model_name={self.model_name!r}, "
@@ -278,14 +415,34 @@ class AllBlocksCleared:
 
     ``model_name`` and ``lora_id`` are filters: ``None`` matches any value, so
     ``AllBlocksCleared("pod")`` clears every context and ``AllBlocksCleared("pod", "m")`` every LoRA of m.
+    ``source_pod`` must name the pod (non-empty). Immutable once built.
     """
 
     __slots__ = ("source_pod", "model_name", "lora_id")
+    source_pod: str
+    model_name: Optional[str]
+    lora_id: Optional[int]
 
-    def __init__(self, source_pod: str, model_name: Optional[str] = None, lora_id: Optional[int] = None) -> None:
-        self.source_pod = check_str(source_pod, "source_pod")
-        self.model_name = None if model_name is None else check_str(model_name, "model_name")
-        self.lora_id = None if lora_id is None else check_lora_id(lora_id)
+    def __new__(cls, source_pod: str, model_name: Optional[str] = None,
+                lora_id: Optional[int] = None) -> AllBlocksCleared:
+        if type(source_pod) is not str or not source_pod:
+            source_pod = _check_source_pod(source_pod, "a pod clears its own cache")
+        if model_name is not None and type(model_name) is not str:
+            model_name = check_str(model_name, "model_name")
+        if lora_id is not None:
+            lora_id = check_lora_id(lora_id)
+        self = _new_object(cls)
+        _set_pod, _set_model, _set_lora = _CLEARED_SETTERS
+        _set_pod(self, source_pod)
+        _set_model(self, model_name)
+        _set_lora(self, lora_id)
+        return self
+
+    __setattr__ = _refuse_set
+    __delattr__ = _refuse_delete
+
+    def __reduce__(self) -> Tuple[Any, ...]:
+        return (type(self), (self.source_pod, self.model_name, self.lora_id))
 
     def matches(self, model_name: str, lora_id: int) -> bool:
         return ((self.model_name is None or self.model_name == model_name)
@@ -294,6 +451,20 @@ class AllBlocksCleared:
     def __repr__(self) -> str:
         return (f"AllBlocksCleared(source_pod={self.source_pod!r}, model_name={self.model_name!r}, "
                 f"lora_id={self.lora_id})")
+
+
+_STORED_SETTERS = _slot_setters(BlockStored)
+_REMOVED_SETTERS = _slot_setters(BlockRemoved)
+_CLEARED_SETTERS = _slot_setters(AllBlocksCleared)
+
+
+def _check_source_pod(value: Any, why: str) -> str:
+    """The source_pod of a BlockStored or AllBlocksCleared: a non-empty pod name (SPEC, Public API)."""
+    pod = check_str(value, "source_pod")
+    if not pod:
+        raise ValueError(f'source_pod must be a non-empty pod name: {why}, and "" means every pod, '
+                         "only in BlockRemoved")
+    return pod
 
 
 def check_event_width(event: BlockStored, block_size: int) -> None:
@@ -305,7 +476,7 @@ def check_event_width(event: BlockStored, block_size: int) -> None:
                          f"bytes), but this event's blocks hold {have}")
 
 
-def check_batch(events: Any, block_size: int) -> list:
+def check_batch(events: Any, block_size: int) -> List[Any]:
     """The events of a process_events call as a list, each checked as its process_* method would
     (kind and block width); the error names the first bad position, before anything is applied."""
     if isinstance(events, (str,) + _BYTES_LIKE) or not isinstance(events, Iterable):
@@ -323,14 +494,16 @@ def check_batch(events: Any, block_size: int) -> list:
     return batch
 
 
-def ready_set(ready_pods: Any) -> Optional[frozenset]:
+def ready_set(ready_pods: Any) -> Optional[frozenset[str]]:
     """``None`` (every pod) or the frozenset of ready pod names."""
     if ready_pods is None:
         return None
     if isinstance(ready_pods, (str,) + _BYTES_LIKE) or not isinstance(ready_pods, Iterable):
         raise TypeError(f"ready_pods must be an iterable of pod names or None, not {_type_name(ready_pods)}")
     pods = list(ready_pods)  # iterated once: ready_pods may be a generator
-    for pod in pods:
-        if not isinstance(pod, str):
-            raise TypeError(f"ready_pods must hold pod names (str), got {_type_name(pod)}")
+    for i, pod in enumerate(pods):
+        if type(pod) is not str:
+            if not isinstance(pod, str):
+                raise TypeError(f"ready_pods must hold pod names (str), got {_type_name(pod)}")
+            pods[i] = str.__str__(pod)  # the same pod as its plain text (check_str)
     return frozenset(pods)

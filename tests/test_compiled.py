@@ -110,12 +110,13 @@ def test_long_hashing_releases_the_gil(call):
     table = COMPILED.SyncPrefixHashTable(seed=1, block_size=16, background_eviction=False,
                                          max_prefixes_per_context=4 * blocks)
     if call == "match_prefix_hit":
-        table.process_block_stored(BlockStored(np.arange(blocks, dtype=np.uint64), tokens.reshape(blocks, 64), "m"))
-    events = [BlockStored(np.arange(blocks, dtype=np.uint64) + i * blocks, tokens.reshape(blocks, 64), f"m{i}")
-              for i in range(4)] if call == "store" else []
+        table.process_block_stored(BlockStored(np.arange(blocks, dtype=np.uint64), tokens.reshape(blocks, 64), "m",
+                                                 source_pod="A"))
+    events = [BlockStored(np.arange(blocks, dtype=np.uint64) + i * blocks, tokens.reshape(blocks, 64), f"m{i}",
+                          source_pod="A") for i in range(4)] if call == "store" else []
     work = {
         "get_prefix_hashes": lambda i: table.get_prefix_hashes(tokens),
-        "match_prefix_hit": lambda i: table.match_prefix("m", -1, tokens, [""]),
+        "match_prefix_hit": lambda i: table.match_prefix("m", -1, tokens, ["A"]),
         "match_prefix_miss": lambda i: table.match_prefix("absent", -1, tokens),
         "store": lambda i: table.process_block_stored(events[i % 4]),
     }[call]
@@ -240,7 +241,7 @@ def test_msgpack_token_ids_match_the_reference(raw):
 # --- the build -------------------------------------------------------------------------------------
 
 def test_compiled_module_was_built_from_these_sources():
-    digest = hashlib.sha256()
-    for name in ("_core.pyx", "_core.pxd", "_native.h"):
-        digest.update((PKG / name).read_bytes())
+    digest = hashlib.sha256()  # setup.py's rule: every .pyx, .pxd and .h of the package, by file name
+    for path in sorted((p for ext in ("pyx", "pxd", "h") for p in PKG.glob("*." + ext)), key=lambda p: p.name):
+        digest.update(path.read_bytes())
     assert COMPILED.SOURCE_HASH == digest.hexdigest()[:16]

@@ -25,6 +25,7 @@ BLOCK = 2  # tokens per block: small, so that random token lists share prefixes 
 models = st.sampled_from(["m", "n", "o", "p", "é"])
 loras = st.sampled_from([-1, 1])
 pods = st.sampled_from(["a", "b", "c", ""])
+named_pods = st.sampled_from(["a", "b", "c"])  # a BlockStored or AllBlocksCleared names its pod (SPEC)
 engine_hashes = st.integers(0, 12) | st.sampled_from([2**64 - 1, -1, 2**63])
 token_ids = st.integers(0, 2)
 
@@ -43,7 +44,7 @@ def store_op(draw):
     else:
         tokens = ids
     event = BlockStored(draw(st.lists(engine_hashes, min_size=n, max_size=n)), tokens, draw(models),
-                        draw(loras), draw(pods), draw(st.none() | engine_hashes))
+                        draw(loras), draw(named_pods), draw(st.none() | engine_hashes))
     return "store", event
 
 
@@ -54,7 +55,7 @@ def remove_op(draw):
 
 @st.composite
 def clear_op(draw):
-    return "clear", AllBlocksCleared(draw(pods), draw(st.none() | models), draw(st.none() | loras))
+    return "clear", AllBlocksCleared(draw(named_pods), draw(st.none() | models), draw(st.none() | loras))
 
 
 ready_pods = st.one_of(

@@ -55,7 +55,7 @@ def _ids_to_bytes(tokens: Any) -> Optional[np.ndarray]:
             return None
         try:
             ids = array.array(_U32_TYPECODE, tokens)  # C-level conversion with the [0, 2**32) check
-        except OverflowError:
+        except (OverflowError, IndexError):  # IndexError: shrunk by a finalizer during the conversion
             return None
         if _LITTLE_ENDIAN:
             ids.byteswap()
@@ -96,7 +96,9 @@ def token_ids_block_bytes(tokens: Any, n_blocks: int) -> Optional[np.ndarray]:
     if n < 0 or n_blocks <= 0 or n % n_blocks:
         return None
     flat = _ids_to_bytes(tokens)
-    return None if flat is None else flat.reshape(n_blocks, -1)
+    if flat is None or len(flat) != 4 * n:  # a finalizer resized tokens during the conversion
+        return None
+    return flat.reshape(n_blocks, -1)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -111,6 +113,13 @@ def hashes_u64(values: Any) -> Optional[np.ndarray]:
     """
     if type(values) is not list and type(values) is not tuple:
         return None
+    try:
+        return _hashes_u64(values)
+    except (OverflowError, IndexError, TypeError, ValueError):  # the list changed during the conversion
+        return None
+
+
+def _hashes_u64(values: Any) -> Optional[np.ndarray]:
     if not values:
         return np.empty(0, dtype=np.uint64)
     kinds = set(map(type, values))

@@ -33,6 +33,17 @@ cdef extern from "Python.h":
     Py_ssize_t _seq_len "PySequence_Fast_GET_SIZE"(object o) noexcept
 
 
+cdef extern from *:
+    """
+    #if defined(__BYTE_ORDER__) && defined(__ORDER_BIG_ENDIAN__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    #define PREFIXINDEX_BIG_ENDIAN_HOST 1
+    #else
+    #define PREFIXINDEX_BIG_ENDIAN_HOST 0
+    #endif
+    """
+    const bint BIG_ENDIAN_HOST "PREFIXINDEX_BIG_ENDIAN_HOST"
+
+
 ctypedef fused token_int:
     int8_t
     uint8_t
@@ -49,11 +60,12 @@ ctypedef fused token_int:
 
 
 cdef inline void put_be32(uint8_t* out, uint32_t value) noexcept nogil:
-    # the compiler turns these four stores into one byte swap and one store
-    out[0] = <uint8_t>(value >> 24)
-    out[1] = <uint8_t>(value >> 16)
-    out[2] = <uint8_t>(value >> 8)
-    out[3] = <uint8_t>value
+    # One byte swap and one 4-byte store (memcpy: out need not be aligned). Four single-byte stores
+    # would be portable too, but GCC then fails to merge them in the 8- and 1-byte loops (measured: 8x
+    # slower for int64 arrays).
+    if not BIG_ENDIAN_HOST:
+        value = (((value & 0xFF) << 24) | ((value & 0xFF00) << 8) | ((value >> 8) & 0xFF00) | (value >> 24))
+    memcpy(out, &value, 4)
 
 
 cdef inline uint64_t get_be64(const uint8_t* p) noexcept nogil:

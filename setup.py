@@ -14,18 +14,20 @@ from setuptools import Extension, setup
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def compiled_sources() -> list:
-    """Every source a compiled module can depend on (they cimport and include each other)."""
-    paths = [p for ext in ("pyx", "pxd", "h") for p in glob.glob(os.path.join(HERE, "prefixindex", "*." + ext))]
-    return sorted(paths, key=os.path.basename)
+def core_sources() -> list:
+    # Every Cython and C++ source of the compiled modules, sorted by name (tests/conftest.py hashes the same).
+    names = []
+    for pattern in ("*.pyx", "*.pxd", "*.pxi", "*.h"):
+        names += glob.glob(os.path.join(HERE, "prefixindex", pattern))
+    return sorted(names, key=os.path.basename)
 
 
 def source_hash() -> str:
     # Compiled into both modules so that the tests can refuse a stale in-place build (tests/conftest.py
     # hashes the same files the same way: their contents, in the order of their file names).
     digest = hashlib.sha256()
-    for path in compiled_sources():
-        with open(path, "rb") as f:
+    for name in core_sources():
+        with open(name, "rb") as f:
             digest.update(f.read())
     return digest.hexdigest()[:16]
 
@@ -41,7 +43,7 @@ def extensions():
             f"prefixindex.{name}",
             [f"prefixindex/{name}.pyx"],
             # any source changes the hash compiled into every module: recompile both on any change
-            depends=compiled_sources(),
+            depends=core_sources(),
             language="c++",
             include_dirs=[numpy.get_include(), "prefixindex"],
             extra_compile_args=["-O3", "-g0", "-std=c++17", "-fno-strict-aliasing"],

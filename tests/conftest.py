@@ -34,9 +34,9 @@ def _load_compiled():
         if _flag("PREFIXINDEX_REQUIRE_EXTENSIONS"):
             raise
         return None
-    # the rule of setup.py's source_hash(): every .pyx, .pxd and .h of the package, by file name
-    sources = sorted((p for ext in ("pyx", "pxd", "h") for p in PKG.glob("*." + ext)), key=lambda p: p.name)
-    if (PKG / "_core.pyx").exists():
+    sources = sorted((p for pattern in ("*.pyx", "*.pxd", "*.pxi", "*.h") for p in PKG.glob(pattern)),
+                     key=lambda p: p.name)  # the rule of setup.py's source_hash
+    if sources:
         digest = hashlib.sha256()
         for p in sources:
             digest.update(p.read_bytes())
@@ -44,7 +44,7 @@ def _load_compiled():
             if module.SOURCE_HASH != digest.hexdigest()[:16]:
                 raise RuntimeError(
                     f"{module.__name__} ({module.__file__}) was built from other sources than the checked-out "
-                    "prefixindex/*.pyx, *.pxd, *.h: rebuild it (pip install -e . or "
+                    "prefixindex/*.pyx, *.pxd, *.pxi, *.h: rebuild it (pip install -e . or "
                     "python setup.py build_ext --inplace)")
     return core
 

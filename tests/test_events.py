@@ -302,8 +302,8 @@ def test_block_removed_keeps_empty_as_every_pod(make_table):
 
 def test_check_pod():
     assert check_pod("x") == "x"
-    with pytest.raises(ValueError, match=re.escape('pod must be a non-empty pod name ("" means every pod, and only '
-                                                   "in BlockRemoved)")):
+    with pytest.raises(ValueError, match="^" + re.escape('pod must be a non-empty pod name ("" means every pod only '
+                                                         "in BlockRemoved)") + "$"):
         check_pod("")
     with pytest.raises(TypeError, match="^pod must be a str, not bytes$"):
         check_pod(b"x")

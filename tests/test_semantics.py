@@ -527,17 +527,22 @@ def test_any_str_names(make_table, model, pod):
     assert t.match_blocks(model, -1, toks(1, 2)) == {"other": 1}
 
 
-def test_pod_named_empty_string(make_table):
-    # SPEC, Public API: "" names no pod that stores or clears (it is the "every pod" of BlockRemoved)
+def test_pod_named_empty_string_is_refused_where_it_would_store(make_table):
+    # SPEC: a block is always stored by some pod; "" means "every pod", and only in BlockRemoved
     t = make_table()
-    with pytest.raises(ValueError, match='source_pod must be a non-empty pod name'):
-        stored([1, 2], [1, 2], "")
-    with pytest.raises(ValueError, match='source_pod must be a non-empty pod name'):
-        AllBlocksCleared("")
     t.process_block_stored(stored([1, 2], [1, 2], "A"))
-    t.process_block_stored(stored([1, 2], [1, 2], "B"))
+    before = t.snapshot(), t.stats()
+    with pytest.raises(ValueError, match="source_pod must be a non-empty pod name"):
+        t.process_block_stored(stored([1, 2], [1, 2], ""))
+    with pytest.raises(ValueError, match="pod must be a non-empty pod name"):
+        t.add_prefix("m", -1, "", [42])
+    with pytest.raises(ValueError, match="pod must be a non-empty pod name"):
+        t.remove_prefix("m", -1, "")
+    with pytest.raises(ValueError, match="source_pod must be a non-empty pod name"):
+        t.process_all_blocks_cleared(AllBlocksCleared(""))
+    assert (t.snapshot(), t.stats()) == before
     t.process_block_removed(removed([2], ""))  # "" as source_pod means every pod (SPEC 2)
-    assert t.match_blocks("m", -1, toks(1, 2)) == {"A": 1, "B": 1}
+    assert t.match_blocks("m", -1, toks(1, 2)) == {"A": 1}
 
 
 # --- SPEC 9: backends ------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ cimport numpy as cnp
 
 cnp.import_array()
 
-__all__ = ["hashes_u64", "token_bytes", "token_ids_block_bytes"]
+__all__ = ["hashes_u64", "slot_writer", "token_bytes", "token_ids_block_bytes"]
 
 cdef extern from *:
     const char* PREFIXINDEX_SOURCE_HASH
@@ -55,3 +55,65 @@ def hashes_u64(values):
     last 8 bytes, big-endian (SPEC, Terms). Anything else: None.
     """
     return c_hashes_u64(values)
+
+
+# ---------------------------------------------------------------------------------------------------
+# events
+
+
+from cpython.object cimport PyObject, PyObject_TypeCheck, PyTypeObject
+from cpython.ref cimport Py_INCREF, Py_XDECREF
+
+cdef extern from "Python.h":
+    ctypedef struct PyMemberDef:
+        int type
+        Py_ssize_t offset
+        int flags
+    ctypedef struct PyMemberDescrObject:
+        PyMemberDef* d_member
+    int T_OBJECT_EX
+    int READONLY
+
+
+cdef class _SlotWriter:
+    """Fills every slot of an instance of one __slots__ class, in __slots__ order (see slot_writer)."""
+    cdef type cls
+    cdef Py_ssize_t n
+    cdef Py_ssize_t offsets[16]
+
+    def __call__(self, obj, *values):
+        cdef Py_ssize_t i
+        cdef PyObject** slot
+        cdef PyObject* old
+        if self.cls is None:  # made by _SlotWriter() instead of slot_writer()
+            raise TypeError("a slot writer comes from slot_writer(cls)")
+        if not PyObject_TypeCheck(obj, <PyTypeObject*>self.cls):
+            raise TypeError(f"expected a {self.cls.__name__}, not {type(obj).__name__}")
+        if len(values) != self.n:
+            raise TypeError(f"{self.cls.__name__} has {self.n} slots, got {len(values)} values")
+        for i in range(self.n):
+            value = values[i]
+            slot = <PyObject**>((<char*><PyObject*>obj) + self.offsets[i])
+            old = slot[0]
+            Py_INCREF(value)
+            slot[0] = <PyObject*>value
+            Py_XDECREF(old)
+
+
+def slot_writer(cls):
+    """A function ``write(obj, *values)`` that sets every slot of ``obj`` (a ``cls``, or a subclass), in
+    ``cls.__slots__`` order, past the class's own ``__setattr__`` (which refuses, for immutable events),
+    and past any name a subclass shadows."""
+    cdef _SlotWriter writer = _SlotWriter.__new__(_SlotWriter)
+    names = cls.__slots__
+    if len(names) > 16:
+        raise ValueError("at most 16 slots")
+    writer.cls = cls
+    writer.n = len(names)
+    for i, name in enumerate(names):
+        descr = cls.__dict__[name]
+        if type(descr).__name__ != "member_descriptor" or \
+                (<PyMemberDescrObject*>descr).d_member.type != T_OBJECT_EX:
+            raise TypeError(f"{cls.__name__}.{name} is not an object slot")
+        writer.offsets[i] = (<PyMemberDescrObject*>descr).d_member.offset
+    return writer

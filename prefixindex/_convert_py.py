@@ -11,11 +11,11 @@ from __future__ import annotations
 import array
 import operator
 import sys
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
-__all__ = ["hashes_u64", "token_bytes", "token_ids_block_bytes"]
+__all__ = ["hashes_u64", "slot_writer", "token_bytes", "token_ids_block_bytes"]
 
 # array.array typecodes of integers; the lower-case ones are signed
 _INT_TYPECODES = frozenset("bBhHiIlLqQ")
@@ -154,3 +154,26 @@ def _hashes_u64(values: Any) -> Optional[np.ndarray]:
                 return None
         return out
     return None
+
+
+# ---------------------------------------------------------------------------------------------------
+# events
+
+
+def slot_writer(cls: type) -> Callable[..., None]:
+    """A function ``write(obj, *values)`` that sets every slot of ``obj`` (a ``cls``, or a subclass), in
+    ``cls.__slots__`` order, past the class's own ``__setattr__`` (which refuses, for immutable events),
+    and past any name a subclass shadows."""
+    names = cls.__slots__  # type: ignore[attr-defined]
+    setters = tuple(cls.__dict__[name].__set__ for name in names)
+    n = len(setters)
+
+    def write(obj: Any, *values: Any) -> None:
+        if not isinstance(obj, cls):
+            raise TypeError(f"expected a {cls.__name__}, not {type(obj).__name__}")
+        if len(values) != n:
+            raise TypeError(f"{cls.__name__} has {n} slots, got {len(values)} values")
+        for setter, value in zip(setters, values):
+            setter(obj, value)
+
+    return write

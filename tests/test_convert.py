@@ -96,7 +96,8 @@ def all_agree(fn_name, *args):
 
 @pytest.mark.skipif(_convert is None, reason="the compiled converters are not built in this run")
 def test_both_modules_have_the_same_api():
-    assert _convert.__all__ == _convert_py.__all__ == ["hashes_u64", "token_bytes", "token_ids_block_bytes"]
+    assert _convert.__all__ == _convert_py.__all__ == ["hashes_u64", "slot_writer", "token_bytes",
+                                                       "token_ids_block_bytes"]
     for name in _convert.__all__:
         assert getattr(_convert, name).__doc__ == getattr(_convert_py, name).__doc__
 
@@ -297,6 +298,49 @@ def test_hashes_agree_with_the_oracle(seq):
         assert got.tolist() == want
 
 
+# --- slot_writer ---------------------------------------------------------------------------------------
+
+class Slotted:
+    __slots__ = ("a", "b", "c")
+
+    def __setattr__(self, name, value):
+        raise AttributeError("refused")
+
+
+def test_slot_writer_fills_every_slot_past_setattr(conv):
+    write = conv.slot_writer(Slotted)
+    obj = object.__new__(Slotted)
+    payload = [object()]
+    write(obj, 1, payload, None)
+    assert (obj.a, obj.b, obj.c) == (1, payload, None)
+    write(obj, "x", "y", "z")  # overwriting releases the old values (no leak, no crash)
+    assert (obj.a, obj.b, obj.c) == ("x", "y", "z")
+
+    class Shadow(Slotted):
+        __slots__ = ()
+        a = property(lambda self: "shadowed")
+
+    sub = object.__new__(Shadow)
+    write(sub, 1, 2, 3)
+    assert Slotted.__dict__["a"].__get__(sub) == 1 and sub.a == "shadowed"
+
+
+def test_slot_writer_refuses_what_it_cannot_write(conv):
+    write = conv.slot_writer(Slotted)
+    obj = object.__new__(Slotted)
+    for bad in (lambda: write(object(), 1, 2, 3), lambda: write(obj, 1, 2), lambda: write(obj, 1, 2, 3, 4)):
+        with pytest.raises(TypeError):
+            bad()
+    with pytest.raises(AttributeError):
+        obj.a  # nothing was written by the refused calls
+
+    class NoSlots:
+        pass
+
+    with pytest.raises((AttributeError, TypeError, KeyError)):
+        conv.slot_writer(NoSlots)
+
+
 # --- nothing crashes ---------------------------------------------------------------------------------------
 
 HOSTILE = textwrap.dedent("""
@@ -340,6 +384,16 @@ HOSTILE = textwrap.dedent("""
         assert mod.token_bytes(array.array("q", range(100000))).size == 400000
         assert mod.hashes_u64([b"\\xff" * 10**6] * 3).tolist() == [2**64 - 1] * 3
         assert mod.token_bytes(np.empty(0, dtype=np.int64)[::-1]).size == 0
+        if mod.__name__.endswith("_convert"):
+            try:
+                type(mod.slot_writer(tuple))  # tuple has no __slots__
+            except AttributeError:
+                pass
+            bare = type(mod.slot_writer(type("S", (), {"__slots__": ("x",)})))()
+            try:
+                bare(object())
+            except TypeError:
+                pass
     print("ok")
 """)
 

@@ -200,6 +200,8 @@ def query_token_bytes(tokens: Any) -> Any:
     bytes-like or a 1-D uint8 array are token bytes; any other 1-D integer array or a list of ints
     are token ids (SPEC, Public API).
     """
+    if type(tokens) is bytes:
+        return tokens
     out = _fast_token_bytes(tokens)
     if out is not None:
         return out

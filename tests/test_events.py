@@ -307,3 +307,59 @@ def test_check_pod():
         check_pod("")
     with pytest.raises(TypeError, match="^pod must be a str, not bytes$"):
         check_pod(b"x")
+
+
+# --- the fast converters change nothing but speed ---------------------------------------------------------
+
+def _never(*args):
+    return None  # a converter that always hands over: only the careful path runs
+
+
+def _outcome(fn, *args):
+    try:
+        out = fn(*args)
+    except (TypeError, ValueError) as exc:
+        return type(exc), str(exc)
+    if isinstance(out, (BlockStored, BlockRemoved, AllBlocksCleared)):
+        return type(out), tuple(np.asarray(getattr(out, n)).tobytes() if isinstance(getattr(out, n), np.ndarray)
+                                else getattr(out, n) for n in type(out).__slots__)
+    return type(out), bytes(np.asarray(out).tobytes()), np.asarray(out).shape
+
+
+INPUTS = [list(range(8)), tuple(range(8)), [1, True] * 4, [1.0] * 8, [0] * 7 + [-1], [0] * 7 + [2**32],
+          [np.int64(1)] * 8, [np.int64(-1)] * 8, [0] * 7 + [2**80], [], np.arange(8, dtype=">i2"),
+          np.arange(8, dtype=np.int64)[::-1], np.array([1, -1] * 4, dtype=np.int8), np.arange(8, dtype=np.uint8),
+          array.array("q", range(8)), array.array("d", [1.0] * 8), bytes(32), bytearray(32), "abcdefgh", None,
+          iter(range(8)), [[0, 1, 2, 3], [4, 5, 6, 7]], [bytes(16), bytes(16)], np.zeros((2, 16), dtype=np.uint8)]
+HASH_INPUTS = [[1, 2], (1, 2), [-1, 2**64 - 1], [b"\x01" * 8, b"\x02" * 9], [1, b"short"], [True, 2], [1.0, 2],
+               [2**64, 1], np.array([1, 2], dtype=np.int64), iter([1, 2]), [np.uint64(1), np.int8(2)], "12", None]
+
+
+@pytest.mark.parametrize("converters", ["python", "careful only"])
+def test_fast_converters_change_nothing_but_speed(monkeypatch, converters):
+    from prefixindex import _convert_py, _events
+
+    calls = {
+        "query": lambda tokens: _outcome(query_token_bytes, tokens),
+        "encode": lambda tokens: _outcome(encode_tokens, tokens),
+        "stored": lambda tokens: _outcome(BlockStored, [1, 2], tokens, "m", -1, "A"),
+    }
+    hash_calls = {
+        "hash_array": lambda hashes: _outcome(hash_array, hashes, "h"),
+        "stored": lambda hashes: _outcome(BlockStored, hashes, [0] * 8, "m", -1, "A"),
+        "removed": lambda hashes: _outcome(BlockRemoved, hashes, "m", -1, "A"),
+    }
+
+    def run():
+        # inputs are rebuilt each run: an iterator is consumed by its first use
+        return ([[fn(copy.copy(x) if not hasattr(x, "__next__") else iter(list(range(8))))
+                  for fn in calls.values()] for x in INPUTS],
+                [[fn(x if not hasattr(x, "__next__") else iter([1, 2])) for fn in hash_calls.values()]
+                 for x in HASH_INPUTS])
+
+    default = run()
+    fast = {"python": (_convert_py.token_bytes, _convert_py.token_ids_block_bytes, _convert_py.hashes_u64),
+            "careful only": (_never, _never, _never)}[converters]
+    for name, fn in zip(("_fast_token_bytes", "_fast_block_bytes", "_fast_hashes"), fast):
+        monkeypatch.setattr(_events, name, fn)
+    assert run() == default

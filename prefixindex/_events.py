@@ -117,9 +117,10 @@ def to_u64(value: Any, what: str) -> int:
 def hash_array(values: Any, what: str) -> np.ndarray:
     """A sequence or integer array of hashes as a 1-D C-contiguous uint64 array (values modulo 2**64;
     ``bytes`` elements by their last 8 bytes, big-endian)."""
-    out = _fast_hashes(values)
-    if out is not None:
-        return out
+    if type(values) is not np.ndarray:  # the fast converter takes lists and tuples
+        out = _fast_hashes(values)
+        if out is not None:
+            return out
     if isinstance(values, np.ndarray):
         if values.ndim != 1:
             raise ValueError(f"{what} must be one-dimensional, got an array of shape {values.shape}")
@@ -228,9 +229,10 @@ def _is_block(value: Any) -> bool:
 
 def event_token_bytes(tokens: Any, n_blocks: int) -> np.ndarray:
     """The tokens of a BlockStored as a 2-D (n_blocks, bytes_per_block) C-contiguous uint8 array."""
-    out = _fast_block_bytes(tokens, n_blocks)  # flat token ids: the common form outside the subscriber
-    if out is not None:
-        return out
+    if type(tokens) is not np.ndarray or tokens.ndim == 1:  # the subscriber's 2-D token bytes skip it
+        out = _fast_block_bytes(tokens, n_blocks)  # flat token ids: the common form outside the subscriber
+        if out is not None:
+            return out
     if isinstance(tokens, np.ndarray):
         if tokens.dtype is _U8 or tokens.dtype == _U8:
             if tokens.ndim == 2:
@@ -323,7 +325,7 @@ class BlockStored:
     def __new__(cls, block_hashes: Any, tokens: Any, model_name: str, lora_id: int = -1,
                 source_pod: str = "", parent_block_hash: Optional[int] = None) -> BlockStored:
         # exact-type checks first: the careful validators run only for input off the happy path
-        hashes = _fast_hashes(block_hashes)
+        hashes = _fast_hashes(block_hashes) if type(block_hashes) is list else None
         if hashes is None:
             hashes = hash_array(block_hashes, "block_hashes")
         if type(model_name) is not str:
@@ -372,7 +374,7 @@ class BlockRemoved:
 
     def __new__(cls, block_hashes: Any, model_name: str, lora_id: int = -1,
                 source_pod: str = "") -> BlockRemoved:
-        hashes = _fast_hashes(block_hashes)
+        hashes = _fast_hashes(block_hashes) if type(block_hashes) is list else None
         if hashes is None:
             hashes = hash_array(block_hashes, "block_hashes")
         if type(model_name) is not str:

@@ -6,9 +6,9 @@ import sys
 from typing import List, Optional
 
 COMMANDS = {
-    "demo": ("prefixindex._demo", "route synthetic traffic through the index and print hit rate and latency"),
-    "info": ("prefixindex._info", "print the backend, the configuration and the versions in use"),
-    "bench": ("prefixindex._bench", "time both backends on the standard workloads, one table of medians"),
+    "demo": ("prefixindex._tools.demo", "route synthetic traffic through the index and print hit rate and latency"),
+    "info": ("prefixindex._tools.info", "print the backend, the configuration and the versions in use"),
+    "bench": ("prefixindex._tools.bench", "time both backends on the standard workloads, one table of medians"),
     "subscribe": ("prefixindex.vllm", "subscribe to vLLM pods' KV-event publishers and print index stats"),
 }
 

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from conftest import BACKENDS
+from prefixindex._tools.bench import core, memory, report, timing
 
 ROOT = Path(__file__).resolve().parent.parent
 ASV_DIR = ROOT / "asv_benchmarks"
@@ -40,10 +41,9 @@ def _finite_positive(x) -> bool:
 
 
 def test_bench_json_has_every_workload_for_every_backend(bench_doc):
-    from prefixindex import _bench
 
     assert sorted(bench_doc["backends"]) == BACKEND_NAMES
-    assert [r["id"] for r in bench_doc["results"]] == [row[0] for row in _bench.ROWS]
+    assert [r["id"] for r in bench_doc["results"]] == [row[0] for row in core.ROWS]
     for r in bench_doc["results"]:
         assert sorted(r["values"]) == BACKEND_NAMES, r["id"]
         for name, v in r["values"].items():
@@ -84,14 +84,13 @@ def test_bench_json_describes_the_machine_and_run(bench_doc):
 
 
 def test_bench_table_shows_targets_ratios_and_verdicts(bench_doc):
-    from prefixindex import _bench
 
-    text = _bench.format_report(bench_doc)
+    text = report.format_report(bench_doc)
     lines = text.splitlines()
     header = next(line for line in lines if line.startswith("workload "))
     for name in ("unit", "target", "python", "cython", "ratio"):
         assert name in header
-    for row in _bench.ROWS:
+    for row in core.ROWS:
         line = next(line for line in lines if line.startswith(row[1]))
         if row[4] is not None:
             assert ("pass" in line) or ("MISS" in line), line
@@ -106,25 +105,23 @@ def test_bench_rejects_an_unknown_backend():
 
 
 def test_measure_reports_a_failing_workload_instead_of_dying():
-    from prefixindex import _bench
 
     def boom(*_):
         raise RuntimeError("broken")
 
-    out = _bench.measure({"ok": _bench.loop_op(lambda *a: None, [()] * 10),
-                          "bad": _bench.loop_op(boom, [()] * 10)}, budget_s=0.01)
+    out = timing.measure({"ok": timing.loop_op(lambda *a: None, [()] * 10),
+                          "bad": timing.loop_op(boom, [()] * 10)}, budget_s=0.01)
     assert out["bad"] == {"error": "RuntimeError: broken"}
     assert out["ok"]["batches"] >= 7 and out["ok"]["median_ns"] > 0
 
 
 @pytest.mark.parametrize("backend_name", BACKEND_NAMES)
 def test_memory_probe_counts_the_entries_it_stored(backend_name):
-    from prefixindex import _bench
 
-    method = _bench.MEMORY_METHOD[backend_name]
-    if not _bench.memory_methods_available()[method]:
+    method = memory.MEMORY_METHOD[backend_name]
+    if not memory.memory_methods_available()[method]:
         method = "rss"
-    probe = _bench.memory_probe(backend_name, 6400, method)
+    probe = memory.memory_probe(backend_name, 6400, method)
     assert probe["entries"] == probe["blocks"] == 6400 and probe["prefixes"] == 6400
     assert 8 < probe["bytes_per_entry"] < 10_000
 

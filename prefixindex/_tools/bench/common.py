@@ -41,7 +41,7 @@ def available_backends(names: Optional[Sequence[str]] = None) -> Tuple[Dict[str,
             missing[name] = f"not importable: {exc}"
             continue
         # an editable install's import hook can hand out another tree's module (PYTHONPATH=old tree)
-        if os.path.dirname(os.path.abspath(module.__file__)) != _PACKAGE_DIR:
+        if os.path.dirname(os.path.abspath(module.__file__ or "")) != _PACKAGE_DIR:
             missing[name] = f"{module.__file__} is not part of the prefixindex package in use ({_PACKAGE_DIR})"
             continue
         found[name] = module
@@ -83,3 +83,15 @@ def result_row(spec: RowSpec, values: Dict[str, Dict[str, Any]]) -> Dict[str, An
         "speedup": speedup, "speedup_target": speedup_target,
         "speedup_pass": None if speedup is None or speedup_target is None else speedup >= speedup_target,
     }
+
+
+def judge(values: Dict[str, Dict[str, Any]], spec: RowSpec,
+          judged: Sequence[str] = tuple(BACKEND_MODULES)) -> Dict[str, Dict[str, Any]]:
+    """Sets each value's "pass" against the row's target; backends not in ``judged`` get None (their
+    figures are for information: the targets of the newer sections are the compiled core's)."""
+    for name, value in values.items():
+        if "median" in value:
+            value["pass"] = passes(value["median"], spec[4], spec[3]) if name in judged else None
+        else:
+            value.setdefault("pass", None)
+    return values

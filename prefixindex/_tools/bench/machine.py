@@ -55,7 +55,7 @@ def machine_info() -> Dict[str, Any]:
     import prefixindex
 
     try:
-        usable = len(os.sched_getaffinity(0))
+        usable: Optional[int] = len(os.sched_getaffinity(0))
     except AttributeError:
         usable = os.cpu_count()
     try:

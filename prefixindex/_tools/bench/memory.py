@@ -118,5 +118,6 @@ def memory_probe(backend: str, entries: int, method: str, timeout: float = 600.0
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"memory probe ({backend}, {entries}, {method}) failed with exit code "
                            f"{proc.returncode}: {proc.stderr.strip()[-2000:]}")
-    return json.loads(lines[-1])
+    result: Dict[str, Any] = json.loads(lines[-1])
+    return result
 

@@ -9,7 +9,7 @@ import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from .common import BACKEND_MODULES, BLOCK_SIZE, POD, available_backends
+from .common import BACKEND_MODULES, BLOCK_SIZE, POD, RowSpec, available_backends
 from .machine import machine_info
 from .timing import BATCH_NS, MAX_BATCHES, loop_overhead_ns
 
@@ -21,6 +21,24 @@ def section_module(name: str) -> Any:
     if name not in SECTIONS:
         raise ValueError(f"unknown section {name!r}; known: {', '.join(SECTIONS)}")
     return importlib.import_module(f"{__package__}.{name}")
+
+
+def section_rows(name: str) -> List[RowSpec]:
+    """The rows a section declares (its ROWS), in the order its run() returns them."""
+    return list(section_module(name).ROWS)
+
+
+def _check_rows(name: str, section: Any, rows: List[Dict[str, Any]], modules: Dict[str, Any]) -> None:
+    """A section returns one result per declared row, in order, each naming only backends that ran."""
+    declared = [spec[0] for spec in section.ROWS]
+    got = [row.get("id") for row in rows]
+    if got != declared:
+        raise RuntimeError(f"bench section {name!r} returned rows {got}, but declares {declared}")
+    for row in rows:
+        unknown = set(row["values"]) - set(modules)
+        if unknown:
+            raise RuntimeError(f"bench section {name!r}, row {row['id']!r}: values for {sorted(unknown)}, "
+                               "which did not run")
 
 
 def run(backends: Optional[Sequence[str]] = None, quick: bool = False, budget_s: Optional[float] = None,
@@ -39,10 +57,11 @@ def run(backends: Optional[Sequence[str]] = None, quick: bool = False, budget_s:
     for section in chosen:
         name = section.__name__.rsplit(".", 1)[1]
         say(f"section {name}")
-        if section is core:  # the only section with a probe that can be switched off
+        if section is core:  # the one probe that can be switched off (--no-memory)
             rows = core.run(modules, quick, per_row, say, memory=memory)
         else:
             rows = section.run(modules, quick, per_row, say)
+        _check_rows(name, section, rows, modules)
         for row in rows:
             row["section"] = name
         results.extend(rows)
@@ -104,7 +123,11 @@ def format_table(doc: Dict[str, Any]) -> str:
         header += [name, ""]
     header += ["ratio", ""]
     rows = [header]
+    section = "core"
     for r in doc["results"]:
+        if r.get("section", "core") != section:
+            section = r["section"]
+            rows.append([f"[{section}]"] + [""] * (len(header) - 1))
         target = "" if r["target"] is None else ("<= " if r["better"] == "lower" else ">= ") + _fmt(r["target"])
         line = [r["title"], r["unit"], target]
         for name in names:
@@ -157,6 +180,9 @@ def format_report(doc: Dict[str, Any]) -> str:
             extra = f"; RSS cross-check {v['rss_cross_check']:.0f}" if "rss_cross_check" in v else ""
             lines.append(f"bytes per entry, {name}: {how}, {v['entries']:,} entries in a fresh process{extra}")
     for r in doc["results"]:
+        for note in r.get("notes", ()):
+            lines.append(f"{r['title']}: {note}")
+    for r in doc["results"]:
         for name, v in r["values"].items():
             if "error" in v:
                 lines.append(f"error: {r['title']}, {name}: {v['error']}")
@@ -178,12 +204,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--seconds-per-row", type=float, default=None, dest="budget",
                         help="timing budget per row, all backends together (default 3, 0.25 with --quick)")
     parser.add_argument("--no-memory", action="store_true", help="skip the bytes-per-entry probes")
+    parser.add_argument("--sections", default=None,
+                        help=f"comma-separated subset of {','.join(SECTIONS)} (default: all, in that order)")
     parser.add_argument("--strict", action="store_true",
                         help="exit 1 unless the compiled backend ran and met every target")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.backends.split(",") if n.strip()] if args.backends else None
+    sections = [n.strip() for n in args.sections.split(",") if n.strip()] if args.sections else None
     try:
-        doc = run(names, quick=args.quick, budget_s=args.budget, memory=not args.no_memory,
+        doc = run(names, quick=args.quick, budget_s=args.budget, memory=not args.no_memory, sections=sections,
                   progress=None if args.json else (lambda msg: print(f"... {msg}", file=sys.stderr, flush=True)))
     except ValueError as exc:
         parser.error(str(exc))

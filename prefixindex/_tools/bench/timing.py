@@ -124,5 +124,16 @@ def loop_overhead_ns(budget_s: float = 0.05) -> float:
         return None
 
     op = loop_op(noop, [("m", LORA, b"", None)] * 1000)
-    return measure({"noop": op}, budget_s, batch_ns=2e5)["noop"]["median_ns"]
+    return float(measure({"noop": op}, budget_s, batch_ns=2e5)["noop"]["median_ns"])
 
+
+
+def stat_us(stat: Dict[str, Any], per: float = 1.0) -> Dict[str, Any]:
+    """A ``measure`` result (ns per call) in us per ``per`` units of work (per block, per event, ...),
+    or the error it reported."""
+    if "error" in stat:
+        return {"error": stat["error"], "pass": None}
+    out: Dict[str, Any] = {"batches": stat["batches"], "calls": stat["calls"], "median_ns_per_call": stat["median_ns"]}
+    for key, src in (("median", "median_ns"), ("p25", "p25_ns"), ("p75", "p75_ns"), ("best", "min_ns")):
+        out[key] = stat[src] / per / 1000.0
+    return out

@@ -10,14 +10,16 @@ import os
 from setuptools import Extension, setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-CORE_SOURCES = ["prefixindex/_core.pyx", "prefixindex/_core.pxd", "prefixindex/_native.h"]
 
 
 def source_hash() -> str:
-    # Compiled into the module so that the tests can refuse a stale in-place build (tests/conftest.py).
+    # Compiled into the module so that the tests can refuse a stale in-place build (tests/conftest.py,
+    # compiled_source_hash: the same rule). Every .pyx, .pxd and .h of the package, by file name.
+    package = os.path.join(HERE, "prefixindex")
+    names = sorted(n for n in os.listdir(package) if n.endswith((".pyx", ".pxd", ".h")))
     digest = hashlib.sha256()
-    for name in CORE_SOURCES:
-        with open(os.path.join(HERE, name), "rb") as f:
+    for name in names:
+        with open(os.path.join(package, name), "rb") as f:
             digest.update(f.read())
     return digest.hexdigest()[:16]
 

@@ -9,41 +9,36 @@ is an error rather than a silently shorter test run.
 from __future__ import annotations
 
 import hashlib
-import importlib
-import os
 from pathlib import Path
 
 import pytest
 
-from prefixindex import _core_py
+from prefixindex import _backend, _core_py
 
 ROOT = Path(__file__).resolve().parent.parent
 PKG = ROOT / "prefixindex"
 
 
-def _flag(name: str) -> bool:
-    return os.environ.get(name, "") not in ("", "0")
+def compiled_source_hash(package_dir: Path = PKG) -> str:
+    """What setup.py compiles into the core as SOURCE_HASH: sha256 over the bytes of every
+    ``prefixindex/*.pyx``, ``*.pxd`` and ``*.h``, in order of file name, first 16 hex digits."""
+    digest = hashlib.sha256()
+    for path in sorted((p for ext in ("*.pyx", "*.pxd", "*.h") for p in package_dir.glob(ext)), key=lambda p: p.name):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def _load_compiled():
-    if _flag("PREFIXINDEX_NO_EXTENSIONS"):
-        return None
     try:
-        core = importlib.import_module("prefixindex._core")
+        core = _backend.load("cython")
     except ImportError:
-        if _flag("PREFIXINDEX_REQUIRE_EXTENSIONS"):
+        if _backend.flag(_backend.REQUIRE_EXTENSIONS) and _backend.why_not_compiled() is None:
             raise
         return None
-    sources = [PKG / "_core.pyx", PKG / "_core.pxd", PKG / "_native.h"]
-    if all(p.exists() for p in sources):
-        digest = hashlib.sha256()
-        for p in sources:
-            digest.update(p.read_bytes())
-        if core.SOURCE_HASH != digest.hexdigest()[:16]:
-            raise RuntimeError(
-                f"prefixindex._core ({core.__file__}) was built from other sources than the checked-out "
-                "_core.pyx/_core.pxd/_native.h: rebuild it (pip install -e . or "
-                "python setup.py build_ext --inplace)")
+    if any(PKG.glob("*.pyx")) and core.SOURCE_HASH != compiled_source_hash():
+        raise RuntimeError(
+            f"prefixindex._core ({core.__file__}) was built from other sources than the checked-out "
+            "prefixindex/*.pyx, *.pxd, *.h: rebuild it (pip install -e . or python setup.py build_ext --inplace)")
     return core
 
 

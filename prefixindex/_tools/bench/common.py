@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import importlib
-import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from ... import _backend
 
 BLOCK_SIZE = 16
 BLOCK_BYTES = 4 * BLOCK_SIZE
@@ -15,14 +15,7 @@ POD = "pod-0"
 LORA = -1
 
 # backend name -> module; the name is what the module's BACKEND says
-BACKEND_MODULES = {"python": "prefixindex._core_py", "cython": "prefixindex._core"}
-
-# the directory of the prefixindex package this bench belongs to (prefixindex/_tools/bench/ is two below)
-_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def _flag(name: str) -> bool:
-    return os.environ.get(name, "") not in ("", "0")
+BACKEND_MODULES = dict(_backend.BACKENDS)
 
 
 def available_backends(names: Optional[Sequence[str]] = None) -> Tuple[Dict[str, Any], Dict[str, str]]:
@@ -32,19 +25,10 @@ def available_backends(names: Optional[Sequence[str]] = None) -> Tuple[Dict[str,
     for name in (names or list(BACKEND_MODULES)):
         if name not in BACKEND_MODULES:
             raise ValueError(f"unknown backend {name!r}; known: {', '.join(BACKEND_MODULES)}")
-        if name != "python" and _flag("PREFIXINDEX_NO_EXTENSIONS"):
-            missing[name] = "PREFIXINDEX_NO_EXTENSIONS is set"
-            continue
         try:
-            module = importlib.import_module(BACKEND_MODULES[name])
+            found[name] = _backend.load(name)
         except ImportError as exc:
-            missing[name] = f"not importable: {exc}"
-            continue
-        # an editable install's import hook can hand out another tree's module (PYTHONPATH=old tree)
-        if os.path.dirname(os.path.abspath(module.__file__ or "")) != _PACKAGE_DIR:
-            missing[name] = f"{module.__file__} is not part of the prefixindex package in use ({_PACKAGE_DIR})"
-            continue
-        found[name] = module
+            missing[name] = str(exc)
     return found, missing
 
 

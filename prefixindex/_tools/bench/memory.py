@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ctypes
 import gc
-import importlib
 import json
 import os
 import subprocess
@@ -14,7 +13,8 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from .common import BACKEND_MODULES, BLOCK_BYTES, LORA, POD, make_table, random_hashes
+from ... import _backend
+from .common import BLOCK_BYTES, LORA, POD, make_table, random_hashes
 
 # Entries stored by the bytes-per-entry probe, per backend: the pure-Python backend takes ~4 us and
 # ~500 bytes per block (twice the time under tracemalloc), so it is measured on fewer blocks.
@@ -66,7 +66,7 @@ def memory_methods_available() -> Dict[str, bool]:
 def _memory_probe_child(argv: List[str]) -> int:
     """In a fresh process: build the events, measure, store them all, measure again; print JSON."""
     backend, n, method = argv[0], int(argv[1]), argv[2]
-    module = importlib.import_module(BACKEND_MODULES[backend])
+    module = _backend.load(backend)
     import prefixindex
 
     chain = 64  # blocks per event: the chain of a 1,024-token prompt

@@ -9,8 +9,7 @@ from typing import TYPE_CHECKING
 
 from ._config import Config
 from ._events import AllBlocksCleared, BlockRemoved, BlockStored, encode_tokens
-
-__version__ = "0.1.0"
+from ._version import __version__
 
 if TYPE_CHECKING:  # one typed API for both backends: _core.pyi
     from . import _core as _impl

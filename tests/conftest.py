@@ -1,4 +1,4 @@
-"""Fixtures shared by the whole suite.
+"""Fixtures shared by the whole suite (only fixtures: shared helpers are in tests/helpers.py).
 
 ``backend`` is parametrised over every backend that this run can use: the pure-Python one always, the
 compiled one unless PREFIXINDEX_NO_EXTENSIONS=1. With PREFIXINDEX_REQUIRE_EXTENSIONS=1 (set by CI) a
@@ -8,57 +8,11 @@ is an error rather than a silently shorter test run.
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
-
 import pytest
 
-from prefixindex import _backend, _core_py
-
-ROOT = Path(__file__).resolve().parent.parent
-PKG = ROOT / "prefixindex"
-
-
-def compiled_source_hash(package_dir: Path = PKG) -> str:
-    """What setup.py compiles into the core as SOURCE_HASH: sha256 over the bytes of every
-    ``prefixindex/*.pyx``, ``*.pxd`` and ``*.h``, in order of file name, first 16 hex digits."""
-    digest = hashlib.sha256()
-    for path in sorted((p for ext in ("*.pyx", "*.pxd", "*.h") for p in package_dir.glob(ext)), key=lambda p: p.name):
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def _load_compiled():
-    try:
-        core = _backend.load("cython")
-    except ImportError:
-        if _backend.flag(_backend.REQUIRE_EXTENSIONS) and _backend.why_not_compiled() is None:
-            raise
-        return None
-    if any(PKG.glob("*.pyx")) and core.SOURCE_HASH != compiled_source_hash():
-        raise RuntimeError(
-            f"prefixindex._core ({core.__file__}) was built from other sources than the checked-out "
-            "prefixindex/*.pyx, *.pxd, *.h: rebuild it (pip install -e . or python setup.py build_ext --inplace)")
-    return core
-
-
-COMPILED = _load_compiled()
-BACKENDS = {"python": _core_py}
-if COMPILED is not None:
-    BACKENDS["cython"] = COMPILED
-
-
-class FakeClock:
-    """A clock the tests move by hand: eviction is tested without sleeping."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+# the backends and the clock live in helpers (test modules import them from there, never from here);
+# compiled_source_hash and the rest stay importable from conftest for branches written before the move
+from helpers import BACKENDS, COMPILED, PKG, ROOT, FakeClock, compiled_source_hash  # noqa: F401
 
 
 @pytest.fixture(params=sorted(BACKENDS))

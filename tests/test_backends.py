@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import os
 import subprocess
@@ -14,7 +13,7 @@ import pytest
 import prefixindex
 from prefixindex import _core_py
 
-from conftest import COMPILED, ROOT
+from helpers import COMPILED, ROOT, compiled_source_hash
 
 compiled_only = pytest.mark.skipif(
     COMPILED is None, reason="PREFIXINDEX_NO_EXTENSIONS=1: this run tests the pure-Python backend only")
@@ -29,7 +28,7 @@ def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
 
 
 def test_backend_in_this_process_matches_the_environment():
-    # conftest and the package apply the same rules to the same environment
+    # helpers (via prefixindex._backend) and the package apply the same rules to the same environment
     if COMPILED is None:
         assert prefixindex.BACKEND == "python"
         assert prefixindex.SyncPrefixHashTable is _core_py.SyncPrefixHashTable
@@ -52,11 +51,20 @@ def test_no_extensions_forces_the_fallback():
     assert proc.stdout.split() == ["python", "prefixindex._core_py"]
 
 
-def test_zero_means_unset():
-    built = importlib.util.find_spec("prefixindex._core") is not None  # whatever this run's own setting
-    proc = run_python("import prefixindex; print(prefixindex.BACKEND)", PREFIXINDEX_NO_EXTENSIONS="0")
+@pytest.mark.parametrize("env", [{}, {"PREFIXINDEX_NO_EXTENSIONS": "0"}, {"PREFIXINDEX_NO_EXTENSIONS": ""}])
+def test_the_compiled_core_runs_exactly_when_it_imports(env):
+    """Unset, empty and "0" all mean: the compiled core when it imports, whatever this run's own setting."""
+    proc = run_python(textwrap.dedent("""
+        import importlib, prefixindex
+        try:
+            importlib.import_module("prefixindex._core"); has = "cython"
+        except ImportError:
+            has = "python"
+        print(prefixindex.BACKEND, has)
+        """), **env)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == ("cython" if built else "python")
+    backend, importable = proc.stdout.split()
+    assert backend == importable
 
 
 # sys.modules[name] = None makes any import of that module raise ImportError: a missing extension.
@@ -257,8 +265,6 @@ def test_flag_is_on_unless_unset_empty_or_zero(monkeypatch, value, on):
 def test_stale_build_check_hashes_every_compiled_source(tmp_path):
     """The tests' side of the stale-build rule (setup.py compiles the same digest into the core): every
     .pyx, .pxd and .h of the package, in order of file name; other files do not count."""
-    from conftest import compiled_source_hash
-
     (tmp_path / "b.pyx").write_bytes(b"B")
     (tmp_path / "a.h").write_bytes(b"A")
     (tmp_path / "c.pxd").write_bytes(b"C")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import BACKENDS
+from helpers import BACKENDS
 from prefixindex._tools.bench import core, memory, report, timing
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -167,6 +168,8 @@ def test_asv_conf_points_at_the_suite_and_keeps_results_out_of_git():
 def suite(monkeypatch):
     """import_module for the suite's modules (as asv imports them: the package ``benchmarks``)."""
     monkeypatch.syspath_prepend(str(ASV_DIR))
+    # the suite's subprocesses (the memory probe) import the tree under test, not an installed copy
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
     common = importlib.import_module("benchmarks._common")
     common.forget()
     yield lambda name: importlib.import_module(f"benchmarks.{name}")

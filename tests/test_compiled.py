@@ -3,7 +3,6 @@ released while hashing, memory that comes back, pod ids that are recycled, 32-bi
 
 from __future__ import annotations
 
-import hashlib
 import random
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from hypothesis import strategies as st
 
 from prefixindex import BlockRemoved, BlockStored, _core_py
 
-from conftest import COMPILED, PKG, ROOT
+from helpers import COMPILED, PKG, ROOT, compiled_source_hash
 
 pytestmark = pytest.mark.skipif(
     COMPILED is None, reason="PREFIXINDEX_NO_EXTENSIONS=1: this run tests the pure-Python backend only")
@@ -240,7 +239,4 @@ def test_msgpack_token_ids_match_the_reference(raw):
 # --- the build -------------------------------------------------------------------------------------
 
 def test_compiled_module_was_built_from_these_sources():
-    digest = hashlib.sha256()
-    for name in ("_core.pyx", "_core.pxd", "_native.h"):
-        digest.update((PKG / name).read_bytes())
-    assert COMPILED.SOURCE_HASH == digest.hexdigest()[:16]
+    assert COMPILED.SOURCE_HASH == compiled_source_hash(PKG)  # the rule of setup.py: tests/helpers.py

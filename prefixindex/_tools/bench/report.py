@@ -217,15 +217,37 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     print(json.dumps(doc, indent=2) if args.json else format_report(doc))
-    if any("error" in v for r in doc["results"] for v in r["values"].values()):
+    errors = [f"{r['title']} ({name}): {v['error']}" for r in doc["results"] for name, v in r["values"].items()
+              if "error" in v]
+    if errors:
+        print("bench: some rows could not be measured:\n  " + "\n  ".join(errors), file=sys.stderr)
         return 1
     if args.strict:
-        if "cython" not in doc["backends"]:
+        failures = strict_failures(doc)
+        if failures:
+            print(f"bench --strict: {len(failures)} failure(s):\n  " + "\n  ".join(failures), file=sys.stderr)
             return 1
-        for r in doc["results"]:
-            if r["values"].get("cython", {}).get("pass") is False or r["speedup_pass"] is False:
-                return 1
+        print("bench --strict: the compiled backend ran and met every target", file=sys.stderr)
     return 0
+
+
+def strict_failures(doc: Dict[str, Any]) -> List[str]:
+    """Why ``--strict`` fails, one line each: the compiled backend did not run, or a row missed its
+    target (the compiled core's figure, or the compiled/fallback ratio)."""
+    out: List[str] = []
+    if "cython" not in doc["backends"]:
+        why = doc["missing_backends"].get("cython", "it was not asked for (--backends)")
+        out.append(f"the compiled backend (cython) did not run: {why}")
+    for r in doc["results"]:
+        value = r["values"].get("cython", {})
+        if value.get("pass") is False:
+            sign = "<=" if r["better"] == "lower" else ">="
+            out.append(f"{r['id']}: {r['title']}: cython {_fmt(value['median'])} {r['unit']}, target {sign} "
+                       f"{_fmt(r['target'])}")
+        if r["speedup_pass"] is False:
+            out.append(f"{r['id']}: {r['title']}: compiled/fallback ratio {r['speedup']:.2f}x, target >= "
+                       f"{r['speedup_target']:g}x")
+    return out
 
 
 if __name__ == "__main__":

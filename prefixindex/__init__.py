@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from ._config import Config
 from ._events import AllBlocksCleared, BlockRemoved, BlockStored, encode_tokens
-from ._version import __version__
+from ._version import __version__ as __version__  # re-exported (mypy --strict: explicitly)
 
 if TYPE_CHECKING:  # one typed API for both backends: _core.pyi
     from . import _core as _impl

@@ -54,12 +54,13 @@ def passes(value: float, target: Optional[float], better: str) -> Optional[bool]
     return value <= target if better == "lower" else value >= target
 
 
-def result_row(spec: RowSpec, values: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+def result_row(spec: RowSpec, values: Dict[str, Dict[str, Any]], compare: bool = True) -> Dict[str, Any]:
     """One row of the results: ``values`` {backend: {"median": ..., "pass": ...} or {"error": ...}}; the
-    ratio is how many times better the compiled core does than the fallback, from the same run."""
+    ratio is how many times better the compiled core does than the fallback, from the same run (none
+    when ``compare`` is false: for rows whose figures are themselves ratios)."""
     row_id, title, unit, better, target, speedup_target = spec
     speedup = None
-    if "median" in values.get("python", {}) and "median" in values.get("cython", {}):
+    if compare and "median" in values.get("python", {}) and "median" in values.get("cython", {}):
         a, b = values["python"]["median"], values["cython"]["median"]
         speedup = (a / b if better == "lower" else b / a) if min(a, b) > 0 else None
     return {

@@ -14,7 +14,7 @@ from .machine import machine_info
 from .timing import BATCH_NS, MAX_BATCHES, loop_overhead_ns
 
 # the sections, in the order of the table: each a module of this package (see the package docstring)
-SECTIONS = ("core",)
+SECTIONS = ("core", "threads", "inputs")
 
 
 def section_module(name: str) -> Any:
@@ -181,7 +181,7 @@ def format_report(doc: Dict[str, Any]) -> str:
             lines.append(f"bytes per entry, {name}: {how}, {v['entries']:,} entries in a fresh process{extra}")
     for r in doc["results"]:
         for note in r.get("notes", ()):
-            lines.append(f"{r['title']}: {note}")
+            lines.append(f"{r['id']}, {note}")
     for r in doc["results"]:
         for name, v in r["values"].items():
             if "error" in v:

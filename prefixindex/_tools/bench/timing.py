@@ -46,6 +46,26 @@ def loop_op(fn: Callable[..., Any], args: Sequence[Tuple[Any, ...]]) -> Op:
     return Op(batch, len(args))
 
 
+def cycling_op(fn: Callable[..., Any], args: Sequence[Tuple[Any, ...]]) -> Op:
+    """Like loop_op, but each batch takes the next k arguments (wrapping around), so that batch after
+    batch walks the whole pool: for workloads whose point is that the data is not in the caches."""
+    cursor = [0]
+    n = len(args)
+
+    def batch(k: int) -> int:
+        start = cursor[0]
+        todo = args[start:start + k]
+        if len(todo) < k:
+            todo = list(todo) + list(args[:k - len(todo)])
+        cursor[0] = (start + k) % n
+        t0 = time.perf_counter_ns()
+        for a in todo:
+            fn(*a)
+        return time.perf_counter_ns() - t0
+
+    return Op(batch, n)
+
+
 def events_op(process: Callable[[Any], Any], events: Sequence[Any],
               before: Optional[Tuple[Callable[[Any], Any], Sequence[Any]]] = None,
               after: Optional[Tuple[Callable[[Any], Any], Sequence[Any]]] = None) -> Op:

@@ -4,6 +4,7 @@ PREFIXINDEX_NO_EXTENSIONS=1 skips it (the pure-Python backend then runs). Otherw
 an error, never a silent fallback to the slow backend.
 """
 
+import glob
 import hashlib
 import os
 
@@ -12,14 +13,19 @@ from setuptools import Extension, setup
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+def core_sources() -> list:
+    # Every Cython and C++ source of the compiled modules, sorted by name (tests/conftest.py hashes the same).
+    names = []
+    for pattern in ("*.pyx", "*.pxd", "*.pxi", "*.h"):
+        names += glob.glob(os.path.join(HERE, "prefixindex", pattern))
+    return sorted(names, key=os.path.basename)
+
+
 def source_hash() -> str:
-    # Compiled into the module so that the tests can refuse a stale in-place build (tests/conftest.py,
-    # compiled_source_hash: the same rule). Every .pyx, .pxd and .h of the package, by file name.
-    package = os.path.join(HERE, "prefixindex")
-    names = sorted(n for n in os.listdir(package) if n.endswith((".pyx", ".pxd", ".h")))
+    # Compiled into the module so that the tests can refuse a stale in-place build (tests/conftest.py).
     digest = hashlib.sha256()
-    for name in names:
-        with open(os.path.join(package, name), "rb") as f:
+    for name in core_sources():
+        with open(name, "rb") as f:
             digest.update(f.read())
     return digest.hexdigest()[:16]
 

@@ -24,11 +24,18 @@ PKG = ROOT / "prefixindex"
 # --- the backends this run tests ----------------------------------------------------------------------------
 
 
+def compiled_sources(package_dir: Path = PKG) -> List[Path]:
+    """Every Cython and C++ source of the compiled modules (``*.pyx``, ``*.pxd``, ``*.pxi``, ``*.h`` of
+    the package), in order of file name: the files setup.py's source_hash reads."""
+    return sorted((p for pattern in ("*.pyx", "*.pxd", "*.pxi", "*.h") for p in package_dir.glob(pattern)),
+                  key=lambda p: p.name)
+
+
 def compiled_source_hash(package_dir: Path = PKG) -> str:
-    """What setup.py compiles into the core as SOURCE_HASH: sha256 over the bytes of every
-    ``prefixindex/*.pyx``, ``*.pxd`` and ``*.h``, in order of file name, first 16 hex digits."""
+    """What setup.py compiles into the core as SOURCE_HASH: sha256 over the bytes of
+    ``compiled_sources``, first 16 hex digits."""
     digest = hashlib.sha256()
-    for path in sorted((p for ext in ("*.pyx", "*.pxd", "*.h") for p in package_dir.glob(ext)), key=lambda p: p.name):
+    for path in compiled_sources(package_dir):
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 
@@ -46,7 +53,7 @@ def _load_compiled():
     if any(PKG.glob("*.pyx")) and core.SOURCE_HASH != compiled_source_hash():
         raise RuntimeError(
             f"prefixindex._core ({core.__file__}) was built from other sources than the checked-out "
-            "prefixindex/*.pyx, *.pxd, *.h: rebuild it (pip install -e . or python setup.py build_ext --inplace)")
+            "prefixindex/*.pyx, *.pxd, *.pxi, *.h: rebuild it (pip install -e . or python setup.py build_ext --inplace)")
     return core
 
 

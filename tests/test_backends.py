@@ -264,15 +264,16 @@ def test_flag_is_on_unless_unset_empty_or_zero(monkeypatch, value, on):
 
 def test_stale_build_check_hashes_every_compiled_source(tmp_path):
     """The tests' side of the stale-build rule (setup.py compiles the same digest into the core): every
-    .pyx, .pxd and .h of the package, in order of file name; other files do not count."""
+    .pyx, .pxd, .pxi and .h of the package, in order of file name; other files do not count."""
     (tmp_path / "b.pyx").write_bytes(b"B")
     (tmp_path / "a.h").write_bytes(b"A")
     (tmp_path / "c.pxd").write_bytes(b"C")
     (tmp_path / "d.py").write_bytes(b"ignored")
+    (tmp_path / "d.pxi").write_bytes(b"D")
     import hashlib
 
-    assert compiled_source_hash(tmp_path) == hashlib.sha256(b"ABC").hexdigest()[:16]
+    assert compiled_source_hash(tmp_path) == hashlib.sha256(b"ABCD").hexdigest()[:16]
     (tmp_path / "e.h").write_bytes(b"E")  # a new header changes the hash
-    assert compiled_source_hash(tmp_path) == hashlib.sha256(b"ABCE").hexdigest()[:16]
+    assert compiled_source_hash(tmp_path) == hashlib.sha256(b"ABCDE").hexdigest()[:16]
     if COMPILED is not None:
         assert COMPILED.SOURCE_HASH == compiled_source_hash()

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from prefixindex import BlockRemoved, BlockStored, _core_py
 
-from helpers import COMPILED, PKG, ROOT, compiled_source_hash
+from helpers import COMPILED, PKG, ROOT, compiled_source_hash, compiled_sources
 
 pytestmark = pytest.mark.skipif(
     COMPILED is None, reason="PREFIXINDEX_NO_EXTENSIONS=1: this run tests the pure-Python backend only")
@@ -109,12 +109,13 @@ def test_long_hashing_releases_the_gil(call):
     table = COMPILED.SyncPrefixHashTable(seed=1, block_size=16, background_eviction=False,
                                          max_prefixes_per_context=4 * blocks)
     if call == "match_prefix_hit":
-        table.process_block_stored(BlockStored(np.arange(blocks, dtype=np.uint64), tokens.reshape(blocks, 64), "m"))
-    events = [BlockStored(np.arange(blocks, dtype=np.uint64) + i * blocks, tokens.reshape(blocks, 64), f"m{i}")
-              for i in range(4)] if call == "store" else []
+        table.process_block_stored(BlockStored(np.arange(blocks, dtype=np.uint64), tokens.reshape(blocks, 64), "m",
+                                               source_pod="p"))
+    events = [BlockStored(np.arange(blocks, dtype=np.uint64) + i * blocks, tokens.reshape(blocks, 64), f"m{i}",
+                          source_pod="p") for i in range(4)] if call == "store" else []
     work = {
         "get_prefix_hashes": lambda i: table.get_prefix_hashes(tokens),
-        "match_prefix_hit": lambda i: table.match_prefix("m", -1, tokens, [""]),
+        "match_prefix_hit": lambda i: table.match_prefix("m", -1, tokens, ["p"]),
         "match_prefix_miss": lambda i: table.match_prefix("absent", -1, tokens),
         "store": lambda i: table.process_block_stored(events[i % 4]),
     }[call]
@@ -239,4 +240,7 @@ def test_msgpack_token_ids_match_the_reference(raw):
 # --- the build -------------------------------------------------------------------------------------
 
 def test_compiled_module_was_built_from_these_sources():
-    assert COMPILED.SOURCE_HASH == compiled_source_hash(PKG)  # the rule of setup.py: tests/helpers.py
+    # setup.py's rule (tests/helpers.py): every Cython and C++ source of the package, sorted by name
+    assert {p.name for p in compiled_sources(PKG)} >= {"_core.pyx", "_native.pxd", "_native.h", "_xxh64.h",
+                                                        "_entries.pxd"}
+    assert COMPILED.SOURCE_HASH == compiled_source_hash(PKG)

@@ -33,6 +33,12 @@ def _prog() -> str:
     return "python -m prefixindex" if argv0 in ("__main__.py", "-m", "-c", "") else "prefixindex"
 
 
+def command_prog(command: str) -> str:
+    """The ``prog`` of a command's argument parser: how the user called it, ``prefixindex bench`` from
+    the console script, ``python -m prefixindex bench`` from the module."""
+    return f"{_prog()} {command}"
+
+
 def _usage(prog: str) -> str:
     lines = [f"usage: {prog} {{{','.join(COMMANDS)}}} [options]", f"       {prog} --version", "",
              "commands:"]

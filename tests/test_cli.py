@@ -212,3 +212,15 @@ def test_the_installed_console_script():
     assert unknown.returncode == 2 and unknown.stderr.startswith("prefixindex: unknown command 'frobnicate'")
     usage = subprocess.run([SCRIPT, "--help"], capture_output=True, text=True, timeout=TIMEOUT)
     assert usage.returncode == 0 and usage.stdout.startswith("usage: prefixindex {")
+    bench = subprocess.run([SCRIPT, "bench", "--help"], capture_output=True, text=True, timeout=TIMEOUT)
+    assert bench.returncode == 0 and bench.stdout.startswith("usage: prefixindex bench")
+
+
+@pytest.mark.parametrize("name", ["demo", "info", "bench"])
+def test_a_command_names_itself_as_the_user_called_it(name):
+    """Through the console script (argv[0] is its path) the usage says ``prefixindex CMD``; through
+    ``python -m`` it says ``python -m prefixindex CMD``."""
+    as_script = cli(name, "--help", wrapper="import sys\nsys.argv[0] = '/usr/local/bin/prefixindex'\n")
+    assert as_script.returncode == 0 and as_script.stdout.startswith(f"usage: prefixindex {name}")
+    as_module = cli(name, "--help")
+    assert as_module.returncode == 0 and as_module.stdout.startswith(f"usage: python -m prefixindex {name}")

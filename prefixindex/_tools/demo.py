@@ -528,8 +528,10 @@ def format_text(summary: Dict[str, Any]) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from prefixindex.__main__ import command_prog
+
     parser = argparse.ArgumentParser(
-        prog="python -m prefixindex demo",
+        prog=command_prog("demo"),
         description="Route a synthetic multi-turn chat workload through the prefix index, fed only by "
                     "simulated KV-cache events, and compare the cache hit rate with random routing.")
     defaults = DemoConfig()

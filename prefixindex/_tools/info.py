@@ -42,7 +42,9 @@ def collect() -> Dict[str, Any]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m prefixindex info", description=__doc__)
+    from prefixindex.__main__ import command_prog
+
+    parser = argparse.ArgumentParser(prog=command_prog("info"), description=__doc__)
     parser.add_argument("--json", action="store_true", help="print JSON")
     args = parser.parse_args(argv)
     info = collect()

@@ -193,8 +193,10 @@ def format_report(doc: Dict[str, Any]) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from prefixindex.__main__ import command_prog
+
     parser = argparse.ArgumentParser(
-        prog="python -m prefixindex bench",
+        prog=command_prog("bench"),
         description="Time every available backend on the standard workloads (same run, same workload "
                     "objects) and print one table of medians, the targets, the ratios and bytes per entry.")
     parser.add_argument("--json", action="store_true", help="print the results as JSON (for machines)")

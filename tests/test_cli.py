@@ -3,6 +3,8 @@ checked in a subprocess (exit codes, which stream, what a user reads), and the v
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shlex
 import shutil
@@ -224,3 +226,18 @@ def test_a_command_names_itself_as_the_user_called_it(name):
     assert as_script.returncode == 0 and as_script.stdout.startswith(f"usage: prefixindex {name}")
     as_module = cli(name, "--help")
     assert as_module.returncode == 0 and as_module.stdout.startswith(f"usage: python -m prefixindex {name}")
+
+
+def test_info_says_what_runs_and_why():
+    proc = cli("info", "--json")
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert info["prefixindex"] == prefixindex.__version__ and info["backend"] == prefixindex.BACKEND
+    if prefixindex.BACKEND == "cython":
+        assert info["compiled_core"] == "in use"
+    else:
+        assert info["compiled_core"].startswith("not used: ")
+    forced = cli("info", "--json", env={**os.environ, "PREFIXINDEX_NO_EXTENSIONS": "1"})
+    assert forced.returncode == 0, forced.stderr
+    info = json.loads(forced.stdout)
+    assert info["backend"] == "python" and info["compiled_core"] == "not used: PREFIXINDEX_NO_EXTENSIONS is set"

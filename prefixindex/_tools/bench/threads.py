@@ -49,7 +49,7 @@ CONTEXT_BOUND = {"cython": 100_000, "python": 10_000}  # filling 100,000 context
 CONTEXT_BOUND_QUICK = 10_000
 # distinct 10-block events built ahead of time, per backend: bounded so that the fallback's index
 # (~500 bytes a block) stays small; a run that goes through the pool re-stores held blocks
-EVENT_POOL = {"cython": 40_000, "python": 8_000}
+EVENT_POOL = {"cython": 60_000, "python": 8_000}
 EVENT_POOL_QUICK = {"cython": 4_000, "python": 2_000}
 SHA_BUFFER = b"\x5a" * (1 << 20)
 LONG_TOKENS = 32_768
@@ -58,9 +58,9 @@ LONG_CONTEXTS = 4
 Worker = Callable[[threading.Event], Dict[str, Any]]
 
 
-def run_threads(workers: Sequence[Worker], seconds: float, until: Optional[int] = None) -> List[Dict[str, Any]]:
-    """Starts the workers together, lets them run ``seconds`` (or until worker ``until`` returns), then
-    sets the stop event and returns what each returned. A worker that raised re-raises here."""
+def run_threads(workers: Sequence[Worker], seconds: float) -> List[Dict[str, Any]]:
+    """Starts the workers together, lets them run ``seconds``, then sets the stop event and returns
+    what each returned. A worker that raised re-raises here."""
     stop = threading.Event()
     start = threading.Barrier(len(workers) + 1)
     results: List[Optional[Dict[str, Any]]] = [None] * len(workers)
@@ -78,10 +78,7 @@ def run_threads(workers: Sequence[Worker], seconds: float, until: Optional[int] 
     for t in threads:
         t.start()
     start.wait()
-    if until is None:
-        stop.wait(seconds)
-    else:
-        threads[until].join(seconds)
+    stop.wait(seconds)
     stop.set()
     for t in threads:
         t.join(60)
@@ -119,20 +116,27 @@ def matcher(table: Any, args: Sequence[Tuple[Any, ...]], record: bool = False) -
     return work
 
 
-def storer(table: Any, events: Sequence[Any], rate: Optional[float] = None) -> Worker:
+def storer(table: Any, events: Sequence[Any], rate: Optional[float] = None,
+           undo: Optional[Sequence[Any]] = None) -> Worker:
     """Stores ``events`` in order (cycled), each timed; paced at ``rate`` events/s when given, else as
-    fast as the table takes them, until stopped (or, unpaced, through the pool once)."""
+    fast as the table takes them, until stopped. With ``undo`` (the events' BlockRemoved), each pass
+    through the pool after the first starts by removing the pool's blocks, so that every store places
+    new blocks; the removals' time is left out of "seconds"."""
 
     def work(stop: threading.Event) -> Dict[str, Any]:
         store = table.process_block_stored
         clock = time.perf_counter_ns
         lat: List[int] = []
         done = 0
+        paused = 0
         t0 = clock()
         while not stop.is_set():
+            if undo is not None and done and done % len(events) == 0:
+                t = clock()
+                for removal in undo:
+                    table.process_block_removed(removal)
+                paused += clock() - t
             if rate is None:
-                if done == len(events):
-                    break
                 due = done + 1
             else:
                 due = int((clock() - t0) * rate / 1e9)
@@ -144,7 +148,7 @@ def storer(table: Any, events: Sequence[Any], rate: Optional[float] = None) -> W
                 done += 1
             if rate is not None:
                 time.sleep(0.0002)
-        return {"calls": done, "seconds": (clock() - t0) / 1e9, "latencies_ns": lat}
+        return {"calls": done, "seconds": (clock() - t0 - paused) / 1e9, "latencies_ns": lat}
 
     return work
 
@@ -191,15 +195,18 @@ def _check_full_hits(table: Any, args: Sequence[Tuple[Any, ...]], blocks: int) -
             raise RuntimeError(f"a full-hit query matched {got}, expected {{{POD!r}: {blocks}}}")
 
 
-def _event_pool(workload: Workload, n: int, seed: int) -> List[Any]:
+def _event_pool(workload: Workload, n: int, seed: int) -> Tuple[List[Any], List[Any]]:
+    """n distinct 10-block BlockStored extending the workload's chains, and their BlockRemoved."""
     import prefixindex
 
     rng = np.random.default_rng(seed)
     tokens = rng.integers(0, 256, size=(n, 10, BLOCK_BYTES), dtype=np.uint8)
     hashes = random_hashes(rng, n * 10).reshape(n, 10)
-    return [prefixindex.BlockStored(hashes[j], tokens[j], workload.models[j % workload.contexts], LORA,
-                                    source_pod=POD, parent_block_hash=int(workload.engine[j % workload.contexts][-1]))
-            for j in range(n)]
+    models = [workload.models[j % workload.contexts] for j in range(n)]
+    stored = [prefixindex.BlockStored(hashes[j], tokens[j], models[j], LORA, source_pod=POD,
+                                      parent_block_hash=int(workload.engine[j % workload.contexts][-1]))
+              for j in range(n)]
+    return stored, [prefixindex.BlockRemoved(hashes[j], models[j], LORA, source_pod=POD) for j in range(n)]
 
 
 def _check_store(table: Any, event: Any) -> None:
@@ -216,39 +223,50 @@ def _wrapped_note(name: str, done: int, pool: int) -> List[str]:
             f"{done / pool:.1f} times; later passes re-store blocks already held"]
 
 
+def _removed_note(name: str, done: int, pool: int) -> List[str]:
+    if done <= pool:
+        return []
+    return [f"{name}: {done:,} stores went through the pool of {pool:,} distinct events {done / pool:.1f} "
+            "times; each pass after the first began by removing the pool's blocks (not timed), so that "
+            "every store placed new blocks"]
+
+
 def _group_store_beside_matchers(module: Any, name: str, workload: Workload, seconds: float,
-                                 pool: List[Any]) -> Dict[str, Any]:
+                                 pool: Tuple[List[Any], List[Any]]) -> Dict[str, Any]:
     table = workload.build_table(module)
     try:
         args = [_match_args(workload, 37 * j) for j in range(3)]
         _check_full_hits(table, args[0], workload.n_blocks)
-        _check_store(table, pool[0])
-        workers = [matcher(table, a) for a in args] + [storer(table, pool[1:])]
-        results = run_threads(workers, seconds, until=3)
+        events, undo = pool
+        _check_store(table, events[0])
+        table.process_block_removed(undo[0])
+        workers = [matcher(table, a) for a in args] + [storer(table, events, undo=undo)]
+        results = run_threads(workers, seconds)
         store = results[3]
         rate = store["calls"] / store["seconds"]
-        note = (f"{name}: {store['calls']:,} stores in {store['seconds']:.2f} s while the matchers made "
-                f"{sum(r['calls'] for r in results[:3]) / store['seconds']:,.0f} matches/s")
+        notes = [f"{name}: {store['calls']:,} stores in {store['seconds']:.2f} s while the matchers made "
+                 f"{sum(r['calls'] for r in results[:3]) / max(r['seconds'] for r in results[:3]):,.0f} matches/s"]
         return {"threads_store_beside_3_matchers": {"median": rate},
                 "threads_store_p99_beside_3_matchers": {"median": p99(store["latencies_ns"]) / 1e6},
-                "notes": {"threads_store_beside_3_matchers": [note]}}
+                "notes": {"threads_store_beside_3_matchers": notes + _removed_note(name, store["calls"], len(events))}}
     finally:
         table.close()
 
 
 def _group_match_beside_ingest(module: Any, name: str, workload: Workload, seconds: float,
-                               pool: List[Any]) -> Dict[str, Any]:
+                               pool: Tuple[List[Any], List[Any]]) -> Dict[str, Any]:
     table = workload.build_table(module)
     try:
         args = _match_args(workload, 0)
         _check_full_hits(table, args, workload.n_blocks)
-        _check_store(table, pool[0])
-        results = run_threads([matcher(table, args, record=True), storer(table, pool[1:], rate=INGEST_RATE)],
+        events = pool[0]
+        _check_store(table, events[0])
+        results = run_threads([matcher(table, args, record=True), storer(table, events[1:], rate=INGEST_RATE)],
                               seconds)
         match, ingest = results
         applied = ingest["calls"] / ingest["seconds"]
         notes = [f"{name}: the ingest thread applied {applied:,.0f} events/s (paced at {INGEST_RATE:,}), "
-                 "one process_block_stored each"] + _wrapped_note(name, ingest["calls"], len(pool) - 1)
+                 "one process_block_stored each"] + _wrapped_note(name, ingest["calls"], len(events) - 1)
         return {"threads_match_beside_ingest": {"median": match["calls"] / match["seconds"]},
                 "threads_match_p99_beside_ingest": {"median": p99(match["latencies_ns"]) / 1e3},
                 "notes": {"threads_match_beside_ingest": notes}}

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from helpers import BACKENDS
-from prefixindex._tools.bench import core, memory, report, timing
+from prefixindex._tools.bench import memory, report, timing
 
 ROOT = Path(__file__).resolve().parent.parent
 ASV_DIR = ROOT / "asv_benchmarks"

@@ -109,6 +109,9 @@ def test_bench_table_shows_targets_ratios_and_verdicts(bench_doc):
             elif row[4] is not None:
                 assert "pass" not in line and "MISS" not in line, line
     assert "bytes per entry, python: tracemalloc" in text
+    for section in report.SECTIONS:  # how each section measures, above the table
+        summary = getattr(report.section_module(section), "SUMMARY", None)
+        assert summary is None or f"[{section}] {summary}" in text, section
     assert bench_doc["machine"]["cpu"] in text
 
 

@@ -25,6 +25,7 @@ Adding a section
      None, ...}} (optional "p25", "p75", "best", "batches", "calls"), or {backend: {"error": message,
      "pass": None}} when a backend could not run the row. ``common.judge`` fills "pass" in; a row may
      carry ``"notes"`` (a list of strings printed under the table).
+   - optionally ``SUMMARY``: one line on how the section measures, printed above the table.
 2. Check each row's work once, untimed, before timing it (``timing.Op.check``, or by hand), so that
    a figure always measures what its title says; time with ``timing.measure`` where calls are short,
    or for a fixed wall time where threads run.

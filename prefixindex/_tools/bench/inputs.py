@@ -24,6 +24,8 @@ import numpy as np
 from .common import BLOCK_BYTES, BLOCK_SIZE, LORA, POD, RowSpec, judge, make_table, random_hashes, result_row
 from .timing import Op, cycling_op, loop_op, measure, stat_us
 
+SUMMARY = ("queries and events in the forms callers have (token ids < 2**17), timed like the core rows; "
+           "the targets are the compiled core's, python's figures are for information")
 ROWS: List[RowSpec] = [
     ("inputs_match_1024_list", "match_prefix, 1,024 tokens, full hit, a list of ints", "us/call", "lower", 6.0, None),
     ("inputs_match_1024_int64", "  the same, a numpy int64 array", "us/call", "lower", 1.8, None),

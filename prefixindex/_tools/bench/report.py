@@ -161,12 +161,18 @@ def format_report(doc: Dict[str, Any]) -> str:
         f"machine: {m['cpu']} ({m['machine']}), {m['usable_cpus']} of {m['logical_cpus']} CPUs usable, "
         + (f"{mem / 2**30:.1f} GiB" if mem else "? GiB") + f"; load average {load}",
         f"software: {m['python']}, numpy {m['numpy']}, xxhash {m['xxhash']}; {m['platform']}",
-        f"workload: block_size {s['block_size']}; {s['contexts']} contexts, each the {s['prompt_tokens'] // 16}-block "
+        f"core workload: block_size {s['block_size']}; {s['contexts']} contexts, each the {s['prompt_tokens'] // 16}-block "
         f"chain of a {s['prompt_tokens']:,}-token prompt for one pod; token bytes as uint8 arrays",
         f"figures: medians of per-call times over batches of ~{s['batch_us']:.0f} us (at most {s['max_batches']:,} "
         f"batches or {s['seconds_per_row']:g} s per row, backends in turn), ± half the interquartile range; the "
         f"timing loop costs {s['loop_overhead_ns']:.0f} ns per call, included",
         "ratio: how many times better the compiled core (cython) does than the fallback (python), same run",
+    ]
+    for name in s.get("sections", ()):
+        summary = getattr(section_module(name), "SUMMARY", None) if name in SECTIONS else None
+        if summary:
+            lines.append(f"[{name}] {summary}")
+    lines += [
         "",
         format_table(doc),
         "",

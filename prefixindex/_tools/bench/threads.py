@@ -27,6 +27,8 @@ from .common import BLOCK_BYTES, LORA, POD, RowSpec, judge, make_table, random_h
 from .core import Workload
 from .timing import Op, measure, stat_us
 
+SUMMARY = ("threads run a fixed wall time and count calls; p99 of per-call times; 2-vs-1 rows alternate "
+           "1, 2, 1, 2 threads; the targets are the compiled core's, python's figures are for information")
 ROWS: List[RowSpec] = [
     ("threads_store_beside_3_matchers", "3 threads matching 1,024 tokens + 1 storing 10-block events: stores",
      "events/s", "higher", 20_000.0, None),

@@ -18,26 +18,14 @@ errors are the same whichever converter ran.
 
 from __future__ import annotations
 
-import os
 from typing import Any, Callable, Iterable, List, NoReturn, Optional, Tuple
 
 import numpy as np
 
+from . import _backend
 
-def _load_converters() -> Any:  # TODO(lead): fold into _backend.choose
-    """The compiled converters unless PREFIXINDEX_NO_EXTENSIONS is set or they do not import (SPEC 9)."""
-    if os.environ.get("PREFIXINDEX_NO_EXTENSIONS", "") in ("", "0"):
-        try:
-            from . import _convert
-            return _convert
-        except ImportError:
-            if os.environ.get("PREFIXINDEX_REQUIRE_EXTENSIONS", "") not in ("", "0"):
-                raise
-    from . import _convert_py
-    return _convert_py
-
-
-CONVERTERS = _load_converters()
+# The converters of the backend in use (the same rules as the table's, prefixindex/_backend.py).
+CONVERTERS = _backend.choose("prefixindex._convert", "prefixindex._convert_py")
 _fast_token_bytes: Callable[[Any], Any] = CONVERTERS.token_bytes
 _fast_block_bytes: Callable[[Any, int], Optional[np.ndarray]] = CONVERTERS.token_ids_block_bytes
 _fast_hashes: Callable[[Any], Optional[np.ndarray]] = CONVERTERS.hashes_u64

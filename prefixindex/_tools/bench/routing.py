@@ -16,17 +16,22 @@ import statistics
 import time
 from typing import Any, Callable, Dict, List, Optional
 
-from prefixindex.routing import Router
-
 import numpy as np
 
+from prefixindex.routing import Router
+
+from .common import RowSpec, judge, result_row
+
+SUMMARY = ("Router.choose then finished, 64 candidates, four of which hold 8/16/32/64 of the prompt's "
+           "64 blocks; the target is the compiled core's")
 BLOCK_SIZE = 16
 PROMPT = list(range(1_000, 2_024))
-ROWS = [  # id, title, prompt, target in us (compiled backend)
-    ("router_choose_64", "Router.choose + finished, 1,024-token list of ints, 64 candidates", PROMPT, 15.0),
-    ("router_choose_64_array", "Router.choose + finished, 1,024-token uint32 array, 64 candidates",
-     np.array(PROMPT, dtype=np.uint32), None),
+ROWS: List[RowSpec] = [
+    ("router_choose_64", "Router.choose + finished, 1,024-token list of ints, 64 candidates", "us/call", "lower",
+     15.0, None),
+    ("router_choose_64_array", "  the same, a uint32 array", "us/call", "lower", None, None),
 ]
+PROMPTS: List[Any] = [PROMPT, np.array(PROMPT, dtype=np.uint32)]  # one per row
 PODS = [f"default/vllm-{i}" for i in range(64)]
 HOLDERS = {PODS[3]: 8, PODS[17]: 16, PODS[40]: 32, PODS[62]: 64}  # pod -> leading blocks it holds
 
@@ -57,11 +62,11 @@ def _time_batches(router: Router, prompt: Any, budget_s: float, min_batches: int
     return samples
 
 
-def _row(row_id: str, title: str, prompt: Any, target: Optional[float], modules: Dict[str, Any], per_row: float,
+def _row(spec: RowSpec, prompt: Any, modules: Dict[str, Any], per_row: float,
          say: Callable[[str], None]) -> Dict[str, Any]:
     values: Dict[str, Dict[str, Any]] = {}
     for name, module in modules.items():
-        say(f"timing {row_id} ({name})")
+        say(f"timing {spec[0]} ({name})")
         router = _router(module)
         try:
             check = router.choose("bench-model", -1, prompt, PODS)  # checked once, untimed
@@ -69,25 +74,20 @@ def _row(row_id: str, title: str, prompt: Any, target: Optional[float], modules:
             router.finished(check)
             for _ in range(20):  # warm up
                 router.finished(router.choose("bench-model", -1, prompt, PODS))
-            samples = sorted(_time_batches(router, prompt, per_row))
+            samples = sorted(_time_batches(router, prompt, per_row / max(1, len(modules))))
         except Exception as exc:  # report it in the table rather than lose the other rows
             values[name] = {"error": f"{type(exc).__name__}: {exc}", "pass": None}
             continue
         finally:
             router._table.close()
         n = len(samples)
-        median = statistics.median(samples) / 1000.0
-        values[name] = {"median": median, "p25": samples[n // 4] / 1000.0, "p75": samples[(3 * n) // 4] / 1000.0,
-                        "best": samples[0] / 1000.0, "batches": n, "calls": 50 * n,
-                        "pass": median <= target if target is not None and name == "cython" else None}
-    speedup = None
-    if "median" in values.get("python", {}) and "median" in values.get("cython", {}):
-        speedup = values["python"]["median"] / values["cython"]["median"]
-    return {"id": row_id, "title": title, "unit": "us/call", "better": "lower", "target": target,
-            "values": values, "speedup": speedup, "speedup_target": None, "speedup_pass": None}
+        values[name] = {"median": statistics.median(samples) / 1000.0, "p25": samples[n // 4] / 1000.0,
+                        "p75": samples[(3 * n) // 4] / 1000.0, "best": samples[0] / 1000.0, "batches": n,
+                        "calls": 50 * n}
+    return result_row(spec, judge(values, spec, judged=("cython",)))
 
 
 def run(modules: Dict[str, Any], quick: bool, budget_s: Optional[float], say: Callable[[str], None]) -> List[Dict[str, Any]]:
     """The section's rows, timed on every backend in ``modules`` (name -> backend module)."""
     per_row = (0.25 if quick else 3.0) if budget_s is None else budget_s
-    return [_row(row_id, title, prompt, target, modules, per_row, say) for row_id, title, prompt, target in ROWS]
+    return [_row(spec, prompt, modules, per_row, say) for spec, prompt in zip(ROWS, PROMPTS)]

@@ -1,6 +1,6 @@
 """The demo's four routing policies (python -m prefixindex demo): random, least-load, prefix-only and
 prefixindex.routing.Router with its default settings. Each chooses among a model's ready pods; the
-demo (prefixindex/_demo.py) runs one cluster per policy on the same request stream."""
+demo (prefixindex/_tools/demo.py) runs one cluster per policy on the same request stream."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 from prefixindex.routing import Choice, Router
 
 if TYPE_CHECKING:
-    from prefixindex._demo import Cluster, DemoConfig
+    from prefixindex._tools.demo import Cluster, DemoConfig
 
 __all__ = ["POLICIES", "LeastLoadPolicy", "Policy", "PrefixOnlyPolicy", "RandomPolicy", "RouterPolicy"]
 

@@ -38,7 +38,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 import prefixindex
-from prefixindex._demo_policies import POLICIES, Policy, PrefixOnlyPolicy, RouterPolicy
+from prefixindex._tools.demo_policies import POLICIES, Policy, PrefixOnlyPolicy, RouterPolicy
 
 MODELS = ("llama-3.1-8b-instruct", "qwen2.5-7b-instruct")
 MODEL_TRAFFIC_SHARE = (0.6, 0.4)  # the first model is the busier one
@@ -571,8 +571,10 @@ def format_text(summary: Dict[str, Any]) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from prefixindex.__main__ import command_prog
+
     parser = argparse.ArgumentParser(
-        prog="python -m prefixindex demo",
+        prog=command_prog("demo"),
         description="Route a synthetic multi-turn chat workload four ways (random, least-load, prefix-only "
                     "and prefixindex.routing.Router) on simulated pods that report KV-cache events, and "
                     "compare hit rate, load balance and modelled time to first token.")

@@ -35,7 +35,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Set, Tuple, Union, cast
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Set, Tuple, TypeVar, Union, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -73,6 +73,39 @@ class PodLoad:
 
 
 _NO_LOAD = PodLoad()
+_V = TypeVar("_V")
+
+
+class _CandidateView(Mapping[str, _V]):
+    """A read-only mapping of every candidate: ``values`` where given, ``default`` for the others.
+    Choice's mappings are views, so that a choice among 64 pods does not build three 64-entry dicts."""
+
+    __slots__ = ("_names", "_values", "_default")
+    _names: Mapping[str, int]
+    _values: Mapping[str, _V]
+    _default: _V
+
+    def __init__(self, names: Mapping[str, int], values: Mapping[str, _V], default: _V) -> None:
+        self._names = names  # the candidates, in order (never changed after the choice)
+        self._values = values
+        self._default = default
+
+    def __getitem__(self, pod: str) -> _V:
+        got = self._values.get(pod)
+        if got is not None:
+            return got
+        if pod in self._names:
+            return self._default
+        raise KeyError(pod)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __repr__(self) -> str:
+        return repr(dict(self))
 
 
 class _Ticket:
@@ -218,6 +251,7 @@ class Router:
         self._decisions = 0
         self._by_reason: Dict[str, int] = {}
         self._made: Dict[str, List[int]] = {}  # pod -> [made, confirmed, expired]
+        self._candidate_cache: Dict[Tuple[Any, ...], Tuple[List[str], Dict[str, int]]] = {}
 
     @property
     def settings(self) -> Mapping[str, Any]:
@@ -228,7 +262,7 @@ class Router:
 
     def choose(self, model_name: str, lora_id: int, tokens: Any, pods: PodsArg) -> Choice:
         """Choose one of ``pods`` for the prompt and record the request as in flight there."""
-        names, matched, loads = _candidates(pods)  # matched: every candidate -> 0, in order
+        names, candidates, loads = self._candidates(pods)  # candidates: every name -> 0, in order
         matched_some, hashes_array = self._table.match(model_name, lora_id, tokens, names)
         hashes_array.flags.writeable = False
         hashes: Optional[List[int]] = None  # as Python ints, made only when predictions need them
@@ -245,7 +279,7 @@ class Router:
             interesting = set(matched_some)
             if requests:
                 if len(requests) < len(names):
-                    interesting.update(p for p in requests if p in matched)
+                    interesting.update(p for p in requests if p in candidates)
                 else:
                     interesting.update(p for p in names if p in requests)
             if loads is not None:
@@ -253,13 +287,13 @@ class Router:
             predicted_run: Dict[str, int] = {}
             if preds:
                 hashes = hashes_array.tolist()
-                self._walk_predictions(preds, matched, matched_some, hashes, predicted_run)
+                self._walk_predictions(preds, candidates, matched_some, hashes, predicted_run)
                 interesting.update(predicted_run)
 
             base = self._prefill_weight * n * bs
-            matched.update(matched_some)
-            predicted = {**matched, **predicted_run} if predicted_run else matched
-            cost = dict.fromkeys(names, base)
+            matched = matched_some  # pods left out hold nothing: 0
+            predicted = {**matched_some, **predicted_run} if predicted_run else matched_some
+            cost: Dict[str, float] = {}  # pods left out cost `base`
             # (cost, requests in flight, tokens pending, position) for each pod that can win
             ranked: List[Tuple[float, int, int, int, str]] = []
             plain = next((i for i, p in enumerate(names) if p not in interesting), -1)
@@ -267,8 +301,8 @@ class Router:
                 ranked.append((base, 0, 0, plain, names[plain]))
             order = {p: i for i, p in enumerate(names)} if len(interesting) > 8 else None
             for p in interesting:
-                got = predicted[p]
-                m = matched[p]
+                got = predicted.get(p, 0)
+                m = matched.get(p, 0)
                 load = loads[p] if loads is not None else _NO_LOAD
                 reqs = requests.get(p, 0) + load.running + load.waiting
                 pend = pending.get(p, 0)
@@ -279,9 +313,9 @@ class Router:
                 ranked.append((c, reqs, pend, order[p] if order is not None else names.index(p), p))
             best = min(ranked)
             reason = "lowest cost"
-            if predicted[best[4]] > matched[best[4]] and pending.get(best[4], 0):
+            if predicted.get(best[4], 0) > matched.get(best[4], 0) and pending.get(best[4], 0):
                 # A burst: the pod is prefilling this prefix right now. The guard leaves it alone, as
-                # the extra requests share that work (ROUTING.md Semantics 2).
+                # the extra requests share that work (docs/routing.md, "The hot-spot guard").
                 reason = "lowest cost (predicted)"
             elif best[1] >= self._guard_requests:
                 idle = [r for r in ranked if r[1] == 0]
@@ -289,7 +323,7 @@ class Router:
                     best = min(idle)
                     reason = "hot-spot guard"
             pod = best[4]
-            got = predicted[pod]
+            got = predicted.get(pod, 0)
             if got < n and self._max_entries > 0:
                 self._predict(key, pod, hashes_array.tolist() if hashes is None else hashes, got, n, now)
             ticket = _Ticket(self, pod, (n - got) * bs)
@@ -298,8 +332,27 @@ class Router:
             pending[pod] = pending.get(pod, 0) + ticket.tokens
             self._decisions += 1
             self._by_reason[reason] = self._by_reason.get(reason, 0) + 1
-        return Choice(pod, n, MappingProxyType(matched), MappingProxyType(predicted), MappingProxyType(cost),
-                      reason, hashes_array, ticket)
+        return Choice(pod, n, _CandidateView(candidates, matched, 0), _CandidateView(candidates, predicted, 0),
+                      _CandidateView(candidates, cost, base), reason, hashes_array, ticket)
+
+    def _candidates(self, pods: Any) -> Tuple[List[str], Dict[str, int], Optional[Dict[str, PodLoad]]]:
+        """_candidates(pods), remembered for lists and tuples of names: a router usually sees the same
+        few candidate lists again and again, and checking 64 names each time is a good part of a choice.
+        The cached list and dict are shared by choices and never changed."""
+        kind = type(pods)
+        if kind is not list and kind is not tuple:
+            return _candidates(pods)
+        try:
+            key = tuple(pods)
+            hit = self._candidate_cache.get(key)
+        except TypeError:  # an unhashable item: not names; let the checks say what is wrong
+            return _candidates(pods)
+        if hit is None:
+            names, zeros, _ = _candidates(pods)
+            if len(self._candidate_cache) >= 64:  # bounded: many different lists are just not cached
+                self._candidate_cache.clear()
+            hit = self._candidate_cache[key] = (names, zeros)
+        return hit[0], hit[1], None
 
     def _walk_predictions(self, preds: Dict[int, Dict[str, _Prediction]], nameset: Mapping[str, int],
                           matched_some: Mapping[str, int], hashes: List[int], out: Dict[str, int]) -> None:

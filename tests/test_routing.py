@@ -516,3 +516,24 @@ def test_chained_predictions_are_all_confirmed(make_table, router_for):
     stats = router.stats()
     assert stats["predictions"][first.pod] == {"made": 2, "confirmed": 2, "expired": 0}
     assert stats["predicted_entries"] == 0
+
+
+def test_candidate_lists_are_checked_every_time(router_for):
+    """Remembered candidate lists (a speed-up) change nothing: the same list again gives the same
+    mappings, and a list that differs in any way is checked afresh."""
+    router = router_for(max_predicted_entries=0)
+    pods = ["a", "b", "c"]
+    first = router.choose(MODEL, -1, toks(0), pods)
+    second = router.choose(MODEL, -1, toks(0), list(pods))
+    assert list(first.matched) == list(second.matched) == pods
+    assert dict(first.cost) != dict(second.cost)  # a's request counts in the second choice
+    assert first.cost["a"] == BS and len(first.cost) == 3 and "z" not in first.cost
+    with pytest.raises(KeyError):
+        first.matched["z"]
+    with pytest.raises(ValueError, match="'a'"):
+        router.choose(MODEL, -1, toks(0), ["a", "b", "a"])
+    with pytest.raises(TypeError, match="str"):
+        router.choose(MODEL, -1, toks(0), ["a", ["b"]])
+    with pytest.raises(TypeError, match="str"):
+        router.choose(MODEL, -1, toks(0), ("a", 3))
+    assert router.stats()["decisions"] == 2

@@ -1,5 +1,5 @@
 """The predicted index gives its memory back: 10**6 predictions made and expired leave the process's
-resident memory flat (ROUTING.md Semantics 2). Measured in a subprocess of its own, per backend, so
+resident memory flat (docs/routing.md, "Predicted entries"). Measured in a subprocess of its own, per backend, so
 that nothing else in the test run moves the figure."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Router from many threads at once (ROUTING.md Semantics 4), beside the table's writers: a plain writer
+"""Router from many threads at once (docs/routing.md, "Threads"), beside the table's writers: a plain writer
 thread, and a real VLLMSubscriber fed over ZeroMQ on 127.0.0.1 with the table's eviction thread on a
 short interval. The assertions are invariants (choices among the candidates, in-flight work back to
 zero, the predicted index's size consistent and bounded, no exception in any thread), never timings."""

@@ -310,7 +310,7 @@ class SimulatedPod:
 
 
 class Cluster:
-    """Pods, plus the queue model of ROUTING.md "How it is judged": each pod has ``slots_per_pod``
+    """Pods, plus the queue model of docs/routing.md ("The demo's queue model"): each pod has ``slots_per_pod``
     slots, held from the start of a request's prefill to the end of its decode. A request waits for
     the pod's first free slot (first come, first served), prefills its uncached tokens at
     ``prefill_tokens_per_s``, then decodes for ``decode_seconds``; its time to first token is its wait

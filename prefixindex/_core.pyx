@@ -314,3 +314,6 @@ cdef object _ready_names(ready_pods):
 
 
 include "_table.pxi"
+include "_table_entries.pxi"
+include "_table_events.pxi"
+include "_table_state.pxi"

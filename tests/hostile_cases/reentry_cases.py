@@ -250,8 +250,13 @@ def eviction_thread_with_reentering_clock(backend: Any) -> None:
     lock = threading.Lock()
 
     def clock() -> float:
-        with lock:  # _Reenter's flag is not thread-safe; one re-entry at a time across both threads
-            hook()
+        # One re-entry at a time across both threads (_Reenter's flag is not thread-safe). Never wait
+        # for this lock: the other thread may hold it while it waits for the table, held by this one.
+        if lock.acquire(blocking=False):
+            try:
+                hook()
+            finally:
+                lock.release()
         return 1000.0
 
     t = make_table(backend, clock=clock, background_eviction=True, eviction_interval_seconds=0.002)

@@ -723,6 +723,19 @@ cdef class SyncPrefixHashTable:
     # The state exchanged with _snapshot.py (docs/snapshot.md): canonical, so that both backends give
     # the same state for the same calls and so byte-identical files. The work is in _table_state.pxi.
 
+    def save(self, file):
+        """Write a snapshot of the index to a path (atomically) or to a binary stream (docs/snapshot.md).
+        Matches go on meanwhile; events wait at most for the copy of the state."""
+        from . import _snapshot
+        _snapshot.save_table(self, file)
+
+    @classmethod
+    def load(cls, file, **overrides):
+        """A new table from a snapshot (a path or a binary stream); ``overrides`` are the constructor's
+        keywords. A bad snapshot is a ValueError that says what is wrong, and builds nothing."""
+        from . import _snapshot
+        return _snapshot.load_table(cls, file, overrides)
+
     def _export_state(self):
         """Everything the table holds, in the canonical form of docs/snapshot.md (contexts least
         recently used first, prefixes oldest tick first, pods by name, engine maps by key)."""

@@ -9,7 +9,8 @@ COMMANDS = {
     "demo": ("prefixindex._demo", "route synthetic traffic through the index and print hit rate and latency"),
     "info": ("prefixindex._info", "print the backend, the configuration and the versions in use"),
     "bench": ("prefixindex._bench", "time both backends on the standard workloads, one table of medians"),
-    "subscribe": ("prefixindex.vllm", "subscribe to vLLM pods' KV-event publishers and print index stats"),
+    "subscribe": ("prefixindex._tools.subscribe", "subscribe to vLLM pods' KV-event publishers and print index stats"),
+    "vllm-bench": ("prefixindex._tools.vllm_bench", "time the vLLM subscriber: ingestion, pods, idle CPU, floods"),
 }
 
 

@@ -17,7 +17,8 @@ from typing import List
 import pytest
 import zmq
 
-from prefixindex.vllm import Pod, main
+from prefixindex._tools.subscribe import main
+from prefixindex.vllm import Pod
 
 from test_vllm_decode import batch, stored
 

@@ -20,7 +20,7 @@ import pytest
 import zmq
 
 from prefixindex.vllm import Pod, VLLMSubscriber
-from prefixindex._vllm_bench import ingest_benchmark
+from prefixindex._tools.vllm_bench import ingest_benchmark
 
 from test_vllm_decode import batch, cleared, removed, stored
 
@@ -460,11 +460,11 @@ class _FlakyTable:
         self.block_size = table.block_size
         self.failed = False
 
-    def process_block_stored(self, event: Any) -> None:
+    def process_events(self, events: Any) -> None:
         if not self.failed:
             self.failed = True
             raise RuntimeError("boom")
-        self.table.process_block_stored(event)
+        self.table.process_events(events)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.table, name)

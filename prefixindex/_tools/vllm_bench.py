@@ -80,7 +80,7 @@ def ingest_benchmark(table_factory: Optional[Callable[[], Any]] = None, n_batche
     """
     import zmq
 
-    from .vllm import Pod, VLLMSubscriber
+    from ..vllm import Pod, VLLMSubscriber
 
     total_blocks = n_batches * events_per_batch * blocks_per_event
     if table_factory is None:
@@ -193,9 +193,9 @@ def _backend_factory(name: str, block_size: int, capacity: int) -> Callable[[], 
     if name == "auto":
         return _default_factory(block_size, capacity)
     if name == "python":
-        from . import _core_py as module
+        from .. import _core_py as module
     elif name == "cython":
-        from . import _core as module  # type: ignore[no-redef]
+        from .. import _core as module  # type: ignore[no-redef]
     else:
         raise ValueError(f"unknown backend {name!r}")
 

@@ -1,8 +1,9 @@
 """The vLLM subscriber against real ZeroMQ sockets on 127.0.0.1 (random free ports).
 
-The publisher here is written from /work/shared/VLLM_KV_EVENTS.md: a PUB socket sending
+The publisher here is written from the wire doc: a PUB socket sending
 ``[topic, seq as 8 bytes big-endian, msgpack payload]`` and, optionally, a ROUTER replay server that
-answers ``[b"", start_seq]`` with ``[b"", seq8, payload]`` per buffered batch and ends with seq -1.
+answers ``[b"", start_seq]`` in either of vLLM's reply shapes (``ReplayServer``). test_vllm_faults.py
+and test_vllm_resume.py use the same stand-in.
 
 A SUB socket misses whatever is published before it is connected (the slow joiner): every test first
 publishes empty probe batches until the subscriber has seen one (``Publisher.publish_until``), or uses
@@ -58,14 +59,25 @@ def _bind(sock: zmq.Socket, endpoint: str) -> None:
 
 
 class ReplayServer:
-    """vLLM's replay ROUTER, in a thread of its own. ``mute`` never answers; ``ignore_start`` answers
-    with everything it holds (as a sloppy server would); ``keep`` bounds the buffer."""
+    """vLLM's replay ROUTER, in a thread of its own, in either reply shape:
+
+    - ``shape="3"`` (older vLLM): ``[b"", seq8, payload]`` per buffered batch, end ``[b"", -1, b""]``;
+    - ``shape="4"`` (vLLM 0.33.0): ``[b"", topic, seq8, payload]``, end ``[b"", b"", -1, b""]``.
+
+    Misbehaviours: ``mute`` never answers; ``ignore_start`` answers with everything it holds;
+    ``babble`` keeps sending duplicates of its first batch and garbage, and never the end marker;
+    ``topic`` overrides the topic frame of the 4-frame shape."""
 
     def __init__(self, ctx: zmq.Context, publisher: "Publisher", mute: bool = False, ignore_start: bool = False,
-                 endpoint: str = "tcp://127.0.0.1:*") -> None:
+                 endpoint: str = "tcp://127.0.0.1:*", shape: str = "4", babble: bool = False,
+                 topic: Optional[bytes] = None) -> None:
+        assert shape in ("3", "4")
         self.publisher = publisher
         self.mute = mute
         self.ignore_start = ignore_start
+        self.shape = shape
+        self.babble = babble
+        self.topic = topic
         self.requests: List[int] = []
         self._stop = threading.Event()
         self._ready = threading.Event()
@@ -76,26 +88,41 @@ class ReplayServer:
         self._thread.start()
         assert self._ready.wait(5)
 
+    def _message(self, identity: bytes, seq: int, payload: bytes) -> List[bytes]:
+        seq8 = seq.to_bytes(8, "big", signed=True)
+        if self.shape == "3":
+            return [identity, b"", seq8, payload]
+        topic = b"" if seq == -1 else (self.publisher.topic if self.topic is None else self.topic)
+        return [identity, b"", topic, seq8, payload]
+
     def _run(self) -> None:
         sock = self._ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
         _bind(sock, self._bind)
         self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._ready.set()
+        babbling: List[bytes] = []
         try:
             while not self._stop.is_set():
-                if not sock.poll(20):
+                for identity in babbling:  # duplicates and garbage, never the end marker
+                    first = self.publisher.buffered()[0]
+                    sock.send_multipart(self._message(identity, *first))
+                    sock.send_multipart([identity, b"", b"garbage"])
+                if not sock.poll(5 if babbling else 20):
                     continue
                 identity, empty, start = sock.recv_multipart()
                 assert empty == b""
                 self.requests.append(int.from_bytes(start, "big"))
                 if self.mute:
                     continue
+                if self.babble:
+                    babbling.append(identity)
+                    continue
                 first = 0 if self.ignore_start else int.from_bytes(start, "big")
                 for seq, payload in self.publisher.buffered():
                     if seq >= first:
-                        sock.send_multipart([identity, b"", seq.to_bytes(8, "big"), payload])
-                sock.send_multipart([identity, b"", (-1).to_bytes(8, "big", signed=True), b""])
+                        sock.send_multipart(self._message(identity, seq, payload))
+                sock.send_multipart(self._message(identity, -1, b""))
         finally:
             sock.close(0)
 
@@ -116,6 +143,7 @@ class Publisher:
         self.keep = keep
         self._lock = threading.Lock()
         self._buffer: List[tuple] = []
+        self.payloads: Dict[int, bytes] = {}
         self.pub = ctx.socket(zmq.PUB)
         self.pub.setsockopt(zmq.LINGER, 0)
         self.pub.setsockopt(zmq.SNDHWM, 100_000)
@@ -135,6 +163,7 @@ class Publisher:
         """Publish one batch (``send=False``: it is buffered for replay but never sent: a dropped message)."""
         seq = self.seq
         self.seq += 1
+        self.payloads[seq] = payload
         with self._lock:
             self._buffer.append((seq, payload))
             del self._buffer[:-self.keep]
@@ -292,9 +321,10 @@ def test_all_blocks_cleared_and_filters_over_the_wire(make_table, publishers, su
 # sequence tracking
 
 
-def test_dropped_messages_are_replayed_in_order(make_table, publishers, subscribers):
+@pytest.mark.parametrize("shape", ["3", "4"])
+def test_dropped_messages_are_replayed_in_order(make_table, publishers, subscribers, shape):
     table = make_table()
-    pub = publishers(replay=True)
+    pub = publishers(replay=True, shape=shape)
     sub = subscribers(table, [pub.pod("pod-a")]).start()
     connect(pub, sub, "pod-a")
     first = pub.publish(batch([stored([10], prompt([0]), BS)]))
@@ -312,9 +342,10 @@ def test_dropped_messages_are_replayed_in_order(make_table, publishers, subscrib
     assert s["duplicates"] == 1  # the live copy of the last batch, already applied from the replay
 
 
-def test_replay_skips_batches_already_applied(make_table, publishers, subscribers):
+@pytest.mark.parametrize("shape", ["3", "4"])
+def test_replay_skips_batches_already_applied(make_table, publishers, subscribers, shape):
     table = make_table()
-    pub = publishers(replay=True, ignore_start=True)  # answers with its whole buffer
+    pub = publishers(replay=True, shape=shape, ignore_start=True)  # answers with its whole buffer
     sub = subscribers(table, [pub.pod("pod-a")]).start()
     connect(pub, sub, "pod-a")
     first = pub.publish(batch([stored([10], prompt([0]), BS)]))
@@ -363,9 +394,10 @@ def test_replay_that_gets_no_answer_is_given_up(make_table, publishers, subscrib
     assert sub.running
 
 
-def test_replay_buffer_that_lost_part_of_the_gap(make_table, publishers, subscribers):
+@pytest.mark.parametrize("shape", ["3", "4"])
+def test_replay_buffer_that_lost_part_of_the_gap(make_table, publishers, subscribers, shape):
     table = make_table()
-    pub = publishers(replay=True, keep=2)
+    pub = publishers(replay=True, shape=shape, keep=2)
     sub = subscribers(table, [pub.pod("pod-a")]).start()
     connect(pub, sub, "pod-a")
     first = pub.publish(batch([]))
@@ -400,16 +432,17 @@ def test_restarted_publisher_clears_the_pod_first(make_table, publishers, subscr
     assert s["restarts"] == 1 and s["last_seq"] < 1000
 
 
-def test_restart_then_replay_from_zero(make_table, publishers, subscribers):
+@pytest.mark.parametrize("shape", ["3", "4"])
+def test_restart_then_replay_from_zero(make_table, publishers, subscribers, shape):
     table = make_table()
-    old = publishers(start_seq=500, replay=True)
+    old = publishers(start_seq=500, replay=True, shape=shape)
     endpoint, replay_endpoint = old.endpoint, old.replay_endpoint
     sub = subscribers(table, [old.pod("pod-a")]).start()
     connect(old, sub, "pod-a")
     seq = old.publish(batch([stored([1], prompt([0]), BS)]))
     wait_applied(sub, "pod-a", seq)
     old.close()
-    new = publishers(endpoint=endpoint, replay=True, replay_bind=replay_endpoint)  # vLLM restarted, same ports
+    new = publishers(endpoint=endpoint, replay=True, shape=shape, replay_bind=replay_endpoint)  # vLLM restarted, same ports
     new.drop(batch([stored([7], prompt([9]), BS)]))  # seq 0, published before the subscriber reconnected
     new.publish_until(lambda: pod_stats(sub, "pod-a")["restarts"] >= 1)
     wait_for(lambda: table.match_blocks(MODEL, -1, prompt([9])) == {"pod-a": 1}, what="seq 0 replayed")
@@ -580,9 +613,10 @@ def test_constructor_checks(make_table):
         VLLMSubscriber(table, model=MODEL, replay_timeout=0)
 
 
-def test_stop_and_start_again_replays_what_was_missed(make_table, publishers, subscribers):
+@pytest.mark.parametrize("shape", ["3", "4"])
+def test_stop_and_start_again_replays_what_was_missed(make_table, publishers, subscribers, shape):
     table = make_table()
-    pub = publishers(replay=True)
+    pub = publishers(replay=True, shape=shape)
     sub = subscribers(table, [pub.pod("pod-a")]).start()
     connect(pub, sub, "pod-a")
     sub.stop()
@@ -595,9 +629,10 @@ def test_stop_and_start_again_replays_what_was_missed(make_table, publishers, su
     assert s["gaps"] == 1 and s["replays"] == 1 and s["lost_batches"] == 0
 
 
-def test_replay_on_connect_fetches_what_came_before(make_table, publishers, subscribers):
+@pytest.mark.parametrize("shape", ["3", "4"])
+def test_replay_on_connect_fetches_what_came_before(make_table, publishers, subscribers, shape):
     table = make_table()
-    pub = publishers(replay=True)
+    pub = publishers(replay=True, shape=shape)
     for k in range(5):  # published before the subscriber exists
         pub.publish(batch([stored([100 + k], prompt([k]), BS, None if k == 0 else 99 + k)]))
     sub = subscribers(table, [pub.pod("pod-a")], replay_on_connect=True).start()

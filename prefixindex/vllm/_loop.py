@@ -39,14 +39,15 @@ _RECONNECT_IVL_MAX_MS = 2000  # ZeroMQ's reconnect backoff for publishers that a
 
 
 class LoopSettings:
-    __slots__ = ("rcvhwm", "max_message_bytes", "context", "max_sockets")
+    __slots__ = ("rcvhwm", "max_message_bytes", "context", "max_sockets", "resubscribe_idle")
 
     def __init__(self, rcvhwm: int, max_message_bytes: int, context: Optional[zmq.Context[Any]],
-                 max_sockets: int) -> None:
+                 max_sockets: int, resubscribe_idle: Optional[float]) -> None:
         self.rcvhwm = rcvhwm
         self.max_message_bytes = max_message_bytes
         self.context = context
         self.max_sockets = max_sockets
+        self.resubscribe_idle = resubscribe_idle
 
 
 class Command:
@@ -97,9 +98,10 @@ class Command:
 
 
 class _PodSockets:
-    __slots__ = ("sub", "replay", "replay_start", "sub_retry", "replay_retry", "backoff")
+    __slots__ = ("sub", "replay", "replay_start", "sub_retry", "replay_retry", "backoff", "last_rx")
 
     def __init__(self) -> None:
+        self.last_rx = time.monotonic()  # the last time the SUB socket gave a message (or was opened)
         self.sub: Any = None
         self.replay: Any = None
         self.replay_start = 0
@@ -129,6 +131,9 @@ class Loop:
         self.pods: Dict[str, PodStream] = {}
         self._socks: Dict[str, _PodSockets] = {}
         self._timed: Set[PodStream] = set()          # pods with a replay deadline or a retry pending
+        idle = settings.resubscribe_idle
+        self._idle_scan_every = None if idle is None else max(0.05, idle / 4)
+        self._next_idle_scan = time.monotonic() + (self._idle_scan_every or 0)
         self.alive = True
 
     # -- other threads -------------------------------------------------------------------------------
@@ -196,10 +201,15 @@ class Loop:
 
     def _housekeeping(self) -> int:
         """Deadlines and retries that are due; the poll timeout (ms) until the next one."""
-        if not self._timed:
-            return _IDLE_WAIT_MS
         now = time.monotonic()
         nearest = now + _IDLE_WAIT_MS / 1000
+        if self._idle_scan_every is not None:
+            if now >= self._next_idle_scan:
+                self._resubscribe_silent(now)
+                self._next_idle_scan = now + self._idle_scan_every
+            nearest = min(nearest, self._next_idle_scan)
+        if not self._timed:
+            return max(0, int((nearest - now) * 1000) + 1)
         for stream in list(self._timed):
             socks = self._socks.get(stream.name)
             if socks is None:
@@ -216,6 +226,24 @@ class Loop:
             else:
                 self._timed.discard(stream)
         return max(0, int((nearest - now) * 1000) + 1)
+
+    def _resubscribe_silent(self, now: float) -> None:
+        """A fresh SUB socket for pods silent for ``resubscribe_idle`` seconds.
+
+        libzmq ends a connection for good (no reconnect) on a protocol error, such as a message over
+        MAXMSGSIZE; an idle pod pays one reconnect per period, and batches missed meanwhile are a gap.
+        """
+        idle = self.settings.resubscribe_idle
+        assert idle is not None
+        for name, socks in list(self._socks.items()):
+            if socks.sub is None or now - socks.last_rx < idle:
+                continue
+            stream = self.pods[name]
+            self._close_socket(socks.sub)
+            socks.sub = None
+            stream.stats["resubscribes"] += 1
+            self._open_sub(stream, socks)
+            socks.last_rx = now
 
     def _run_commands(self) -> None:
         try:
@@ -401,6 +429,10 @@ class Loop:
         if owner is None:
             return
         stream, is_replay = owner
+        if not is_replay:
+            socks = self._socks.get(stream.name)
+            if socks is not None:
+                socks.last_rx = time.monotonic()
         recv = sock.recv_multipart
         for _ in range(_DRAIN_LIMIT):
             try:

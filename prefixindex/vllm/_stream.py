@@ -33,7 +33,7 @@ COUNTERS = (
     "batches", "events", "blocks_stored", "blocks_removed", "clears", "filtered", "unknown_events",
     "unmapped_lora", "other_topic", "gaps", "lost_batches", "replays", "replayed_batches",
     "replay_failures", "duplicates", "restarts", "malformed",
-    "placeholders", "other_rank", "socket_errors", "held_dropped", "resumes", "resume_refills",
+    "placeholders", "other_rank", "socket_errors", "held_dropped", "resumes", "resume_refills", "resubscribes",
 )
 
 _LOG_FIRST = 10       # malformed input: log the first few per pod ...

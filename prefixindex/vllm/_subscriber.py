@@ -23,7 +23,6 @@ STAT_KEYS = COUNTERS
 #: Per-pod values that go up and down (summed in ``totals`` too).
 GAUGE_KEYS = ("held_bytes",)
 
-_COMMAND_TIMEOUT = 10.0
 _SOCKET_SLACK = 16
 #: The most pods one subscriber (one ZeroMQ context) can take.
 MAX_PODS_LIMIT = 32_000
@@ -58,11 +57,16 @@ class VLLMSubscriber:
     - ``rcvhwm``: the SUB sockets' receive high-water mark in messages (default 100,000, vLLM's).
     - ``max_message_bytes``: ZeroMQ's MAXMSGSIZE on every socket (default 256 MiB); a larger message
       makes ZeroMQ drop that connection (it reconnects; what was missed is a gap).
+    - ``resubscribe_idle``: a pod whose SUB socket gave nothing for this many seconds gets a fresh one
+      (default 60; None: never). libzmq does not reconnect after a protocol error such as an oversized
+      message; this heals that, and costs an idle pod one reconnect per period.
     - ``max_held_bytes``: the budget, over all pods, for live batches held while a gap is replayed
       (default 512 MiB); what does not fit is dropped (``held_dropped``) and lost unless replayed later.
     - ``max_pods``: pods one subscriber takes (default 10,000); one more is a ValueError. Sizes the
       ZeroMQ context's socket limit; see docs/vllm.md (V2) for the file descriptors the OS must allow.
     - ``resume``: positions from ``positions()`` to start from (the first ``start()``).
+    - ``command_timeout``: how long ``add_pod``/``remove_pod`` wait for the loop thread to take them
+      (default 10 s; it is busy only inside a table call), and ``start()`` for a stopping thread.
     - ``poll_interval``: kept for compatibility; the loop no longer polls on a tick.
     - ``context``: a ``zmq.Context`` to use (default: one of its own, terminated by ``stop()``); its
       MAX_SOCKETS is the caller's to size.
@@ -74,8 +78,9 @@ class VLLMSubscriber:
                  spec_kinds: Optional[Iterable[str]] = FULL_ATTENTION_KINDS,
                  replay_on_connect: bool = False, replay_timeout: float = 2.0, rcvhwm: int = 100_000,
                  max_message_bytes: int = 256 << 20, max_held_bytes: int = 512 << 20, max_pods: int = 10_000,
-                 resume: Optional[Mapping[str, Any]] = None, poll_interval: float = 0.05,
-                 context: Optional["zmq.Context[Any]"] = None) -> None:
+                 resume: Optional[Mapping[str, Any]] = None, command_timeout: float = 10.0,
+                 resubscribe_idle: Optional[float] = 60.0,
+                 poll_interval: float = 0.05, context: Optional["zmq.Context[Any]"] = None) -> None:
         for method in ("process_events", "process_all_blocks_cleared"):
             if not callable(getattr(table, method, None)):
                 raise TypeError(f"table must be a SyncPrefixHashTable (it has no {method}()), "
@@ -84,6 +89,9 @@ class VLLMSubscriber:
             raise TypeError(f"model must be a str, not {type(model).__name__}")
         _positive(replay_timeout, "replay_timeout")
         _positive(poll_interval, "poll_interval")
+        _positive(command_timeout, "command_timeout")
+        if resubscribe_idle is not None:
+            _positive(resubscribe_idle, "resubscribe_idle")
         _positive(max_message_bytes, "max_message_bytes", integer=True)
         _positive(max_held_bytes, "max_held_bytes", integer=True)
         _positive(max_pods, "max_pods", integer=True)
@@ -116,8 +124,10 @@ class VLLMSubscriber:
         self.max_message_bytes = max_message_bytes
         self.max_pods = max_pods
         self.poll_interval = float(poll_interval)
+        self.command_timeout = float(command_timeout)
         self._settings = LoopSettings(rcvhwm, max_message_bytes, context,
-                                      SOCKETS_PER_POD * max_pods + _SOCKET_SLACK)
+                                      SOCKETS_PER_POD * max_pods + _SOCKET_SLACK,
+                                      None if resubscribe_idle is None else float(resubscribe_idle))
         self._budget = HeldBudget(max_held_bytes)
         self._max_lora_blocks = int(getattr(getattr(table, "config", None), "max_prefixes_per_context", 10_000))
         self._lock = threading.Lock()     # guards _streams (stats() reads it from any thread)
@@ -154,7 +164,7 @@ class VLLMSubscriber:
             stream = self._new_stream(spec)
             loop = self._live_loop()
             if loop is not None:
-                loop.post(Command(Loop.add, stream)).wait(_COMMAND_TIMEOUT)
+                loop.post(Command(Loop.add, stream)).wait(self.command_timeout)
             with self._lock:
                 self._streams[spec.name] = stream
         return spec
@@ -172,7 +182,7 @@ class VLLMSubscriber:
                 raise KeyError(f"pod {name!r} is not subscribed")
             loop = self._live_loop()
             if loop is not None:
-                loop.post(Command(Loop.remove, stream)).wait(_COMMAND_TIMEOUT)
+                loop.post(Command(Loop.remove, stream)).wait(self.command_timeout)
             with self._lock:
                 del self._streams[name]
         if clear:
@@ -209,7 +219,7 @@ class VLLMSubscriber:
             thread = self._thread
             if thread is not None and thread.is_alive():
                 if self._loop is not None and self._loop.stopping.is_set():
-                    thread.join(_COMMAND_TIMEOUT)  # a stop() that timed out: wait for that loop first
+                    thread.join(self.command_timeout)  # a stop() that timed out: wait for that loop first
                     if thread.is_alive():
                         raise RuntimeError("the previous subscriber thread has not stopped yet; start() "
                                            "would run two loops over the same pods")

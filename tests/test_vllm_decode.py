@@ -250,6 +250,11 @@ def test_bytes_and_int_hashes_give_the_same_event(enc):
     assert ra.block_hashes.tolist() == rb.block_hashes.tolist() == [BIG]
 
 
+def test_bytes_hashes_that_look_like_digits_are_read_as_bytes():
+    [(_, ev)] = convert_all(conv(), batch([stored([b"12", 7], TOKENS8, 4)]))
+    assert ev.block_hashes.tolist() == [0x3132, 7]
+
+
 def test_negative_int_hashes_are_taken_modulo_2_64():
     [(_, ev)] = convert_all(conv(), batch([stored([-1], TOKENS8[:4], 4)]))
     assert ev.block_hashes.tolist() == [2**64 - 1]

@@ -238,10 +238,14 @@ def hash_from_wire(value: Any, what: str = "block hash") -> int:
 
 
 def hash_list(values: List[Any]) -> Any:
-    for v in values:
-        if type(v) is bytes:
-            return [hash_from_wire(h, "block_hashes item") for h in values]
-    return values
+    """Block hashes as decoded (ints and/or bytes) as a uint64 array, in one numpy call when they are
+    all ints in [0, 2**64) (the usual case); bytes and negative ints take the slow path."""
+    if bytes not in set(map(type, values)):  # (numpy would read b"12" as 12: bytes never go there)
+        try:
+            return np.array(values, dtype=np.uint64)
+        except OverflowError:  # a negative int: the index takes it modulo 2**64
+            return values
+    return [hash_from_wire(h, "block_hashes item") for h in values]
 
 
 def token_bytes_function() -> Callable[[Any], np.ndarray]:

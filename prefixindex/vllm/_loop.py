@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import errno
+import selectors
 import socket
 import threading
 import time
@@ -31,6 +32,7 @@ __all__ = ["Command", "Loop", "LoopSettings", "SOCKETS_PER_POD"]
 #: is this times ``max_pods``, plus a few.
 SOCKETS_PER_POD = 2
 _RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+_COPY_BELOW = 1 << 16        # payloads up to this size are copied (cheaper than keeping ZeroMQ's frame)
 _DRAIN_LIMIT = 256           # messages taken from one socket before the next one gets a turn
 _RETRY_FIRST = 0.01          # seconds before the first retry of a socket that could not be opened ...
 _RETRY_MAX = 1.0             # ... doubling up to this
@@ -125,8 +127,11 @@ class Loop:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        self._items: List[Tuple[Any, int]] = []      # what zmq_poll watches
-        self._slot: Dict[Any, int] = {}              # socket (or fd) -> its index in _items
+        # Readiness comes from the OS (epoll on Linux) over each ZeroMQ socket's notification fd, so a
+        # wake-up costs the sockets that are ready, not every socket: zmq_poll would walk all 10,000.
+        self._selector = selectors.DefaultSelector()
+        self._fd_of: Dict[Any, int] = {}             # zmq socket -> its ZMQ_FD
+        self._hot: Set[Any] = set()                  # sockets that may hold input their fd did not signal
         self._owner: Dict[Any, Tuple[PodStream, bool]] = {}  # socket -> (pod, is_replay)
         self.pods: Dict[str, PodStream] = {}
         self._socks: Dict[str, _PodSockets] = {}
@@ -168,7 +173,7 @@ class Loop:
                 self.context.set(zmq.MAX_SOCKETS, min(self.settings.max_sockets, limit))
             else:
                 self.context = self.settings.context
-            self._watch(self._wake_r.fileno())
+            self._selector.register(self._wake_r, selectors.EVENT_READ, None)
             for stream in self.initial:
                 self.add(stream)
         except BaseException as exc:  # start() raises it, after everything opened here is closed
@@ -192,11 +197,17 @@ class Loop:
 
     def _once(self) -> None:
         timeout = self._housekeeping()
-        wake_fd = self._wake_r.fileno()
-        for sock, _ in zmq.zmq_poll(self._items, timeout):
-            if sock == wake_fd:
+        if self._hot:
+            timeout = 0
+        ready = self._hot
+        self._hot = set()
+        for key, _ in self._selector.select(timeout / 1000):
+            if key.data is None:
                 self._run_commands()
             else:
+                ready.add(key.data)
+        for sock in ready:
+            if sock in self._owner:  # not closed by an earlier one of this round
                 self._drain(sock)
 
     def _housekeeping(self) -> int:
@@ -270,6 +281,7 @@ class Loop:
         self.pods.clear()
         while self._commands:
             self._commands.popleft().fail_pending(RuntimeError("the subscriber stopped"))
+        self._selector.close()
         self._wake_r.close()
         self._wake_w.close()
         if self.context is not None and self.own_context:
@@ -278,17 +290,16 @@ class Loop:
     # -- poll set ------------------------------------------------------------------------------------
 
     def _watch(self, sock: Any) -> None:
-        self._slot[sock] = len(self._items)
-        self._items.append((sock, zmq.POLLIN))
+        fd = sock.getsockopt(zmq.FD)
+        self._fd_of[sock] = fd
+        self._selector.register(fd, selectors.EVENT_READ, sock)
+        self._hot.add(sock)  # ZMQ_FD signals changes, not state: look once without waiting for it
 
     def _unwatch(self, sock: Any) -> None:
-        index = self._slot.pop(sock, None)
-        if index is None:
-            return
-        last = self._items.pop()
-        if index < len(self._items):  # move the last item into the hole: O(1) whatever the pod count
-            self._items[index] = last
-            self._slot[last[0]] = index
+        fd = self._fd_of.pop(sock, None)
+        self._hot.discard(sock)
+        if fd is not None:
+            self._selector.unregister(fd)  # before the close, which closes the fd
 
     def _close_socket(self, sock: Any) -> None:
         self._owner.pop(sock, None)
@@ -436,9 +447,18 @@ class Loop:
         recv = sock.recv_multipart
         for _ in range(_DRAIN_LIMIT):
             try:
-                frames = recv(zmq.NOBLOCK)
+                parts = recv(zmq.NOBLOCK, copy=False)
             except zmq.Again:
+                if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:  # (libzmq's advice before waiting on ZMQ_FD)
+                    self._hot.add(sock)
                 return
+            if _ == _DRAIN_LIMIT - 1:
+                self._hot.add(sock)  # more may wait: the next round, after the other sockets
+            # no copy of a large payload: a flood of big frames costs the loop little, so it keeps up
+            # and they do not pile up in ZeroMQ's queue (issue 10, Deliver 4)
+            last = parts[-1]
+            frames = [p.bytes for p in parts[:-1]]
+            frames.append(last.buffer if len(last) > _COPY_BELOW else last.bytes)
             try:
                 if is_replay:
                     stream.on_replay(frames)

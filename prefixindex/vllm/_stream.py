@@ -87,10 +87,11 @@ class PodStream:
         self.live_last: Optional[int] = None
         self.last_ts: Optional[float] = None   # ts of the batch at `applied` (identifies the publisher)
         self.replay: Optional[_Replay] = None
-        self.held: Deque[Tuple[int, bytes]] = deque()
+        self.held: Deque[Tuple[int, Any]] = deque()  # (seq, payload: bytes or a memoryview)
         self.held_bytes = 0
         self.resume: Optional[Tuple[int, Optional[float]]] = None  # a saved position to start from
         self._noted: set[Any] = set()
+        self._lost_logged = 0
 
     # -- positions (issue 12, Deliver 3) -------------------------------------------------------------
 
@@ -116,7 +117,7 @@ class PodStream:
 
     # -- live messages -------------------------------------------------------------------------------
 
-    def on_live(self, frames: List[bytes]) -> None:
+    def on_live(self, frames: List[Any]) -> None:
         if len(frames) != 3:
             return self.malformed(f"expected 3 frames (topic, seq, payload), got {len(frames)}")
         topic, seq_frame, payload = frames
@@ -199,7 +200,7 @@ class PodStream:
         if self.transport is not None:
             self.transport.request_replay(self, start)
 
-    def on_replay(self, frames: List[bytes]) -> None:
+    def on_replay(self, frames: List[Any]) -> None:
         """One message of the replay socket: ``[b"", seq8, payload]`` or ``[b"", topic, seq8, payload]``."""
         replay = self.replay
         if replay is None:
@@ -332,8 +333,10 @@ class PodStream:
         if seq > applied + 1:
             missed = seq - applied - 1
             self.stats["lost_batches"] += missed
-            log.warning("pod %r: %d batches after seq %d were not received and could not be replayed",
-                        self.name, missed, applied)
+            self._lost_logged += 1
+            if self._lost_logged <= _LOG_FIRST or self._lost_logged % _LOG_EVERY == 0:
+                log.warning("pod %r: %d batches after seq %d were not received and could not be replayed "
+                            "(%d lost so far)", self.name, missed, applied, self.stats["lost_batches"])
         self.apply(seq, payload, replayed)
         return True
 

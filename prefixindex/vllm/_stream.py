@@ -22,7 +22,7 @@ from typing import Any, Deque, Dict, List, Optional, Protocol, Tuple
 from .._events import AllBlocksCleared
 from ._convert import PodConverter
 from ._pod import Pod
-from ._wire import END_OF_REPLAY, WireError, decode_event, read_batch, read_seq
+from ._wire import END_OF_REPLAY, WireError, decode_event, read_batch, read_batch_fast, read_seq
 
 __all__ = ["COUNTERS", "HeldBudget", "PodStream", "ReplayTransport", "log"]
 
@@ -344,11 +344,15 @@ class PodStream:
         stats = self.stats
         self.applied = seq
         stats["last_seq"] = seq
-        try:
-            ts, raws, rank = read_batch(payload)
-        except WireError as exc:
-            self.last_ts = None
-            return self.malformed(f"batch seq {seq}: {exc}")
+        fast = read_batch_fast(payload)
+        if fast is None:
+            try:
+                ts, raws, rank = read_batch(payload)
+            except WireError as exc:
+                self.last_ts = None
+                return self.malformed(f"batch seq {seq}: {exc}")
+        else:
+            ts, raws, rank = fast
         self.last_ts = ts
         own_rank = self.spec.data_parallel_rank
         if own_rank is not None and rank is not None and rank != own_rank:
@@ -363,7 +367,7 @@ class PodStream:
         events: List[Any] = []
         for raw in raws:
             try:
-                kind, item = convert(decode_event(raw))
+                kind, item = convert(raw if fast is not None else decode_event(raw))
             except (WireError, TypeError, ValueError) as exc:
                 self.malformed(f"batch seq {seq}: {exc}")
                 continue

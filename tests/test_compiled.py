@@ -110,16 +110,38 @@ def test_long_hashing_releases_the_gil(call):
     table = COMPILED.SyncPrefixHashTable(seed=1, block_size=16, background_eviction=False,
                                          max_prefixes_per_context=4 * blocks)
     if call == "match_prefix_hit":
-        table.process_block_stored(BlockStored(np.arange(blocks, dtype=np.uint64), tokens.reshape(blocks, 64), "m"))
-    events = [BlockStored(np.arange(blocks, dtype=np.uint64) + i * blocks, tokens.reshape(blocks, 64), f"m{i}")
-              for i in range(4)] if call == "store" else []
+        table.process_block_stored(BlockStored(np.arange(blocks, dtype=np.uint64), tokens.reshape(blocks, 64), "m",
+                                               source_pod="p"))
+    events = [BlockStored(np.arange(blocks, dtype=np.uint64) + i * blocks, tokens.reshape(blocks, 64), f"m{i}",
+                          source_pod="p") for i in range(4)] if call == "store" else []
     work = {
         "get_prefix_hashes": lambda i: table.get_prefix_hashes(tokens),
-        "match_prefix_hit": lambda i: table.match_prefix("m", -1, tokens, [""]),
+        "match_prefix_hit": lambda i: table.match_prefix("m", -1, tokens, ["p"]),
         "match_prefix_miss": lambda i: table.match_prefix("absent", -1, tokens),
         "store": lambda i: table.process_block_stored(events[i % 4]),
     }[call]
     assert main_thread_saw_a_call_in_progress(work), f"{call} kept the GIL for the whole call"
+
+
+@pytest.mark.parametrize("call", ["match_prefix", "match_blocks", "match", "store", "get_prefix_hashes"])
+def test_short_calls_keep_the_gil(call):
+    # SPEC 7: releasing and retaking the GIL around a ~1 us call costs more than the call, and with a
+    # second thread runnable it hands the GIL over and back on every call (a convoy): short work keeps it
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, 256, 1024 * 4, dtype=np.uint8)  # 1,024 tokens: 4 KiB of token bytes
+    table = COMPILED.SyncPrefixHashTable(seed=1, block_size=16, background_eviction=False)
+    table.process_block_stored(BlockStored(np.arange(64, dtype=np.uint64), tokens.reshape(64, 64), "m",
+                                           source_pod="p"))
+    events = [BlockStored(np.arange(10, dtype=np.uint64) + 100 * i, tokens[:640].reshape(10, 64), "m",
+                          source_pod="p") for i in range(200)]
+    work = {
+        "match_prefix": lambda i: table.match_prefix("m", -1, tokens, ["p"]),
+        "match_blocks": lambda i: table.match_blocks("m", -1, tokens),
+        "match": lambda i: table.match("m", -1, tokens, ["p"]),
+        "store": lambda i: table.process_block_stored(events[i]),
+        "get_prefix_hashes": lambda i: table.get_prefix_hashes(tokens),
+    }[call]
+    assert not main_thread_saw_a_call_in_progress(work), f"{call} released the GIL for short work"
 
 
 def test_the_gil_check_detects_a_call_that_keeps_the_gil():
@@ -240,7 +262,11 @@ def test_msgpack_token_ids_match_the_reference(raw):
 # --- the build -------------------------------------------------------------------------------------
 
 def test_compiled_module_was_built_from_these_sources():
+    # setup.py's rule: every Cython and C++ source of the package, sorted by name
+    sources = sorted((p for pattern in ("*.pyx", "*.pxd", "*.pxi", "*.h") for p in PKG.glob(pattern)),
+                     key=lambda p: p.name)
+    assert {p.name for p in sources} >= {"_core.pyx", "_native.pxd", "_native.h", "_xxh64.h", "_entries.pxd"}
     digest = hashlib.sha256()
-    for name in ("_core.pyx", "_core.pxd", "_native.h"):
-        digest.update((PKG / name).read_bytes())
+    for path in sources:
+        digest.update(path.read_bytes())
     assert COMPILED.SOURCE_HASH == digest.hexdigest()[:16]

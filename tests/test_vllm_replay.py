@@ -144,3 +144,27 @@ def test_restart_then_replay_from_zero(make_table, publishers, subscribers, shap
     s = pod_stats(sub, "pod-a")
     assert new.replay.requests == [0]
     assert (s["restarts"], s["lost_batches"], s["replay_failures"]) == (1, 0, 0)
+
+
+@pytest.mark.parametrize("shape", ["3", "4"])
+def test_large_batches_live_held_and_replayed(make_table, publishers, subscribers, shape):
+    """Batches over 64 KiB are handed on without a copy (a view of ZeroMQ's frame): live, held
+    back during a replay, and replayed."""
+    table = make_table(max_prefixes_per_context=100_000)
+    pub = publishers(replay=True, shape=shape)
+    sub = subscribers(table, [pub.pod("pod-a")]).start()
+    connect(pub, sub, "pod-a")
+    n = 6000  # 6,000 blocks of 4 tokens, 9-byte hashes: about 100 kB of msgpack per batch
+    chains = [[(c + 1) << 40 | k for k in range(n)] for c in range(3)]
+    tokens = [[t for k in range(n) for t in (c, k, k >> 8, 7)] for c in range(3)]
+    payloads = [batch([stored(chains[c], tokens[c], BS)]) for c in range(3)]
+    assert all(len(p) > 65_536 for p in payloads)
+    first = pub.publish(payloads[0])
+    wait_applied(sub, "pod-a", first)
+    pub.drop(payloads[1])  # replayed
+    last = pub.publish(payloads[2])  # held back during the replay
+    wait_applied(sub, "pod-a", last)
+    for c in range(3):
+        assert table.match_blocks(MODEL, -1, tokens[c]) == {"pod-a": n}
+    s = pod_stats(sub, "pod-a")
+    assert (s["replays"], s["lost_batches"], s["malformed"], s["blocks_stored"]) == (1, 0, 0, 3 * n)

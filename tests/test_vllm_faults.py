@@ -142,6 +142,9 @@ def test_replay_socket_that_cannot_be_opened_is_retried_while_live_batches_flow(
         assert (s["replays"], s["lost_batches"], s["replay_failures"]) == (1, 0, 0)
     finally:
         sub.stop()
+        blocker_close = locals().get("blocker")
+        if blocker_close is not None:
+            blocker_close.close(0)  # (idempotent) else term() would wait for it forever
         ctx.term()
 
 
@@ -165,6 +168,9 @@ def test_pod_keeps_ingesting_when_its_replay_socket_never_opens(make_table, publ
         assert any("cannot open its replay socket" in r.getMessage() for r in caplog.records)
     finally:
         sub.stop()
+        blocker_close = locals().get("blocker")
+        if blocker_close is not None:
+            blocker_close.close(0)  # (idempotent) else term() would wait for it forever
         ctx.term()
 
 
@@ -184,6 +190,9 @@ def test_sub_socket_that_cannot_be_opened_is_retried(make_table, publishers):
         assert pod_stats(sub, "pod-a")["subscribed"] is True
     finally:
         sub.stop()
+        blocker_close = locals().get("blocker")
+        if blocker_close is not None:
+            blocker_close.close(0)  # (idempotent) else term() would wait for it forever
         ctx.term()
 
 

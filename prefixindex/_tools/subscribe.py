@@ -33,10 +33,14 @@ def _parse_lora(text: str) -> Tuple[str, int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from ..__main__ import command_prog
+
     parser = argparse.ArgumentParser(
-        prog="python -m prefixindex subscribe",
+        prog=command_prog("subscribe"),
         description="Subscribe to vLLM pods' KV-event publishers and print the index statistics.",
-        epilog=f"Requirements: {INSTALL_HINT}.")
+        epilog="Requirements: the subscriber needs pyzmq and msgspec. From a checkout of the prefixindex\n"
+               "repository:  python -m pip install -e '.[vllm]'",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pod", action="append", required=True, metavar="SPEC",
                         help="NAME=ENDPOINT[,replay=ENDPOINT][,topic=T][,model=M][,rank=R], e.g. "
                              "llama-0=tcp://10.0.0.1:5557,replay=tcp://10.0.0.1:5558 (repeat per pod)")

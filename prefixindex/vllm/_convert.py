@@ -28,8 +28,6 @@ __all__ = ["BASE_LORA", "Converted", "MAX_GROUPS", "PodConverter"]
 BASE_LORA = -1          # the index's lora_id of the base model
 MAX_GROUPS = 1024       # KV-cache groups remembered per pod (a real engine has a handful)
 _EMPTY_ARRAY = b"\x90"  # msgpack of []
-_U64 = (1 << 64) - 1
-_I64_MIN, _I64_MAX = -(1 << 63), (1 << 63) - 1
 
 Converted = Tuple[str, Any]
 """(kind, payload): ("stored", BlockStored), ("removed", [BlockRemoved, one per context holding the hashes]),
@@ -175,14 +173,8 @@ class PodConverter:
         if parent is not None:
             parent = hash_from_wire(parent, "parent_block_hash")
         hashes = hash_list(ev.block_hashes)
-        if (type(hashes) is np.ndarray and n and (parent is None or 0 <= parent <= _U64)
-                and _I64_MIN <= lora_id <= _I64_MAX):
-            # every field is already what BlockStored's checks would make of it (uint64 hashes, 2-D
-            # uint8 tokens of the table's width, str names): skip re-checking them, a third of the cost
-            event = _new_stored(hashes, tokens.reshape(n, -1), self.model, lora_id, self.pod, parent)
-        else:
-            event = _build(BlockStored, hashes, tokens.reshape(n, -1) if n else tokens, self.model, lora_id,
-                           self.pod, parent_block_hash=parent)
+        event = _build(BlockStored, hashes, tokens.reshape(n, -1) if n else tokens, self.model, lora_id,
+                       self.pod, parent_block_hash=parent)
         if event.lora_id != BASE_LORA:
             self._track(event)
         return "stored", event
@@ -204,18 +196,6 @@ def iter_first(d: Dict[int, int], n: int) -> Iterable[int]:
     it = iter(d)
     for _ in range(n):
         yield next(it)
-
-
-def _new_stored(hashes: np.ndarray, tokens: np.ndarray, model: str, lora_id: int, pod: str,
-                parent: Optional[int]) -> BlockStored:
-    event = BlockStored.__new__(BlockStored)
-    event.block_hashes = hashes
-    event.tokens = tokens
-    event.model_name = model
-    event.lora_id = lora_id
-    event.source_pod = pod
-    event.parent_block_hash = parent
-    return event
 
 
 def _build(cls: Any, *args: Any, **kwargs: Any) -> Any:

@@ -340,10 +340,16 @@ class PodStream:
         self.apply(seq, payload, replayed)
         return True
 
-    def apply(self, seq: int, payload: bytes, replayed: bool = False) -> None:
-        stats = self.stats
+    def apply(self, seq: int, payload: Any, replayed: bool = False) -> None:
         self.applied = seq
-        stats["last_seq"] = seq
+        try:
+            self._apply_batch(seq, payload, replayed)
+        finally:
+            # published once the batch is in the index: a reader that waits for last_seq sees its events
+            self.stats["last_seq"] = seq
+
+    def _apply_batch(self, seq: int, payload: Any, replayed: bool) -> None:
+        stats = self.stats
         fast = read_batch_fast(payload)
         if fast is None:
             try:
@@ -360,9 +366,6 @@ class PodStream:
             self._note(("rank", rank), "pod %r (data-parallel rank %d): skipping batches of rank %r",
                        self.name, own_rank, rank)
             return None
-        stats["batches"] += 1
-        if replayed:
-            stats["replayed_batches"] += 1
         convert = self.converter.convert
         events: List[Any] = []
         for raw in raws:
@@ -379,6 +382,9 @@ class PodStream:
                 self._skipped(kind, item)
         if events:
             self._apply_events(seq, events)
+        stats["batches"] += 1  # (after the events, for the same reason as last_seq)
+        if replayed:
+            stats["replayed_batches"] += 1
         return None
 
     def _apply_events(self, seq: int, events: List[Any]) -> None:

@@ -18,7 +18,8 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
     "demo": ("prefixindex._tools.demo", "route synthetic traffic through the index and print hit rate and latency"),
     "info": ("prefixindex._tools.info", "print the backend, the configuration and the versions in use"),
     "bench": ("prefixindex._tools.bench", "time both backends on the standard workloads, one table of medians"),
-    "subscribe": ("prefixindex.vllm", "subscribe to vLLM pods' KV-event publishers and print index stats"),
+    "subscribe": ("prefixindex._tools.subscribe", "subscribe to vLLM pods' KV-event publishers and print index stats"),
+    "vllm-bench": ("prefixindex._tools.vllm_bench", "time the vLLM subscriber: ingestion, pods, idle CPU, floods"),
 }
 VERSION_WORDS = ("version", "--version", "-V")
 HELP_WORDS = ("-h", "--help")

@@ -17,7 +17,8 @@ from typing import List
 import pytest
 import zmq
 
-from prefixindex.vllm import Pod, main
+from prefixindex._tools.subscribe import main
+from prefixindex.vllm import Pod
 
 from test_vllm_decode import batch, stored
 
@@ -148,3 +149,38 @@ def test_dispatcher_lists_subscribe():
     from prefixindex.__main__ import main as dispatch
 
     assert dispatch(["subscribe", "--pod", "p=tcp://*:1", "--model", "m", "--duration", "0"]) == 1
+
+
+# ---------------------------------------------------------------------------------------------------
+# python -m prefixindex vllm-bench (small sizes: these check that it runs and counts, not speed)
+
+
+def _bench(args: List[str]) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "prefixindex", "vllm-bench", *args, "--json"], capture_output=True,
+                          text=True, timeout=300, cwd=ROOT, env=env)
+
+
+def test_vllm_bench_ingest_and_multi_lose_nothing():
+    out = _bench(["ingest", "--batches", "30"])
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout)["ingest"]
+    assert r["lost"] is False and r["blocks_indexed"] == r["blocks_sent"] == 30 * 8 * 16 and r["publishers"] == 1
+    out = _bench(["multi", "--publishers", "5", "--batches-each", "4"])
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout)["multi"]
+    assert r["lost"] is False and r["blocks_indexed"] == 5 * 4 * 8 * 16 and r["blocks_per_second"] > 0
+
+
+def test_vllm_bench_pods_idle_and_flood_report_their_figures():
+    out = _bench(["add-pods", "--pods", "50"])
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout)["add-pods"]
+    assert r["pods"] == 50 and r["add_seconds"] > 0 and r["loop_cpu_ms_per_add"] >= 0
+    out = _bench(["idle", "--pods", "100", "--seconds", "0.5"])
+    assert out.returncode == 0, out.stderr
+    assert 0 <= json.loads(out.stdout)["idle"]["loop_cpu_percent"] < 100
+    out = _bench(["flood", "--seconds", "1"])
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout)["flood"]
+    assert r["messages_sent"] > 0 and r["malformed"] > 0 and r["stop_seconds"] < 5

@@ -1,4 +1,4 @@
-"""Decoding of vLLM KV-event payloads (prefixindex._vllm_wire), without sockets.
+"""Decoding of vLLM KV-event payloads (prefixindex.vllm._wire, ._convert), without sockets.
 
 The encoders below are written from /work/shared/VLLM_KV_EVENTS.md with msgspec, in both encodings:
 legacy tagged arrays and current tagged maps. test_vllm_zmq.py publishes with them.
@@ -18,8 +18,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from prefixindex import AllBlocksCleared, BlockRemoved, BlockStored
-from prefixindex._vllm_wire import (FULL_ATTENTION_KINDS, PodConverter, UnknownEvent, WireError, decode_batch,
-                                    decode_event, hash_from_wire)
+from prefixindex.vllm._convert import PodConverter
+from prefixindex.vllm._wire import (FULL_ATTENTION_KINDS, UnknownEvent, WireError, decode_batch, decode_event,
+                                    hash_from_wire)
 
 ENCODINGS = ("array", "map")
 _encode = msgspec.msgpack.Encoder().encode
@@ -249,6 +250,11 @@ def test_bytes_and_int_hashes_give_the_same_event(enc):
     assert ra.block_hashes.tolist() == rb.block_hashes.tolist() == [BIG]
 
 
+def test_bytes_hashes_that_look_like_digits_are_read_as_bytes():
+    [(_, ev)] = convert_all(conv(), batch([stored([b"12", 7], TOKENS8, 4)]))
+    assert ev.block_hashes.tolist() == [0x3132, 7]
+
+
 def test_negative_int_hashes_are_taken_modulo_2_64():
     [(_, ev)] = convert_all(conv(), batch([stored([-1], TOKENS8[:4], 4)]))
     assert ev.block_hashes.tolist() == [2**64 - 1]
@@ -369,16 +375,63 @@ def test_lora_from_name_mapping_or_id(lora_name, lora_id, expected, enc):
         assert kind == "stored" and ev.lora_id == expected
 
 
-def test_block_removed_goes_to_every_lora_the_pod_stored_into():
+def test_block_removed_goes_only_to_the_context_that_holds_each_hash():
     c = conv(lora_map={"a": 1, "b": 2})
-    convert_all(c, batch([stored([1], TOKENS8[:4], 4, lora_name="a"), stored([2], TOKENS8[:4], 4, lora_name="b")]))
-    [(kind, events)] = convert_all(c, batch([removed([1, 2])]))
+    convert_all(c, batch([stored([1], TOKENS8[:4], 4, lora_name="a"), stored([2], TOKENS8[:4], 4, lora_name="b"),
+                          stored([3], TOKENS8[:4], 4)]))
+    assert c.loras == [-1, 1, 2]
+    [(kind, events)] = convert_all(c, batch([removed([1, 2, 3, 99])]))
     assert kind == "removed"
-    assert sorted(e.lora_id for e in events) == [-1, 1, 2]
-    assert all(e.block_hashes.tolist() == [1, 2] for e in events)
-    [(kind, _)] = convert_all(c, batch([cleared()]))
+    assert sorted((e.lora_id, e.block_hashes.tolist()) for e in events) == [(-1, [3, 99]), (1, [1]), (2, [2])]
+    assert c.loras == [-1]  # the adapters' blocks are gone: nothing left to route removals to
     [(kind, events)] = convert_all(c, batch([removed([1])]))
-    assert [e.lora_id for e in events] == [-1]  # after a clear the pod holds nothing under any adapter
+    assert [e.lora_id for e in events] == [-1]
+    convert_all(c, batch([stored([5], TOKENS8[:4], 4, lora_name="a")]))
+    [(kind, _)] = convert_all(c, batch([cleared()]))
+    assert c.loras == [-1] and c.lora_blocks == {}  # after a clear the pod holds nothing under any adapter
+
+
+def test_removals_cost_one_event_however_many_adapters_were_seen():
+    c = conv(lora_map={f"a{i}": i for i in range(10_000)})
+    for i in range(10_000):
+        convert_all(c, batch([stored([i + 1], TOKENS8[:4], 4, lora_name=f"a{i}")]))
+        convert_all(c, batch([removed([i + 1])]))
+    [(kind, events)] = convert_all(c, batch([removed([123456])]))
+    assert [(e.lora_id, e.block_hashes.tolist()) for e in events] == [(-1, [123456])]
+    assert c.lora_blocks == {}
+
+
+def test_lora_tracking_is_bounded():
+    c = conv(lora_map={"a": 1}, max_lora_blocks=100)
+    for i in range(1000):
+        convert_all(c, batch([stored([i], TOKENS8[:4], 4, lora_name="a")]))
+    assert len(c.lora_blocks) == 100 and min(c.lora_blocks) == 900  # the oldest are forgotten first
+    [(_, events)] = convert_all(c, batch([removed([950, 5])]))
+    assert sorted((e.lora_id, e.block_hashes.tolist()) for e in events) == [(-1, [5]), (1, [950])]
+
+
+def test_group_state_is_bounded_and_keeps_only_non_defaults():
+    c = conv()
+    for g in range(1, 100_000):
+        convert_all(c, batch([stored([g], TOKENS8[:4], 4, group_idx=g, kind="sliding_window")]))
+    assert c.groups == {}  # group > 0 not indexed is the default: nothing to remember
+    for g in range(1, 5000):
+        convert_all(c, batch([stored([g], TOKENS8[:4], 4, group_idx=g, kind="full_attention")]))
+    from prefixindex.vllm._convert import MAX_GROUPS
+    assert len(c.groups) == MAX_GROUPS
+    assert [k for k, _ in convert_all(c, batch([removed([1], group_idx=1), removed([1], group_idx=4999)]))] == [
+        "removed", "filtered"]  # learned; past the bound the default applies
+
+
+@pytest.mark.parametrize("enc", ENCODINGS)
+@pytest.mark.parametrize("medium", ["CPU", "GPU"])
+def test_placeholder_stores_are_counted_not_malformed(enc, medium):
+    c = conv(mediums=None)
+    ev = stored([1, 2], [], 0, enc=enc, medium=medium)
+    assert convert_all(c, batch([ev])) == [("placeholder", None)]
+    [raw] = decode_batch(batch([stored([1], [], 4, enc=enc)]))  # block_size 4 without tokens: still bad
+    with pytest.raises(WireError, match="token ids"):
+        c.convert(decode_event(raw))
 
 
 def test_all_blocks_cleared_clears_every_context_of_the_pod():
@@ -474,4 +527,4 @@ def test_missing_extra_is_a_clear_import_error(missing):
             "try:\n    import prefixindex.vllm\nexcept ImportError as e:\n    print('ImportError:', e)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert "ImportError:" in out.stdout and "prefixindex[vllm]" in out.stdout
+    assert "ImportError:" in out.stdout and "pip install -e '.[vllm]'" in out.stdout

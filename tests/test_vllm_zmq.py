@@ -1,8 +1,9 @@
 """The vLLM subscriber against real ZeroMQ sockets on 127.0.0.1 (random free ports).
 
-The publisher here is written from /work/shared/VLLM_KV_EVENTS.md: a PUB socket sending
+The publisher here is written from the wire doc: a PUB socket sending
 ``[topic, seq as 8 bytes big-endian, msgpack payload]`` and, optionally, a ROUTER replay server that
-answers ``[b"", start_seq]`` with ``[b"", seq8, payload]`` per buffered batch and ends with seq -1.
+answers ``[b"", start_seq]`` in either of vLLM's reply shapes (``ReplayServer``). test_vllm_faults.py
+and test_vllm_resume.py use the same stand-in.
 
 A SUB socket misses whatever is published before it is connected (the slow joiner): every test first
 publishes empty probe batches until the subscriber has seen one (``Publisher.publish_until``), or uses
@@ -20,7 +21,7 @@ import pytest
 import zmq
 
 from prefixindex.vllm import Pod, VLLMSubscriber
-from prefixindex._vllm_bench import ingest_benchmark
+from prefixindex._tools.vllm_bench import ingest_benchmark
 
 from test_vllm_decode import batch, cleared, removed, stored
 
@@ -58,14 +59,25 @@ def _bind(sock: zmq.Socket, endpoint: str) -> None:
 
 
 class ReplayServer:
-    """vLLM's replay ROUTER, in a thread of its own. ``mute`` never answers; ``ignore_start`` answers
-    with everything it holds (as a sloppy server would); ``keep`` bounds the buffer."""
+    """vLLM's replay ROUTER, in a thread of its own, in either reply shape:
+
+    - ``shape="3"`` (older vLLM): ``[b"", seq8, payload]`` per buffered batch, end ``[b"", -1, b""]``;
+    - ``shape="4"`` (vLLM 0.33.0): ``[b"", topic, seq8, payload]``, end ``[b"", b"", -1, b""]``.
+
+    Misbehaviours: ``mute`` never answers; ``ignore_start`` answers with everything it holds;
+    ``babble`` keeps sending duplicates of its first batch and garbage, and never the end marker;
+    ``topic`` overrides the topic frame of the 4-frame shape."""
 
     def __init__(self, ctx: zmq.Context, publisher: "Publisher", mute: bool = False, ignore_start: bool = False,
-                 endpoint: str = "tcp://127.0.0.1:*") -> None:
+                 endpoint: str = "tcp://127.0.0.1:*", shape: str = "4", babble: bool = False,
+                 topic: Optional[bytes] = None) -> None:
+        assert shape in ("3", "4")
         self.publisher = publisher
         self.mute = mute
         self.ignore_start = ignore_start
+        self.shape = shape
+        self.babble = babble
+        self.topic = topic
         self.requests: List[int] = []
         self._stop = threading.Event()
         self._ready = threading.Event()
@@ -76,26 +88,41 @@ class ReplayServer:
         self._thread.start()
         assert self._ready.wait(5)
 
+    def _message(self, identity: bytes, seq: int, payload: bytes) -> List[bytes]:
+        seq8 = seq.to_bytes(8, "big", signed=True)
+        if self.shape == "3":
+            return [identity, b"", seq8, payload]
+        topic = b"" if seq == -1 else (self.publisher.topic if self.topic is None else self.topic)
+        return [identity, b"", topic, seq8, payload]
+
     def _run(self) -> None:
         sock = self._ctx.socket(zmq.ROUTER)
         sock.setsockopt(zmq.LINGER, 0)
         _bind(sock, self._bind)
         self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._ready.set()
+        babbling: List[bytes] = []
         try:
             while not self._stop.is_set():
-                if not sock.poll(20):
+                for identity in babbling:  # duplicates and garbage, never the end marker
+                    first = self.publisher.buffered()[0]
+                    sock.send_multipart(self._message(identity, *first))
+                    sock.send_multipart([identity, b"", b"garbage"])
+                if not sock.poll(5 if babbling else 20):
                     continue
                 identity, empty, start = sock.recv_multipart()
                 assert empty == b""
                 self.requests.append(int.from_bytes(start, "big"))
                 if self.mute:
                     continue
+                if self.babble:
+                    babbling.append(identity)
+                    continue
                 first = 0 if self.ignore_start else int.from_bytes(start, "big")
                 for seq, payload in self.publisher.buffered():
                     if seq >= first:
-                        sock.send_multipart([identity, b"", seq.to_bytes(8, "big"), payload])
-                sock.send_multipart([identity, b"", (-1).to_bytes(8, "big", signed=True), b""])
+                        sock.send_multipart(self._message(identity, seq, payload))
+                sock.send_multipart(self._message(identity, -1, b""))
         finally:
             sock.close(0)
 
@@ -116,6 +143,7 @@ class Publisher:
         self.keep = keep
         self._lock = threading.Lock()
         self._buffer: List[tuple] = []
+        self.payloads: Dict[int, bytes] = {}
         self.pub = ctx.socket(zmq.PUB)
         self.pub.setsockopt(zmq.LINGER, 0)
         self.pub.setsockopt(zmq.SNDHWM, 100_000)
@@ -135,6 +163,7 @@ class Publisher:
         """Publish one batch (``send=False``: it is buffered for replay but never sent: a dropped message)."""
         seq = self.seq
         self.seq += 1
+        self.payloads[seq] = payload
         with self._lock:
             self._buffer.append((seq, payload))
             del self._buffer[:-self.keep]
@@ -288,137 +317,6 @@ def test_all_blocks_cleared_and_filters_over_the_wire(make_table, publishers, su
     assert pod_stats(sub, "pod-a")["clears"] == 1
 
 
-# ---------------------------------------------------------------------------------------------------
-# sequence tracking
-
-
-def test_dropped_messages_are_replayed_in_order(make_table, publishers, subscribers):
-    table = make_table()
-    pub = publishers(replay=True)
-    sub = subscribers(table, [pub.pod("pod-a")]).start()
-    connect(pub, sub, "pod-a")
-    first = pub.publish(batch([stored([10], prompt([0]), BS)]))
-    wait_applied(sub, "pod-a", first)
-    pub.drop(batch([stored([11], prompt([1]), BS, 10)]))
-    pub.drop(batch([stored([12], prompt([2]), BS, 11, enc="array")]))
-    last = pub.publish(batch([stored([13], prompt([3]), BS, 12)]))
-    wait_applied(sub, "pod-a", last)
-    # without the replay the last store would be an orphan (its parent came in a dropped batch)
-    assert table.match_blocks(MODEL, -1, prompt([0, 1, 2, 3])) == {"pod-a": 4}
-    assert table.stats()["orphan_blocks"] == 0
-    s = pod_stats(sub, "pod-a")
-    assert pub.replay.requests == [first + 1]
-    assert (s["gaps"], s["replays"], s["replayed_batches"], s["lost_batches"], s["replay_failures"]) == (1, 1, 3, 0, 0)
-    assert s["duplicates"] == 1  # the live copy of the last batch, already applied from the replay
-
-
-def test_replay_skips_batches_already_applied(make_table, publishers, subscribers):
-    table = make_table()
-    pub = publishers(replay=True, ignore_start=True)  # answers with its whole buffer
-    sub = subscribers(table, [pub.pod("pod-a")]).start()
-    connect(pub, sub, "pod-a")
-    first = pub.publish(batch([stored([10], prompt([0]), BS)]))
-    wait_applied(sub, "pod-a", first)
-    before = table.stats()["events_block_stored"]
-    pub.drop(batch([stored([11], prompt([1]), BS, 10)]))
-    last = pub.publish(batch([stored([12], prompt([2]), BS, 11)]))
-    wait_applied(sub, "pod-a", last)
-    assert table.match_blocks(MODEL, -1, prompt([0, 1, 2])) == {"pod-a": 3}
-    assert table.stats()["events_block_stored"] == before + 2  # nothing applied twice
-    s = pod_stats(sub, "pod-a")
-    assert s["replayed_batches"] == 2 and s["lost_batches"] == 0
-    assert s["duplicates"] == first + 1 + 1  # every batch up to `first`, and the live copy of `last`
-
-
-def test_gap_without_replay_endpoint_is_counted_as_lost(make_table, publishers, subscribers):
-    table = make_table()
-    pub = publishers()
-    sub = subscribers(table, [pub.pod("pod-a")]).start()
-    connect(pub, sub, "pod-a")
-    pub.publish(batch([stored([10], prompt([0]), BS)]))
-    pub.drop(batch([stored([11], prompt([1]), BS, 10)]))
-    pub.drop(batch([]))
-    last = pub.publish(batch([stored([12], prompt([2]), BS, 11)]))
-    wait_applied(sub, "pod-a", last)
-    s = pod_stats(sub, "pod-a")
-    assert (s["gaps"], s["lost_batches"], s["replays"]) == (1, 2, 0)
-    assert table.stats()["orphan_blocks"] == 1  # its parent was in a lost batch
-    assert table.match_blocks(MODEL, -1, prompt([0, 1, 2])) == {"pod-a": 1}
-
-
-def test_replay_that_gets_no_answer_is_given_up(make_table, publishers, subscribers):
-    table = make_table()
-    pub = publishers(replay=True, mute=True)
-    sub = subscribers(table, [pub.pod("pod-a")], replay_timeout=0.3).start()
-    connect(pub, sub, "pod-a")
-    pub.publish(batch([stored([10], prompt([0]), BS)]))
-    pub.drop(batch([]))
-    last = pub.publish(batch([stored([12], prompt([2]), BS)]))
-    started = time.monotonic()
-    wait_applied(sub, "pod-a", last)
-    assert time.monotonic() - started < 3.0
-    s = pod_stats(sub, "pod-a")
-    assert (s["gaps"], s["replay_failures"], s["replays"], s["lost_batches"]) == (1, 1, 0, 1)
-    assert table.match_blocks(MODEL, -1, prompt([2])) == {"pod-a": 1}  # the held-back batch was applied
-    assert sub.running
-
-
-def test_replay_buffer_that_lost_part_of_the_gap(make_table, publishers, subscribers):
-    table = make_table()
-    pub = publishers(replay=True, keep=2)
-    sub = subscribers(table, [pub.pod("pod-a")]).start()
-    connect(pub, sub, "pod-a")
-    first = pub.publish(batch([]))
-    wait_applied(sub, "pod-a", first)
-    pub.drop(batch([]))
-    pub.drop(batch([]))
-    pub.drop(batch([stored([20], prompt([4]), BS)]))
-    last = pub.publish(batch([stored([21], prompt([5]), BS, 20)]))
-    wait_applied(sub, "pod-a", last)
-    s = pod_stats(sub, "pod-a")
-    assert (s["gaps"], s["replays"], s["replayed_batches"], s["lost_batches"]) == (1, 1, 2, 2)
-    assert table.match_blocks(MODEL, -1, prompt([4, 5])) == {"pod-a": 2}
-
-
-def test_restarted_publisher_clears_the_pod_first(make_table, publishers, subscribers):
-    table = make_table()
-    old = publishers(start_seq=1000)
-    endpoint = old.endpoint
-    sub = subscribers(table, [Pod("pod-a", endpoint, topic="kv-events")]).start()
-    connect(old, sub, "pod-a")
-    seq = old.publish(batch([stored([1, 2], prompt([0, 1]), BS)]))
-    wait_applied(sub, "pod-a", seq)
-    assert table.match_blocks(MODEL, -1, prompt([0, 1])) == {"pod-a": 2}
-    old.close()
-    new = publishers(endpoint=endpoint)  # same port, seq from 0 again, a new cache
-    new.publish_until(lambda: pod_stats(sub, "pod-a")["restarts"] >= 1,
-                      payload=batch([stored([1, 3], prompt([5, 6]), BS)]))
-    wait_for(lambda: table.match_blocks(MODEL, -1, prompt([5, 6])) == {"pod-a": 2}, what="the new store")
-    # the old publisher's blocks are gone although the new one reused engine hash 1 for other content
-    assert table.match_blocks(MODEL, -1, prompt([0, 1])) == {}
-    s = pod_stats(sub, "pod-a")
-    assert s["restarts"] == 1 and s["last_seq"] < 1000
-
-
-def test_restart_then_replay_from_zero(make_table, publishers, subscribers):
-    table = make_table()
-    old = publishers(start_seq=500, replay=True)
-    endpoint, replay_endpoint = old.endpoint, old.replay_endpoint
-    sub = subscribers(table, [old.pod("pod-a")]).start()
-    connect(old, sub, "pod-a")
-    seq = old.publish(batch([stored([1], prompt([0]), BS)]))
-    wait_applied(sub, "pod-a", seq)
-    old.close()
-    new = publishers(endpoint=endpoint, replay=True, replay_bind=replay_endpoint)  # vLLM restarted, same ports
-    new.drop(batch([stored([7], prompt([9]), BS)]))  # seq 0, published before the subscriber reconnected
-    new.publish_until(lambda: pod_stats(sub, "pod-a")["restarts"] >= 1)
-    wait_for(lambda: table.match_blocks(MODEL, -1, prompt([9])) == {"pod-a": 1}, what="seq 0 replayed")
-    assert table.match_blocks(MODEL, -1, prompt([0])) == {}
-    s = pod_stats(sub, "pod-a")
-    assert new.replay.requests == [0]
-    assert (s["restarts"], s["lost_batches"], s["replay_failures"]) == (1, 0, 0)
-
-
 def test_garbage_is_counted_logged_and_skipped(make_table, publishers, subscribers, caplog):
     caplog.set_level(logging.WARNING, logger="prefixindex.vllm")
     table = make_table()
@@ -460,11 +358,11 @@ class _FlakyTable:
         self.block_size = table.block_size
         self.failed = False
 
-    def process_block_stored(self, event: Any) -> None:
+    def process_events(self, events: Any) -> None:
         if not self.failed:
             self.failed = True
             raise RuntimeError("boom")
-        self.table.process_block_stored(event)
+        self.table.process_events(events)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.table, name)
@@ -580,9 +478,10 @@ def test_constructor_checks(make_table):
         VLLMSubscriber(table, model=MODEL, replay_timeout=0)
 
 
-def test_stop_and_start_again_replays_what_was_missed(make_table, publishers, subscribers):
+@pytest.mark.parametrize("shape", ["3", "4"])
+def test_stop_and_start_again_replays_what_was_missed(make_table, publishers, subscribers, shape):
     table = make_table()
-    pub = publishers(replay=True)
+    pub = publishers(replay=True, shape=shape)
     sub = subscribers(table, [pub.pod("pod-a")]).start()
     connect(pub, sub, "pod-a")
     sub.stop()
@@ -595,9 +494,10 @@ def test_stop_and_start_again_replays_what_was_missed(make_table, publishers, su
     assert s["gaps"] == 1 and s["replays"] == 1 and s["lost_batches"] == 0
 
 
-def test_replay_on_connect_fetches_what_came_before(make_table, publishers, subscribers):
+@pytest.mark.parametrize("shape", ["3", "4"])
+def test_replay_on_connect_fetches_what_came_before(make_table, publishers, subscribers, shape):
     table = make_table()
-    pub = publishers(replay=True)
+    pub = publishers(replay=True, shape=shape)
     for k in range(5):  # published before the subscriber exists
         pub.publish(batch([stored([100 + k], prompt([k]), BS, None if k == 0 else 99 + k)]))
     sub = subscribers(table, [pub.pod("pod-a")], replay_on_connect=True).start()

@@ -1,0 +1,166 @@
+"""``python -m prefixindex subscribe``: run a vLLM subscriber from the shell and print index statistics
+(docs/vllm.md, V10).
+
+The argument parser needs neither pyzmq nor msgspec, so that ``--help`` works on a machine without the
+``vllm`` extra; the subscriber is imported once the arguments are read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from typing import Any, List, Optional, Tuple
+
+__all__ = ["build_parser", "main"]
+
+INSTALL_HINT = ("the subscriber needs pyzmq and msgspec: run  python -m pip install -e '.[vllm]'  in a checkout "
+                "of the prefixindex repository")
+
+
+def _parse_lora(text: str) -> Tuple[str, int]:
+    name, sep, value = text.rpartition("=")
+    try:
+        if not sep or not name:
+            raise ValueError
+        return name, int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--lora-map must be NAME=ID with an integer ID, got {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ..__main__ import command_prog
+
+    parser = argparse.ArgumentParser(
+        prog=command_prog("subscribe"),
+        description="Subscribe to vLLM pods' KV-event publishers and print the index statistics.",
+        epilog="Requirements: the subscriber needs pyzmq and msgspec. From a checkout of the prefixindex\n"
+               "repository:  python -m pip install -e '.[vllm]'",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pod", action="append", required=True, metavar="SPEC",
+                        help="NAME=ENDPOINT[,replay=ENDPOINT][,topic=T][,model=M][,rank=R], e.g. "
+                             "llama-0=tcp://10.0.0.1:5557,replay=tcp://10.0.0.1:5558 (repeat per pod)")
+    parser.add_argument("--model", help="model name of the pods that do not give model=")
+    parser.add_argument("--lora-map", action="append", type=_parse_lora, default=[], metavar="NAME=ID",
+                        help="map an adapter name (the events' lora_name) to a lora_id (repeatable)")
+    parser.add_argument("--block-size", type=int, default=None,
+                        help="tokens per block, vLLM's --block-size (default: AIBRIX_PREFIX_CACHE_BLOCK_SIZE or 16)")
+    parser.add_argument("--seed", type=int, default=None, help="prefix hash seed (default: AIBRIX_SYNC_HASH_SEED or random)")
+    parser.add_argument("--medium", action="append", default=None,
+                        help="cache tier to index (repeatable; default GPU; 'any' for every tier)")
+    parser.add_argument("--replay-on-connect", action="store_true",
+                        help="fetch each pod's buffered batches when the subscription starts")
+    parser.add_argument("--interval", type=float, default=5.0, help="seconds between stats lines (default 5)")
+    parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    parser.add_argument("--per-pod", action="store_true", help="also print one line per pod")
+    parser.add_argument("--json", action="store_true", help="print one JSON object per line")
+    return parser
+
+
+_SUMMARY_KEYS = ("batches", "events", "blocks_stored", "blocks_removed", "gaps", "lost_batches", "replays",
+                 "restarts", "malformed")
+_INDEX_KEYS = ("contexts", "prefixes", "entries", "pods", "orphan_blocks")
+
+
+def _stats_line(elapsed: float, sub: Any, table: Any, per_pod: bool, as_json: bool) -> str:
+    stats = sub.stats()
+    index = table.stats()
+    if as_json:
+        return json.dumps({"elapsed": round(elapsed, 3), "totals": stats["totals"], "pods": stats["pods"],
+                           "index": index}, sort_keys=True)
+    totals = stats["totals"]
+    line = (f"[{elapsed:8.1f}s] pods={len(stats['pods'])} "
+            + " ".join(f"{k}={totals[k]}" for k in _SUMMARY_KEYS)
+            + " | index " + " ".join(f"{k}={index.get(k)}" for k in _INDEX_KEYS))
+    if per_pod:
+        for name, pod in sorted(stats["pods"].items()):
+            line += (f"\n    {name}: last_seq={pod['last_seq']} "
+                     + " ".join(f"{k}={pod[k]}" for k in _SUMMARY_KEYS)
+                     + f" filtered={pod['filtered']} replaying={pod['replaying']}")
+    return line
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """``python -m prefixindex subscribe ...``: run a subscriber and print stats every --interval."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.interval <= 0:
+        parser.error("--interval must be positive")
+    if args.duration is not None and args.duration < 0:
+        parser.error("--duration must not be negative")
+    try:
+        import zmq
+
+        from ..vllm import Pod, VLLMSubscriber
+    except ImportError as exc:
+        parser.error(f"{INSTALL_HINT} ({exc})")
+    pods = []
+    for text in args.pod:
+        try:
+            pods.append(Pod.parse(text))
+        except (TypeError, ValueError) as exc:
+            parser.error(f"argument --pod: {exc}")
+    if args.model is None and any(pod.model is None for pod in pods):
+        parser.error("--model is required unless every --pod gives model=")
+    names = [pod.name for pod in pods]
+    if len(set(names)) != len(names):
+        parser.error("each --pod needs its own NAME")
+    mediums: Optional[Tuple[str, ...]] = ("GPU",)
+    if args.medium:
+        mediums = None if any(m.lower() == "any" for m in args.medium) else tuple(args.medium)
+
+    import prefixindex
+
+    overrides = {k: v for k, v in (("block_size", args.block_size), ("seed", args.seed)) if v is not None}
+    try:
+        table = prefixindex.SyncPrefixHashTable(**overrides)
+    except (TypeError, ValueError) as exc:
+        parser.error(str(exc))
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    stop = threading.Event()
+    sub = VLLMSubscriber(table, pods, model=args.model, lora_map=dict(args.lora_map), mediums=mediums,
+                         replay_on_connect=args.replay_on_connect)
+    try:
+        sub.start()
+    except (ValueError, zmq.ZMQError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        table.close()
+        return 1
+    if not args.json:
+        print(f"prefixindex {prefixindex.__version__} ({prefixindex.BACKEND} backend), block_size "
+              f"{sub.block_size}: subscribed to " + ", ".join(f"{p.name}={p.endpoint}" for p in pods), flush=True)
+    started = time.monotonic()
+    deadline = None if args.duration is None else started + args.duration
+    previous_handler: Any = None
+    try:  # SIGTERM (kubectl delete, docker stop) ends the run like Ctrl-C: stop, print, exit 0
+        previous_handler = signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+    except ValueError:  # not the main thread
+        pass
+    try:
+        while not stop.is_set():
+            now = time.monotonic()
+            wait = args.interval if deadline is None else min(args.interval, deadline - now)
+            if wait > 0 and stop.wait(wait):
+                break
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                break
+            print(_stats_line(now - started, sub, table, args.per_pod, args.json), flush=True)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
+        sub.stop()
+        print(_stats_line(time.monotonic() - started, sub, table, args.per_pod, args.json), flush=True)
+        table.close()
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

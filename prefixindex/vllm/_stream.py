@@ -1,0 +1,443 @@
+"""One pod's stream of batches: the sequence and replay state machine, and applying batches to the index.
+
+No sockets here: a ``ReplayTransport`` (the loop) opens and closes the replay socket when asked. Only the
+loop thread calls into a ``PodStream`` while the subscriber runs. docs/vllm.md, V5, says what happens:
+
+- ``applied``: the last seq applied to the index (None before the first batch, -1 when the stream is
+  expected from seq 0); ``live_last``: the last seq received live (a seq not above it is a restart).
+- A gap starts a replay from ``applied + 1``; live batches are held meanwhile (within the shared byte
+  budget) and applied, in order and each once, when the replay ends or is given up.
+- A replay is given up after ``replay_timeout`` seconds without progress, progress being a batch
+  applied in order; messages that are duplicates or garbage do not count.
+- ``accept_in_order`` is the one place where batches that never arrived are counted as lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from typing import Any, Deque, Dict, List, Optional, Protocol, Tuple
+
+from .._events import AllBlocksCleared
+from ._convert import PodConverter
+from ._pod import Pod
+from ._wire import END_OF_REPLAY, WireError, decode_event, read_batch, read_batch_fast, read_seq
+
+__all__ = ["COUNTERS", "HeldBudget", "PodStream", "ReplayTransport", "log"]
+
+log = logging.getLogger("prefixindex.vllm")
+
+#: Per-pod counters (docs/vllm.md, V9). The first 17 are the keys of the first release, in their order.
+COUNTERS = (
+    "batches", "events", "blocks_stored", "blocks_removed", "clears", "filtered", "unknown_events",
+    "unmapped_lora", "other_topic", "gaps", "lost_batches", "replays", "replayed_batches",
+    "replay_failures", "duplicates", "restarts", "malformed",
+    "placeholders", "other_rank", "socket_errors", "held_dropped", "resumes", "resume_refills", "resubscribes",
+)
+
+_LOG_FIRST = 10       # malformed input: log the first few per pod ...
+_LOG_EVERY = 1000     # ... and then every n-th, so that a flood of garbage does not flood the log
+_HELD_OVERHEAD = 64   # bytes counted per held batch on top of its payload (the tuple and list slot)
+_MAX_NOTED = 100      # distinct unknown tags / unmapped adapters / ranks logged per pod
+
+
+class ReplayTransport(Protocol):
+    def request_replay(self, stream: "PodStream", start: int) -> None: ...
+    def cancel_replay(self, stream: "PodStream") -> None: ...
+
+
+class HeldBudget:
+    """Bytes of live batches held during replays, over every pod of a subscriber (issue 10, Deliver 4)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+
+class _Replay:
+    __slots__ = ("start", "deadline", "verify")
+
+    def __init__(self, start: int, deadline: float, verify: Optional[Tuple[int, Optional[float]]]) -> None:
+        self.start = start
+        self.deadline = deadline
+        # resuming from a saved position: (seq, ts) still to be checked against the publisher's buffer
+        self.verify = verify
+
+
+class PodStream:
+    """What the subscriber keeps for one pod: its sequence state, its converter and its counters."""
+
+    def __init__(self, spec: Pod, converter: PodConverter, table: Any, budget: HeldBudget, *,
+                 replay_timeout: float, replay_on_connect: bool, model: str) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.topic = spec.topic.encode()
+        self.converter = converter
+        self.table = table
+        self.budget = budget
+        self.replay_timeout = replay_timeout
+        self.replay_on_connect = replay_on_connect
+        self.transport: Optional[ReplayTransport] = None
+        self.stats: Dict[str, Any] = dict.fromkeys(COUNTERS, 0)
+        self.stats.update(last_seq=None, replaying=False, subscribed=False, held_bytes=0,
+                          endpoint=spec.endpoint, replay_endpoint=spec.replay_endpoint, topic=spec.topic,
+                          model=model, data_parallel_rank=spec.data_parallel_rank)
+        self.applied: Optional[int] = None
+        self.live_last: Optional[int] = None
+        self.last_ts: Optional[float] = None   # ts of the batch at `applied` (identifies the publisher)
+        self.replay: Optional[_Replay] = None
+        self.held: Deque[Tuple[int, Any]] = deque()  # (seq, payload: bytes or a memoryview)
+        self.held_bytes = 0
+        self.resume: Optional[Tuple[int, Optional[float]]] = None  # a saved position to start from
+        self._noted: set[Any] = set()
+        self._lost_logged = 0
+
+    # -- positions (issue 12, Deliver 3) -------------------------------------------------------------
+
+    def position(self) -> Optional[Dict[str, Any]]:
+        if self.applied is None or self.applied < 0:
+            return None
+        return {"seq": self.applied, "publisher": {"endpoint": self.spec.endpoint, "ts": self.last_ts}}
+
+    def set_resume(self, seq: int, ts: Optional[float]) -> None:
+        self.resume = (seq, ts)
+
+    def begin(self) -> None:
+        """The loop has the pod's sockets: start from a saved position if there is one."""
+        if self.resume is None:
+            return
+        seq, ts = self.resume
+        self.resume = None
+        self.applied = seq
+        self.live_last = seq  # a live seq not above it is a restarted publisher
+        self.last_ts = ts
+        if self.spec.replay_endpoint:
+            self._start_replay(seq if ts is not None else seq + 1, verify=(seq, ts))
+
+    # -- live messages -------------------------------------------------------------------------------
+
+    def on_live(self, frames: List[Any]) -> None:
+        if len(frames) != 3:
+            return self.malformed(f"expected 3 frames (topic, seq, payload), got {len(frames)}")
+        topic, seq_frame, payload = frames
+        if topic != self.topic:
+            self.stats["other_topic"] += 1  # the SUB filter is a prefix match; vLLM's topic is exact
+            return None
+        try:
+            seq = read_seq(seq_frame)
+        except WireError as exc:
+            return self.malformed(str(exc))
+        if seq < 0:
+            return self.malformed(f"negative seq {seq}")
+        if self.live_last is not None and seq <= self.live_last:
+            self.restart(seq)
+        self.live_last = seq
+        if self.replay is not None:
+            return self._hold(seq, payload)
+        applied = self.applied
+        if applied is None:  # the first batch from this publisher: the starting point (V5)
+            if seq > 0 and self.replay_on_connect and self.spec.replay_endpoint:
+                self.applied = -1
+                self._start_replay(0)
+                return self._hold(seq, payload)
+            self.apply(seq, payload)
+            return None
+        if seq <= applied:
+            self.stats["duplicates"] += 1  # already applied from a replay
+            return None
+        if seq > applied + 1:
+            self.stats["gaps"] += 1
+            if self.spec.replay_endpoint:
+                log.info("pod %r: gap after seq %d (got %d): replaying", self.name, applied, seq)
+                self._start_replay(applied + 1)
+                return self._hold(seq, payload)
+        self.accept_in_order(seq, payload, replayed=False)
+        return None
+
+    def _hold(self, seq: int, payload: bytes) -> None:
+        size = len(payload) + _HELD_OVERHEAD
+        budget = self.budget
+        if budget.used + size > budget.limit:
+            # over the byte budget: not held. It is a hole when the held batches are applied, or a
+            # gap that a later replay may still fill; lost_batches counts it if nothing does.
+            self.stats["held_dropped"] += 1
+            return
+        budget.used += size
+        self.held_bytes += size
+        self.stats["held_bytes"] = self.held_bytes
+        self.held.append((seq, payload))
+
+    def _drop_held(self) -> List[Tuple[int, bytes]]:
+        held = list(self.held)
+        self.held.clear()
+        self.budget.used -= self.held_bytes
+        self.held_bytes = 0
+        self.stats["held_bytes"] = 0
+        return held
+
+    def restart(self, seq: int) -> None:
+        """The seq went backwards: a new publisher, a new cache. Drop what the old one reported."""
+        self.stats["restarts"] += 1
+        log.warning("pod %r: seq went back from %s to %d: the publisher restarted; clearing the pod",
+                    self.name, self.live_last, seq)
+        self.end_replay(None)
+        self._drop_held()
+        self._clear_index()
+        self.applied = -1  # the new publisher counts from 0
+        self.live_last = None
+
+    def _clear_index(self) -> None:
+        self.table.process_all_blocks_cleared(AllBlocksCleared(self.name))
+        self.converter.reset()
+        self.last_ts = None
+
+    # -- replay --------------------------------------------------------------------------------------
+
+    def _start_replay(self, start: int, verify: Optional[Tuple[int, Optional[float]]] = None) -> None:
+        self.replay = _Replay(start, time.monotonic() + self.replay_timeout, verify)
+        self.stats["replaying"] = True
+        if self.transport is not None:
+            self.transport.request_replay(self, start)
+
+    def on_replay(self, frames: List[Any]) -> None:
+        """One message of the replay socket: ``[b"", seq8, payload]`` or ``[b"", topic, seq8, payload]``."""
+        replay = self.replay
+        if replay is None:
+            return None
+        n = len(frames)
+        if n not in (3, 4) or frames[0] != b"":
+            return self.malformed(f"bad replay message ({n} frames)")
+        topic = frames[1] if n == 4 else None
+        try:
+            seq = read_seq(frames[n - 2])
+        except WireError as exc:
+            return self.malformed(f"replay message: {exc}")
+        if seq == END_OF_REPLAY:
+            if topic not in (None, b"", self.topic) or frames[n - 1] != b"":
+                return self.malformed("bad end-of-replay marker")
+            if replay.verify is not None:
+                self._verify_end(replay)
+                if self.replay is not replay:
+                    return None
+            return self.end_replay(True)
+        if seq < 0:
+            return self.malformed(f"negative seq {seq} in a replay")
+        if topic is not None and topic != self.topic:
+            self.stats["other_topic"] += 1
+            return None
+        payload = frames[n - 1]
+        if replay.verify is not None and not self._verify(replay, seq, payload):
+            return None
+        if self.accept_in_order(seq, payload, replayed=True):
+            replay.deadline = time.monotonic() + self.replay_timeout  # progress
+        return None
+
+    def _verify(self, replay: _Replay, seq: int, payload: bytes) -> bool:
+        """Resuming: does the publisher's buffer continue the saved position? False: message consumed."""
+        saved, ts = replay.verify  # type: ignore[misc]
+        if seq < saved:
+            self.stats["duplicates"] += 1  # a server that sent more than asked
+            return False
+        if seq == saved:
+            replay.verify = None
+            try:
+                same = read_batch(payload)[0] == ts
+            except WireError:
+                same = False
+            if not same:
+                self._refill(f"the batch at seq {seq} is not the one applied before: the publisher restarted")
+            else:
+                self._resumed()
+            return False
+        replay.verify = None
+        if seq == saved + 1:
+            self._resumed()
+            return True
+        self._refill(f"its replay buffer starts at seq {seq}, after the saved seq {saved}")
+        return False
+
+    def _verify_end(self, replay: _Replay) -> None:
+        saved, ts = replay.verify  # type: ignore[misc]
+        replay.verify = None
+        if ts is not None:  # asked from the saved seq, which any publisher that went on would still hold
+            self._refill(f"the publisher holds no batch at seq {saved}: it restarted")
+        else:
+            self._resumed()
+
+    def _resumed(self) -> None:
+        self.stats["resumes"] += 1
+        log.info("pod %r: resumed after seq %s", self.name, self.applied)
+
+    def _refill(self, why: str) -> None:
+        """A saved position that the publisher cannot continue: clear the pod and replay from 0."""
+        self.stats["resume_refills"] += 1
+        log.warning("pod %r: cannot resume from seq %s (%s); clearing the pod and refilling", self.name,
+                    self.applied, why)
+        self._clear_index()
+        self.applied = -1
+        self.live_last = None
+        if self.transport is not None:
+            self.transport.cancel_replay(self)
+        self.replay = None
+        self._start_replay(0)
+
+    def end_replay(self, ok: Optional[bool]) -> None:
+        """Finish a replay (True), give it up (False) or drop it (None); then apply the held batches."""
+        replay = self.replay
+        if replay is None:
+            return
+        self.replay = None
+        self.stats["replaying"] = False
+        if self.transport is not None:
+            self.transport.cancel_replay(self)
+        if ok is None:
+            return
+        if ok:
+            self.stats["replays"] += 1
+        else:
+            self.stats["replay_failures"] += 1
+            log.warning("pod %r: the replay from seq %d via %s made no progress for %.1fs; giving it up",
+                        self.name, replay.start, self.spec.replay_endpoint, self.replay_timeout)
+            if replay.verify is not None:  # the saved position could not be checked: do not trust it
+                self.stats["resume_refills"] += 1
+                self._clear_index()
+                self.applied = -1
+        for seq, payload in self._drop_held():
+            self.accept_in_order(seq, payload, replayed=False)
+
+    def check_deadline(self, now: float) -> Optional[float]:
+        """Give the replay up when its deadline passed; the next deadline, if any."""
+        replay = self.replay
+        if replay is None:
+            return None
+        if now > replay.deadline:
+            self.end_replay(False)
+            return None
+        return replay.deadline
+
+    def close(self) -> None:
+        """The loop closes this pod's sockets: forget the replay and what it held (a gap next time)."""
+        self.end_replay(None)
+        self._drop_held()
+        self.stats["subscribed"] = False
+
+    # -- applying ------------------------------------------------------------------------------------
+
+    def accept_in_order(self, seq: int, payload: bytes, replayed: bool) -> bool:
+        """Apply a batch unless already applied; count the batches before it that never came. True if applied."""
+        applied = -1 if self.applied is None else self.applied
+        if seq <= applied:
+            self.stats["duplicates"] += 1
+            return False
+        if seq > applied + 1:
+            missed = seq - applied - 1
+            self.stats["lost_batches"] += missed
+            self._lost_logged += 1
+            if self._lost_logged <= _LOG_FIRST or self._lost_logged % _LOG_EVERY == 0:
+                log.warning("pod %r: %d batches after seq %d were not received and could not be replayed "
+                            "(%d lost so far)", self.name, missed, applied, self.stats["lost_batches"])
+        self.apply(seq, payload, replayed)
+        return True
+
+    def apply(self, seq: int, payload: Any, replayed: bool = False) -> None:
+        self.applied = seq
+        try:
+            self._apply_batch(seq, payload, replayed)
+        finally:
+            # published once the batch is in the index: a reader that waits for last_seq sees its events
+            self.stats["last_seq"] = seq
+
+    def _apply_batch(self, seq: int, payload: Any, replayed: bool) -> None:
+        stats = self.stats
+        fast = read_batch_fast(payload)
+        if fast is None:
+            try:
+                ts, raws, rank = read_batch(payload)
+            except WireError as exc:
+                self.last_ts = None
+                return self.malformed(f"batch seq {seq}: {exc}")
+        else:
+            ts, raws, rank = fast
+        self.last_ts = ts
+        own_rank = self.spec.data_parallel_rank
+        if own_rank is not None and rank is not None and rank != own_rank:
+            stats["other_rank"] += 1
+            self._note(("rank", rank), "pod %r (data-parallel rank %d): skipping batches of rank %r",
+                       self.name, own_rank, rank)
+            return None
+        convert = self.converter.convert
+        events: List[Any] = []
+        for raw in raws:
+            try:
+                kind, item = convert(raw if fast is not None else decode_event(raw))
+            except (WireError, TypeError, ValueError) as exc:
+                self.malformed(f"batch seq {seq}: {exc}")
+                continue
+            if kind == "stored" or kind == "cleared":
+                events.append(item)
+            elif kind == "removed":
+                events.extend(item)
+            else:
+                self._skipped(kind, item)
+        if events:
+            self._apply_events(seq, events)
+        stats["batches"] += 1  # (after the events, for the same reason as last_seq)
+        if replayed:
+            stats["replayed_batches"] += 1
+        return None
+
+    def _apply_events(self, seq: int, events: List[Any]) -> None:
+        """The batch in one ``process_events`` call (all or nothing); when the table rejects one event,
+        the batch is applied event by event so that only the bad one is lost (counted malformed)."""
+        try:
+            self.table.process_events(events)
+        except (TypeError, ValueError) as exc:
+            log.debug("pod %r: batch seq %d rejected as a whole (%s): applying it event by event",
+                      self.name, seq, exc)
+            for event in events:
+                try:
+                    self.table.process_events((event,))
+                except (TypeError, ValueError) as one:
+                    self.malformed(f"batch seq {seq}: {one}")
+                    continue
+                self._count(event)
+            return
+        for event in events:
+            self._count(event)
+
+    def _count(self, event: Any) -> None:
+        stats = self.stats
+        stats["events"] += 1
+        name = type(event).__name__
+        if name == "BlockStored":
+            stats["blocks_stored"] += len(event.block_hashes)
+        elif name == "BlockRemoved":
+            stats["blocks_removed"] += len(event.block_hashes)
+        else:
+            stats["clears"] += 1
+
+    def _skipped(self, kind: str, item: Any) -> None:
+        stats = self.stats
+        if kind == "filtered":
+            stats["filtered"] += 1
+        elif kind == "placeholder":
+            stats["placeholders"] += 1
+        elif kind == "unknown":
+            stats["unknown_events"] += 1
+            self._note(("tag", item), "pod %r: skipping events of unknown type %r", self.name, item)
+        elif kind == "unmapped_lora":
+            stats["unmapped_lora"] += 1
+            self._note(("lora", item), "pod %r: adapter %r has no lora_id (add it to lora_map); its events "
+                       "are skipped", self.name, item)
+
+    def _note(self, key: Any, message: str, *args: Any) -> None:
+        if key not in self._noted and len(self._noted) < _MAX_NOTED:
+            self._noted.add(key)
+            log.warning(message, *args)
+
+    def malformed(self, reason: str) -> None:
+        self.stats["malformed"] += 1
+        n = self.stats["malformed"]
+        if n <= _LOG_FIRST or n % _LOG_EVERY == 0:
+            log.warning("pod %r: malformed input skipped (%d so far): %s", self.name, n, reason)

@@ -95,15 +95,7 @@ def test_help_prints_the_usage_on_stdout_with_exit_0(word):
         assert f"  {name} " in proc.stdout
 
 
-def _command_help_cases():
-    for name in COMMANDS:
-        marks = []
-        if name == "subscribe":
-            marks = [pytest.mark.xfail(strict=False, reason="subscribe CLI moves with the vllm helper's branch")]
-        yield pytest.param(name, marks=marks, id=name)
-
-
-@pytest.mark.parametrize("name", _command_help_cases())
+@pytest.mark.parametrize("name", list(COMMANDS))
 def test_every_command_has_help_without_the_optional_extras(name):
     proc = cli(name, "--help", wrapper=WITHOUT_EXTRAS)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -110,10 +110,7 @@ def test_no_doc_points_outside_the_repository(doc):
 _FOREIGN = ("SPEC.md", "PERFORMANCE_NOTES.md", "VLLM_KV_EVENTS.md", "ROUTING.md")
 
 
-@pytest.mark.parametrize("doc", [
-    pytest.param(p, marks=pytest.mark.xfail(strict=False, reason="docs/vllm.md still names VLLM_KV_EVENTS.md; "
-                                            "the vllm helper rewrites it (issue 13 item 5)"))
-    if p.name == "vllm.md" else p for p in DOCS], ids=DOC_IDS)
+@pytest.mark.parametrize("doc", DOCS, ids=DOC_IDS)
 def test_no_doc_names_a_file_the_repository_lacks(doc):
     text = doc.read_text(encoding="utf-8")
     named = set(re.findall(r"(?<![\w/.-])([A-Z][A-Z0-9_]*\.md)\b", text))

@@ -34,9 +34,6 @@ def _mypy(args: List[str], cwd: Path, cache: Path) -> subprocess.CompletedProces
                           capture_output=True, text=True, timeout=600)
 
 
-@pytest.mark.xfail(strict=False, reason="mypy --strict still reports errors in _events.py, _core_py.py, "
-                   "vllm.py, _vllm_wire.py, _demo.py and _bench.py (owned by other helpers); the lead "
-                   "fixes them at merge and then removes this mark")
 def test_package_passes_mypy_strict(tmp_path):
     result = _mypy(["--strict", "prefixindex"], ROOT, tmp_path / "cache")
     assert result.returncode == 0, result.stdout + result.stderr

@@ -457,3 +457,85 @@ class SyncPrefixHashTable:
     def _drop_if_empty(self, key: Tuple[str, int]) -> None:
         if not self._contexts[key].prefixes:  # a context lives while it holds something (D2)
             del self._contexts[key]
+
+    # -- snapshots ---------------------------------------------------------------------------------
+    # save/load are thin wrappers: the format lives in _snapshot.py (docs/snapshot.md), and the two
+    # methods below are the contract both backends implement, so that their snapshots are byte-identical.
+
+    def save(self, file: Any) -> None:
+        """Write a snapshot of the index to a path (atomically) or to a binary stream (docs/snapshot.md)."""
+        from . import _snapshot
+        _snapshot.save_table(self, file)
+
+    @classmethod
+    def load(cls, file: Any, **overrides: Any) -> "SyncPrefixHashTable":
+        """A new table from a snapshot (a path or a binary stream); ``overrides`` are the constructor's
+        keywords. A bad snapshot is a ValueError that says what is wrong, and builds nothing."""
+        from . import _snapshot
+        return _snapshot.load_table(cls, file, overrides)
+
+    def _export_state(self) -> Dict[str, Any]:
+        """The canonical state of docs/snapshot.md ("The state of a table"). The lock is held only while
+        copying; ordering and conversion to arrays happen after it is released, so matches and events
+        wait no longer than the copy (issue 12, Deliver 2)."""
+        with self._lock:
+            now = self._clock()
+            counters = dict(self._counters)
+            copied = [(key, ctx.last_access,
+                       [(e.tick, p, tuple(e.pods)) for p, e in ctx.prefixes.items()],
+                       [(name, ps.last_seen, list(ps.engine.items())) for name, ps in ctx.pods.items()])
+                      for key, ctx in self._contexts.items()]
+        contexts = []
+        for (model, lora), last_access, prefixes, pods in copied:
+            prefixes.sort()  # by tick, oldest first (D4): unique ticks, so the order is exact
+            pods.sort(key=lambda item: item[0])
+            index = {name: i for i, (name, _, _) in enumerate(pods)}
+            counts: List[int] = []
+            entry_pods: List[int] = []
+            for _, _, holders in prefixes:
+                counts.append(len(holders))
+                entry_pods.extend(sorted(index[name] for name in holders))
+            engine = []
+            for _, _, items in pods:
+                items.sort()
+                engine.append((np.array([e for e, _ in items], dtype=np.uint64),
+                               np.array([p for _, p in items], dtype=np.uint64)))
+            contexts.append({
+                "model": model, "lora": lora, "idle": now - last_access,
+                "prefixes": np.array([p for _, p, _ in prefixes], dtype=np.uint64),
+                "pods": [name for name, _, _ in pods],
+                "pod_idle": np.array([now - seen for _, seen, _ in pods], dtype=np.float64),
+                "entry_pod_counts": np.array(counts, dtype=np.uint32),
+                "entry_pods": np.array(entry_pods, dtype=np.uint32),
+                "engine": engine,
+            })
+        return {"config": self.config, "counters": counters, "contexts": contexts}
+
+    @classmethod
+    def _from_state(cls, state: Dict[str, Any], *, clock: Optional[Callable[[], float]] = None,
+                    background_eviction: bool = True, config: Config) -> "SyncPrefixHashTable":
+        """A table holding exactly ``state`` (as checked by _snapshot.py): ticks 0..n-1 in the given
+        order, contexts in the given recency order, idle times continued on this table's clock."""
+        table = cls(config, clock=clock, background_eviction=background_eviction)
+        with table._lock:
+            now = table._clock()
+            for c in state["contexts"]:
+                ctx = _Context(now - c["idle"])
+                names: List[str] = c["pods"]
+                pod_states = [_PodState(now - idle) for idle in c["pod_idle"].tolist()]
+                entry_pods: List[int] = c["entry_pods"].tolist()
+                pos = 0
+                for tick, (p, k) in enumerate(zip(c["prefixes"].tolist(), c["entry_pod_counts"].tolist())):
+                    entry = ctx.prefixes[p] = _Prefix()
+                    entry.tick = tick
+                    for i in entry_pods[pos:pos + k]:
+                        entry.pods.add(names[i])
+                        pod_states[i].held.add(p)
+                    pos += k
+                ctx.next_tick = len(ctx.prefixes)
+                for name, ps, (keys, values) in zip(names, pod_states, c["engine"]):
+                    ps.engine = dict(zip(keys.tolist(), values.tolist()))
+                    ctx.pods[name] = ps
+                table._contexts[(c["model"], c["lora"])] = ctx
+            table._counters.update(state["counters"])
+        return table

@@ -483,29 +483,32 @@ class SyncPrefixHashTable:
             counters = dict(self._counters)
             copied = [(key, ctx.last_access,
                        [(e.tick, p, tuple(e.pods)) for p, e in ctx.prefixes.items()],
-                       [(name, ps.last_seen, list(ps.engine.items())) for name, ps in ctx.pods.items()])
+                       {name: (ps.last_seen, ps.engine.copy()) for name, ps in ctx.pods.items()})
                       for key, ctx in self._contexts.items()]
         contexts = []
         for (model, lora), last_access, prefixes, pods in copied:
-            prefixes.sort()  # by tick, oldest first (D4): unique ticks, so the order is exact
-            pods.sort(key=lambda item: item[0])
-            index = {name: i for i, (name, _, _) in enumerate(pods)}
-            counts: List[int] = []
+            prefixes.sort()  # by tick, oldest first (D4): ticks are unique, so the order is exact
+            names = sorted(pods)
+            index = {name: i for i, name in enumerate(names)}
             entry_pods: List[int] = []
             for _, _, holders in prefixes:
-                counts.append(len(holders))
-                entry_pods.extend(sorted(index[name] for name in holders))
+                if len(holders) == 1:
+                    entry_pods.append(index[holders[0]])
+                else:
+                    entry_pods.extend(sorted(map(index.__getitem__, holders)))
             engine = []
-            for _, _, items in pods:
-                items.sort()
-                engine.append((np.array([e for e, _ in items], dtype=np.uint64),
-                               np.array([p for _, p in items], dtype=np.uint64)))
+            for name in names:
+                mapping = pods[name][1]
+                keys = np.fromiter(mapping.keys(), np.uint64, len(mapping))
+                values = np.fromiter(mapping.values(), np.uint64, len(mapping))
+                order = np.argsort(keys)
+                engine.append((keys[order], values[order]))
             contexts.append({
                 "model": model, "lora": lora, "idle": now - last_access,
                 "prefixes": np.array([p for _, p, _ in prefixes], dtype=np.uint64),
-                "pods": [name for name, _, _ in pods],
-                "pod_idle": np.array([now - seen for _, seen, _ in pods], dtype=np.float64),
-                "entry_pod_counts": np.array(counts, dtype=np.uint32),
+                "pods": names,
+                "pod_idle": np.array([now - pods[name][0] for name in names], dtype=np.float64),
+                "entry_pod_counts": np.array([len(h) for _, _, h in prefixes], dtype=np.uint32),
                 "entry_pods": np.array(entry_pods, dtype=np.uint32),
                 "engine": engine,
             })
@@ -517,25 +520,28 @@ class SyncPrefixHashTable:
         """A table holding exactly ``state`` (as checked by _snapshot.py): ticks 0..n-1 in the given
         order, contexts in the given recency order, idle times continued on this table's clock."""
         table = cls(config, clock=clock, background_eviction=background_eviction)
+        new = object.__new__
         with table._lock:
             now = table._clock()
             for c in state["contexts"]:
                 ctx = _Context(now - c["idle"])
                 names: List[str] = c["pods"]
-                pod_states = [_PodState(now - idle) for idle in c["pod_idle"].tolist()]
-                entry_pods: List[int] = c["entry_pods"].tolist()
+                prefixes = c["prefixes"]
+                entry_pods = c["entry_pods"]
+                counts = c["entry_pod_counts"].tolist()
+                holders = [names[i] for i in entry_pods.tolist()]
+                owner = np.repeat(prefixes, c["entry_pod_counts"].astype(np.intp))  # the prefix of each entry
                 pos = 0
-                for tick, (p, k) in enumerate(zip(c["prefixes"].tolist(), c["entry_pod_counts"].tolist())):
-                    entry = ctx.prefixes[p] = _Prefix()
+                for tick, (p, k) in enumerate(zip(prefixes.tolist(), counts)):
+                    entry = ctx.prefixes[p] = new(_Prefix)
                     entry.tick = tick
-                    for i in entry_pods[pos:pos + k]:
-                        entry.pods.add(names[i])
-                        pod_states[i].held.add(p)
+                    entry.pods = set(holders[pos:pos + k])
                     pos += k
-                ctx.next_tick = len(ctx.prefixes)
-                for name, ps, (keys, values) in zip(names, pod_states, c["engine"]):
+                ctx.next_tick = len(counts)
+                for i, (name, idle, (keys, values)) in enumerate(zip(names, c["pod_idle"].tolist(), c["engine"])):
+                    ps = ctx.pods[name] = _PodState(now - idle)
+                    ps.held = set(owner[entry_pods == i].tolist())
                     ps.engine = dict(zip(keys.tolist(), values.tolist()))
-                    ctx.pods[name] = ps
                 table._contexts[(c["model"], c["lora"])] = ctx
             table._counters.update(state["counters"])
         return table

@@ -1,4 +1,4 @@
-"""python -m prefixindex {demo,info,bench,subscribe} ..."""
+"""python -m prefixindex {demo,info,bench,subscribe,snapshot-info} ..."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ COMMANDS = {
     "info": ("prefixindex._info", "print the backend, the configuration and the versions in use"),
     "bench": ("prefixindex._bench", "time both backends on the standard workloads, one table of medians"),
     "subscribe": ("prefixindex.vllm", "subscribe to vLLM pods' KV-event publishers and print index stats"),
+    "snapshot-info": ("prefixindex._tools.snapshot_info", "check a snapshot file and print what it holds"),
 }
 
 

@@ -4,20 +4,28 @@ PREFIXINDEX_NO_EXTENSIONS=1 skips it (the pure-Python backend then runs). Otherw
 an error, never a silent fallback to the slow backend.
 """
 
+import glob
 import hashlib
 import os
 
 from setuptools import Extension, setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-CORE_SOURCES = ["prefixindex/_core.pyx", "prefixindex/_core.pxd", "prefixindex/_native.h"]
+
+
+def core_sources() -> list:
+    # Every Cython and C++ source of the compiled modules, sorted by name (tests/conftest.py hashes the same).
+    names = []
+    for pattern in ("*.pyx", "*.pxd", "*.pxi", "*.h"):
+        names += glob.glob(os.path.join(HERE, "prefixindex", pattern))
+    return sorted(names, key=os.path.basename)
 
 
 def source_hash() -> str:
     # Compiled into the module so that the tests can refuse a stale in-place build (tests/conftest.py).
     digest = hashlib.sha256()
-    for name in CORE_SOURCES:
-        with open(os.path.join(HERE, name), "rb") as f:
+    for name in core_sources():
+        with open(name, "rb") as f:
             digest.update(f.read())
     return digest.hexdigest()[:16]
 

@@ -11,7 +11,16 @@ import os
 import secrets
 from typing import Any, Mapping, Optional
 
-__all__ = ["Config", "ENV_VARS", "resolve_config"]
+__all__ = ["COUNTER_KEYS", "Config", "ENV_VARS", "STAT_KEYS", "TableSettings", "resolve_config", "table_settings"]
+
+# The keys of SyncPrefixHashTable.stats(), in order, for both backends: four sizes, then running totals.
+STAT_KEYS = (
+    "contexts", "prefixes", "entries", "pods",
+    "events_block_stored", "events_block_removed", "events_all_blocks_cleared",
+    "blocks_stored", "blocks_removed", "orphan_blocks", "matches",
+    "evicted_contexts", "evicted_pods", "evicted_prefixes",
+)
+COUNTER_KEYS = STAT_KEYS[4:]
 
 # field name -> environment variable, in the order of the SPEC table
 ENV_VARS = {
@@ -25,6 +34,11 @@ ENV_VARS = {
 
 _INT_FIELDS = ("max_contexts", "max_prefixes_per_context", "block_size")
 _FLOAT_FIELDS = ("eviction_interval_seconds", "eviction_duration_minutes")
+# Upper bounds (docs/decisions.md, D13): every value validation accepts builds a working table on both
+# backends. A block of 2**24 tokens is 64 MiB of token bytes; 2**32 contexts or prefixes per context is
+# far past any memory; a wait of 2**31 s (68 years) is the longest threading.Event.wait takes everywhere.
+_MAXIMA = {"max_contexts": 2**32, "max_prefixes_per_context": 2**32, "block_size": 2**24,
+           "eviction_interval_seconds": 2**31}
 
 
 def _name(field: str, from_env: bool) -> str:
@@ -97,6 +111,36 @@ def _validate(values: Mapping[str, Any], from_env: bool) -> None:
                 raise ValueError(f"{_name(field, from_env)} must be a positive number, got {value!r}")
         elif value is not None and (not _is_int(value) or not 0 <= value < 2**64):
             raise ValueError(f"{_name(field, from_env)} must be an integer in [0, 2**64), got {value!r}")
+        limit = _MAXIMA.get(field)
+        if limit is not None and value > limit:
+            raise ValueError(f"{_name(field, from_env)} must be at most {limit:,}, got {value!r}")
+
+
+class TableSettings:
+    """What a table runs with, read once from its Config and checked whatever the Config's class."""
+
+    __slots__ = ("max_contexts", "max_prefixes", "interval", "stale_after", "block_size", "seed")
+
+    def __init__(self, max_contexts: int, max_prefixes: int, interval: float, stale_after: float,
+                 block_size: int, seed: int) -> None:
+        self.max_contexts = max_contexts
+        self.max_prefixes = max_prefixes
+        self.interval = interval
+        self.stale_after = stale_after
+        self.block_size = block_size
+        self.seed = seed
+
+
+def table_settings(config: Config) -> TableSettings:
+    """The checked values of a resolved config. A Config subclass may skip __post_init__, so the table
+    validates what it uses itself (issue: a block_size of 0 must be a ValueError, never a SIGFPE)."""
+    values = {f: getattr(config, f) for f in ENV_VARS}
+    if values["seed"] is None:
+        raise ValueError("Config.seed must be resolved to an integer before a table uses it")
+    _validate(values, from_env=False)
+    return TableSettings(int(values["max_contexts"]), int(values["max_prefixes_per_context"]),
+                         float(values["eviction_interval_seconds"]), float(values["eviction_duration_minutes"]) * 60.0,
+                         int(values["block_size"]), int(values["seed"]))
 
 
 def _parse_env(field: str, var: str, raw: str) -> Any:

@@ -8,26 +8,30 @@ Structure (docs/architecture.md):
     table._contexts: OrderedDict[(model, lora_id)] -> _Context, least recently used first
     _Context.prefixes: prefix hash -> _Prefix(tick, pods)
     _Context.pods:     pod name -> _PodState(engine: engine hash -> prefix hash, held: prefix hashes, last_seen)
-One lock per table guards all of it.
+One lock per table guards all of it (_TableLock): a call that re-enters the table from Python code
+run inside a critical section (a finalizer, say) is a RuntimeError, never a deadlock (SPEC 7).
+Callbacks of the caller's (the clock, a ready_pods iterator) run before the lock is taken.
 """
 
 from __future__ import annotations
 
 import heapq
+import os
 import struct
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import xxhash
 
-from ._config import Config, resolve_config
+from ._config import COUNTER_KEYS, STAT_KEYS, Config, resolve_config, table_settings
 from ._eviction import EvictionThread
-from ._events import (AllBlocksCleared, BlockRemoved, BlockStored, check_batch, check_event_width, check_lora_id,
-                      check_str,
-                      encode_tokens, hash_array, query_token_bytes, ready_set)
+from ._events import (AllBlocksCleared, BlockRemoved, BlockStored, batch_event_fields, batch_list, check_chain_args,
+                      check_lora_id, check_pod, check_str, check_u64, cleared_fields, hash_array, query_token_bytes,
+                      ready_set, removed_fields, stored_fields)
 
 __all__ = ["BACKEND", "SOURCE_HASH", "SyncPrefixHashTable", "prefix_hash_chain", "token_bytes_from_msgpack",
            "xxh64_digest"]
@@ -38,23 +42,25 @@ SOURCE_HASH = None  # the compiled core's records the sources it was built from
 _pack_u64 = struct.Struct("<Q").pack
 _xxh64 = xxhash.xxh64_intdigest
 
-STAT_KEYS = (
-    "contexts", "prefixes", "entries", "pods",
-    "events_block_stored", "events_block_removed", "events_all_blocks_cleared",
-    "blocks_stored", "blocks_removed", "orphan_blocks", "matches",
-    "evicted_contexts", "evicted_pods", "evicted_prefixes",
-)
-_COUNTERS = STAT_KEYS[4:]
+_REINIT = ("SyncPrefixHashTable.__init__ was called on a table that is already built; "
+           "make a new table instead")
+_UNBUILT = "this SyncPrefixHashTable was never initialised (SyncPrefixHashTable.__new__ without __init__)"
+_REENTERED = ("the table was re-entered from Python code that ran during one of its own calls (a finalizer, "
+              "a __hash__ or __eq__): that call cannot be served")
+_FORKED = ("the process forked while another thread was inside this table, which may be half-changed in the "
+           "child: build a new table in the child")
 
 
 def xxh64_digest(data: Any, seed: int = 0) -> int:
     """XXH64 of a bytes-like object (the xxhash package's)."""
+    check_u64(seed, "seed")
     return _xxh64(memoryview(data).cast("B"), seed)
 
 
 def prefix_hash_chain(data: Any, block_bytes: int, seed: int, parent: int, n_blocks: int) -> List[int]:
     """h[i] = XXH64(le_u64(h[i-1]) || block i, seed), h[-1] = parent (SPEC, prefix hash chain)."""
     view = memoryview(data).cast("B")
+    check_chain_args(len(view), block_bytes, seed, parent, n_blocks)
     out = []
     h = parent
     for i in range(n_blocks):
@@ -98,6 +104,64 @@ def token_bytes_from_msgpack(raw: Any) -> np.ndarray:
     raise AssertionError("unreachable: a valid array of token ids took the slow path")
 
 
+class _TableLock:
+    """The table's lock: one holder at a time; the holder's thread re-entering is a RuntimeError.
+
+    Python code can run inside a critical section of this backend (a garbage-collector finalizer runs
+    wherever an allocation triggers a collection); if it calls back into the same table, a plain lock
+    would deadlock and a reentrant one would let it see a half-made change (SPEC 7)."""
+
+    __slots__ = ("_lock", "_owner", "__weakref__")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._owner: Optional[int] = None
+
+    def __enter__(self) -> None:
+        me = threading.get_ident()
+        if self._owner == me:
+            raise RuntimeError(_REENTERED)
+        self._lock.acquire()
+        self._owner = me
+
+    def __exit__(self, *exc: Any) -> None:
+        self._owner = None
+        self._lock.release()
+
+    def _after_fork(self) -> None:
+        # In a child of fork() only the forking thread lives: a lock another thread held stays held.
+        if self._owner is not None and self._owner != threading.get_ident():
+            self._lock = _Poisoned()  # type: ignore[assignment]
+        else:
+            self._lock = threading.Lock()
+        self._owner = None
+
+
+class _Poisoned:
+    """The lock of a table that another thread was changing when the process forked."""
+
+    def acquire(self) -> None:
+        raise RuntimeError(_FORKED)
+
+    def release(self) -> None:  # pragma: no cover - acquire never succeeds
+        pass
+
+
+class _Unbuilt:
+    """The class-level lock of a table whose __init__ never ran."""
+
+    def __enter__(self) -> None:
+        raise RuntimeError(_UNBUILT)
+
+    def __exit__(self, *exc: Any) -> None:  # pragma: no cover - __enter__ always raises
+        pass
+
+
+_LOCKS: "weakref.WeakSet[_TableLock]" = weakref.WeakSet()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=lambda: [lock._after_fork() for lock in list(_LOCKS)])
+
+
 class _Prefix:
     __slots__ = ("tick", "pods")
 
@@ -130,22 +194,36 @@ class _Context:
 class SyncPrefixHashTable:
     """Context (model, LoRA) -> prefix hash -> pods, fed by KV-cache events and asked for prefix matches."""
 
+    _lock: Any = _Unbuilt()
+    _building = False
+
     def __init__(self, config: Optional[Config] = None, *, clock: Optional[Callable[[], float]] = None,
                  background_eviction: bool = True, **overrides: Any) -> None:
-        self.config: Config = resolve_config(config, overrides)
-        self.seed: int = self.config.seed  # type: ignore[assignment]
-        self.block_size: int = self.config.block_size
-        self._block_bytes = 4 * self.block_size
-        self._max_contexts = self.config.max_contexts
-        self._max_prefixes = self.config.max_prefixes_per_context
-        self._stale_after = self.config.eviction_duration_minutes * 60.0
+        if self._building or "_contexts" in self.__dict__:
+            raise RuntimeError(_REINIT)
+        self._building = True  # a re-entrant __init__ (from a callback of the config) sees it
+        try:
+            config = resolve_config(config, overrides)
+            settings = table_settings(config)  # whatever the config's class: it may have skipped validation
+        except BaseException:
+            self._building = False
+            raise
+        self.config: Config = config
+        self.seed: int = settings.seed
+        self.block_size: int = settings.block_size
+        self._block_bytes = 4 * settings.block_size
+        self._max_contexts = settings.max_contexts
+        self._max_prefixes = settings.max_prefixes
+        self._stale_after = settings.stale_after
         self._clock = time.monotonic if clock is None else clock
-        self._lock = threading.Lock()
         self._contexts: "OrderedDict[Tuple[str, int], _Context]" = OrderedDict()
-        self._counters = dict.fromkeys(_COUNTERS, 0)
+        self._counters = dict.fromkeys(COUNTER_KEYS, 0)
+        lock = _TableLock()
+        _LOCKS.add(lock)
+        self._lock = lock
         self._eviction: Optional[EvictionThread] = None
         if background_eviction:
-            self._eviction = EvictionThread(self, self.config.eviction_interval_seconds)
+            self._eviction = EvictionThread(self, settings.interval)
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -168,6 +246,7 @@ class SyncPrefixHashTable:
     # -- hashing -----------------------------------------------------------------------------------
 
     def get_prefix_hashes(self, tokens: Any) -> np.ndarray:
+        """The query's prefix hashes (SPEC, "The prefix hash chain"), one per whole block."""
         data = query_token_bytes(tokens)
         n = len(data) // self._block_bytes
         return np.array(prefix_hash_chain(data, self._block_bytes, self.seed, self.seed, n), dtype=np.uint64)
@@ -175,103 +254,130 @@ class SyncPrefixHashTable:
     # -- events ------------------------------------------------------------------------------------
 
     def process_block_stored(self, event: BlockStored) -> None:
+        """Index the event's chained blocks for its pod (SPEC 1); an unknown parent is an orphan."""
         if not isinstance(event, BlockStored):
             raise TypeError(f"process_block_stored takes a BlockStored, not {type(event).__name__}")
-        check_event_width(event, self.block_size)
-        key = (event.model_name, event.lora_id)
-        pod = event.source_pod
-        n = len(event.block_hashes)
+        fields = stored_fields(event, self.block_size)
+        now = self._clock()
         with self._lock:
-            now = self._clock()
-            self._counters["events_block_stored"] += 1
-            ctx = self._contexts.get(key)
-            ps = ctx.pods.get(pod) if ctx is not None else None
-            if ps is not None:
-                ps.last_seen = now  # any event from a pod shows it is alive in this context (D6)
-            parent = self.seed
-            if event.parent_block_hash is not None:
-                known = ps.engine.get(event.parent_block_hash) if ps is not None else None
-                if known is None or known not in ps.held:  # type: ignore[union-attr]
-                    # SPEC 1: an unknown parent cannot be placed; neither can any block chained after it
-                    self._counters["orphan_blocks"] += n
-                    return
-                parent = known
-            if n == 0:
+            self._apply_stored(fields, now)
+
+    def _apply_stored(self, fields: tuple, now: float) -> None:
+        engine_hashes, tokens, model, lora, pod, parent_engine = fields
+        key = (model, lora)
+        n = len(engine_hashes)
+        self._counters["events_block_stored"] += 1
+        ctx = self._contexts.get(key)
+        ps = ctx.pods.get(pod) if ctx is not None else None
+        if ps is not None:
+            ps.last_seen = now  # any event from a pod shows it is alive in this context (D6)
+        parent = self.seed
+        if parent_engine is not None:
+            known = ps.engine.get(parent_engine) if ps is not None else None
+            if known is None or known not in ps.held:  # type: ignore[union-attr]
+                # SPEC 1: an unknown parent cannot be placed; neither can any block chained after it
+                self._counters["orphan_blocks"] += n
                 return
-            hashes = prefix_hash_chain(event.tokens, self._block_bytes, self.seed, parent, n)
-            ctx, ps = self._context_and_pod(key, pod, now)
-            self._place(ctx, ps, pod, hashes, event.block_hashes.tolist())
-            self._counters["blocks_stored"] += n
+            parent = known
+        if n == 0:
+            return
+        hashes = prefix_hash_chain(tokens, self._block_bytes, self.seed, parent, n)
+        ctx, ps = self._context_and_pod(key, pod, now)
+        try:
+            self._place(ctx, ps, pod, hashes, engine_hashes.tolist())
+        except MemoryError:
+            self._repair(key)
+            raise
+        self._counters["blocks_stored"] += n
 
     def process_block_removed(self, event: BlockRemoved) -> None:
+        """Forget the event's blocks for its pod, or for every pod when source_pod is "" (SPEC 2)."""
         if not isinstance(event, BlockRemoved):
             raise TypeError(f"process_block_removed takes a BlockRemoved, not {type(event).__name__}")
-        key = (event.model_name, event.lora_id)
-        engine_hashes = event.block_hashes.tolist()
+        fields = removed_fields(event)
+        now = self._clock()
         with self._lock:
-            now = self._clock()
-            self._counters["events_block_removed"] += 1
-            ctx = self._contexts.get(key)
-            if ctx is None:
-                return
-            if event.source_pod:
-                ps = ctx.pods.get(event.source_pod)
-                targets = [] if ps is None else [(event.source_pod, ps)]
-                if ps is not None:
-                    ps.last_seen = now
-            else:  # SPEC 2: an empty source_pod removes the blocks for every pod that reported them
-                targets = list(ctx.pods.items())
-            removed = 0
-            for pod, ps in targets:
-                for e in engine_hashes:
-                    p = ps.engine.pop(e, None)
-                    if p is not None and p in ps.held:
-                        self._drop_entry(ctx, p, pod, ps)
-                        removed += 1
-                if not ps.held:
-                    del ctx.pods[pod]
-            self._counters["blocks_removed"] += removed
-            self._drop_if_empty(key)
+            self._apply_removed(fields, now)
+
+    def _apply_removed(self, fields: tuple, now: float) -> None:
+        engine_arr, model, lora, source_pod = fields
+        key = (model, lora)
+        engine_hashes = engine_arr.tolist()
+        self._counters["events_block_removed"] += 1
+        ctx = self._contexts.get(key)
+        if ctx is None:
+            return
+        if source_pod:
+            ps = ctx.pods.get(source_pod)
+            targets = [] if ps is None else [(source_pod, ps)]
+            if ps is not None:
+                ps.last_seen = now
+        else:  # SPEC 2: an empty source_pod removes the blocks for every pod that reported them
+            targets = list(ctx.pods.items())
+        removed = 0
+        for pod, ps in targets:
+            for e in engine_hashes:
+                p = ps.engine.pop(e, None)
+                if p is not None and p in ps.held:
+                    self._drop_entry(ctx, p, pod, ps)
+                    removed += 1
+            if not ps.held:
+                del ctx.pods[pod]
+        self._counters["blocks_removed"] += removed
+        self._drop_if_empty(key)
 
     def process_all_blocks_cleared(self, event: AllBlocksCleared) -> None:
+        """Forget every entry of the pod, in the contexts the event names (SPEC 3)."""
         if not isinstance(event, AllBlocksCleared):
             raise TypeError(f"process_all_blocks_cleared takes an AllBlocksCleared, not {type(event).__name__}")
+        fields = cleared_fields(event)
         with self._lock:
-            self._counters["events_all_blocks_cleared"] += 1
-            for key in [k for k in self._contexts if event.matches(*k)]:
-                self._drop_pod(self._contexts[key], event.source_pod)
-                self._drop_if_empty(key)
+            self._apply_cleared(fields)
+
+    def _apply_cleared(self, fields: tuple) -> None:
+        pod, model, lora = fields
+        self._counters["events_all_blocks_cleared"] += 1
+        for key in [k for k in self._contexts if (model is None or k[0] == model) and (lora is None or k[1] == lora)]:
+            self._drop_pod(self._contexts[key], pod)
+            self._drop_if_empty(key)
 
     def process_events(self, events: Any) -> None:
         """Apply a sequence of BlockStored / BlockRemoved / AllBlocksCleared in order, as the three
-        methods would one by one. Every event is checked first: a bad one is an error naming its
-        position, and nothing of the batch is applied."""
-        batch = check_batch(events, self.block_size)
-        for event in batch:
-            if type(event) is BlockStored or isinstance(event, BlockStored):
-                self.process_block_stored(event)
-            elif isinstance(event, BlockRemoved):
-                self.process_block_removed(event)
-            else:
-                self.process_all_blocks_cleared(event)
+        methods would one by one, under one lock. Every event is checked first: a bad one is an error
+        naming its position, and nothing of the batch is applied."""
+        checked = [batch_event_fields(i, event, self.block_size) for i, event in enumerate(batch_list(events))]
+        now = self._clock()
+        with self._lock:
+            for kind, fields in checked:
+                if kind == 0:
+                    self._apply_stored(fields, now)
+                elif kind == 1:
+                    self._apply_removed(fields, now)
+                else:
+                    self._apply_cleared(fields)
 
     # -- direct prefix API (AIBrix's AddPrefix / RemovePrefix) ---------------------------------------
 
     def add_prefix(self, model_name: str, lora_id: int, pod: str, prefix_hashes: Any) -> None:
         """Record that ``pod`` holds these prefix hashes (as a router does after sending it a request)."""
         key = (check_str(model_name, "model_name"), check_lora_id(lora_id))
-        check_str(pod, "pod")
+        pod = check_pod(pod, "pod")
         hashes = hash_array(prefix_hashes, "prefix_hashes").tolist()
+        now = self._clock()
         if not hashes:
             return
         with self._lock:
-            ctx, ps = self._context_and_pod(key, pod, self._clock())
-            self._place(ctx, ps, pod, hashes, None)
+            ctx, ps = self._context_and_pod(key, pod, now)
+            try:
+                self._place(ctx, ps, pod, hashes, None)
+            except MemoryError:
+                self._repair(key)
+                raise
 
     def remove_prefix(self, model_name: str, lora_id: int, pod: str) -> None:
         """Forget every prefix ``pod`` holds in the context (AIBrix's RemovePrefix)."""
         key = (check_str(model_name, "model_name"), check_lora_id(lora_id))
-        check_str(pod, "pod")
+        pod = check_pod(pod, "pod")
         with self._lock:
             if key in self._contexts:
                 self._drop_pod(self._contexts[key], pod)
@@ -300,6 +406,8 @@ class SyncPrefixHashTable:
         return self._match(key, hashes, ready), np.array(hashes, dtype=np.uint64)
 
     def _query(self, model_name: Any, lora_id: Any, tokens: Any, ready_pods: Any):
+        # Everything that may run the caller's code comes before the lock: names, tokens, the
+        # ready_pods iterator and the clock (SPEC 7).
         key = (check_str(model_name, "model_name"), check_lora_id(lora_id))
         data = query_token_bytes(tokens)
         ready = ready_set(ready_pods)
@@ -307,12 +415,13 @@ class SyncPrefixHashTable:
         return key, prefix_hash_chain(data, self._block_bytes, self.seed, self.seed, n), ready
 
     def _match(self, key: Tuple[str, int], hashes: List[int], ready: Optional[frozenset]) -> Dict[str, int]:
+        now = self._clock()
         with self._lock:
             self._counters["matches"] += 1
             ctx = self._contexts.get(key)
             if ctx is None:
                 return {}
-            ctx.last_access = self._clock()
+            ctx.last_access = now
             self._contexts.move_to_end(key)
             result: Dict[str, int] = {}
             alive: set = set()
@@ -342,8 +451,8 @@ class SyncPrefixHashTable:
 
     def evict_now(self) -> Dict[str, int]:
         """Run the staleness pass of SPEC 6 now; returns what it evicted."""
+        now = self._clock()
         with self._lock:
-            now = self._clock()
             contexts = pods = 0
             for key in list(self._contexts):
                 ctx = self._contexts[key]
@@ -360,6 +469,8 @@ class SyncPrefixHashTable:
             return {"contexts": contexts, "pods": pods}
 
     def stats(self) -> Dict[str, int]:
+        """Sizes and running totals (STAT_KEYS): contexts, prefixes, entries, pods, events by kind, blocks
+        stored/removed, orphan blocks, matches, and evicted contexts, pods and prefixes."""
         with self._lock:
             pods: set = set()
             prefixes = entries = 0
@@ -458,6 +569,17 @@ class SyncPrefixHashTable:
         if not self._contexts[key].prefixes:  # a context lives while it holds something (D2)
             del self._contexts[key]
 
+    def _repair(self, key: Tuple[str, int]) -> None:
+        """After a MemoryError part-way through a store: no empty entry, pod state or context is left."""
+        ctx = self._contexts.get(key)
+        if ctx is None:
+            return
+        for p in [p for p, e in ctx.prefixes.items() if not e.pods]:
+            del ctx.prefixes[p]
+        for pod in [pod for pod, ps in ctx.pods.items() if not ps.held]:
+            del ctx.pods[pod]
+        self._drop_if_empty(key)
+
     # -- snapshots ---------------------------------------------------------------------------------
     # save/load are thin wrappers: the format lives in _snapshot.py (docs/snapshot.md), and the two
     # methods below are the contract both backends implement, so that their snapshots are byte-identical.
@@ -478,8 +600,8 @@ class SyncPrefixHashTable:
         """The canonical state of docs/snapshot.md ("The state of a table"). The lock is held only while
         copying; ordering and conversion to arrays happen after it is released, so matches and events
         wait no longer than the copy (issue 12, Deliver 2)."""
+        now = self._clock()  # the caller's callbacks run before the lock is taken (SPEC 7)
         with self._lock:
-            now = self._clock()
             counters = dict(self._counters)
             copied = [(key, ctx.last_access,
                        [(e.tick, p, tuple(e.pods)) for p, e in ctx.prefixes.items()],
@@ -521,8 +643,8 @@ class SyncPrefixHashTable:
         order, contexts in the given recency order, idle times continued on this table's clock."""
         table = cls(config, clock=clock, background_eviction=background_eviction)
         new = object.__new__
+        now = table._clock()
         with table._lock:
-            now = table._clock()
             for c in state["contexts"]:
                 ctx = _Context(now - c["idle"])
                 names: List[str] = c["pods"]

@@ -43,8 +43,20 @@ def _is_int(value: Any) -> bool:
 
 
 def check_str(value: Any, what: str) -> str:
+    """A name as a plain ``str``: a str subclass (an Enum of pods, say) becomes the str of the same text,
+    so that the index never calls a subclass's ``__hash__``/``__eq__`` (SPEC, Public API; SPEC 7)."""
+    if type(value) is str:
+        return value
     if not isinstance(value, str):
         raise TypeError(f"{what} must be a str, not {_type_name(value)}")
+    return str.__str__(value)
+
+
+def check_pod(value: Any, what: str = "pod") -> str:
+    """A pod name: a non-empty str, as a plain str. ``""`` is only the "every pod" of BlockRemoved."""
+    value = check_str(value, what)
+    if not value:
+        raise ValueError(f"{what} must be a non-empty pod name (\"\" means every pod only in BlockRemoved)")
     return value
 
 
@@ -305,24 +317,6 @@ def check_event_width(event: BlockStored, block_size: int) -> None:
                          f"bytes), but this event's blocks hold {have}")
 
 
-def check_batch(events: Any, block_size: int) -> list:
-    """The events of a process_events call as a list, each checked as its process_* method would
-    (kind and block width); the error names the first bad position, before anything is applied."""
-    if isinstance(events, (str,) + _BYTES_LIKE) or not isinstance(events, Iterable):
-        raise TypeError(f"process_events takes a sequence of events, not {_type_name(events)}")
-    batch = list(events)
-    for i, event in enumerate(batch):
-        if isinstance(event, BlockStored):
-            try:
-                check_event_width(event, block_size)
-            except ValueError as exc:
-                raise ValueError(f"events[{i}]: {exc}") from None
-        elif not isinstance(event, (BlockRemoved, AllBlocksCleared)):
-            raise TypeError(f"events[{i}] must be a BlockStored, BlockRemoved or AllBlocksCleared, "
-                            f"not {_type_name(event)}")
-    return batch
-
-
 def ready_set(ready_pods: Any) -> Optional[frozenset]:
     """``None`` (every pod) or the frozenset of ready pod names."""
     if ready_pods is None:
@@ -330,7 +324,108 @@ def ready_set(ready_pods: Any) -> Optional[frozenset]:
     if isinstance(ready_pods, (str,) + _BYTES_LIKE) or not isinstance(ready_pods, Iterable):
         raise TypeError(f"ready_pods must be an iterable of pod names or None, not {_type_name(ready_pods)}")
     pods = list(ready_pods)  # iterated once: ready_pods may be a generator
-    for pod in pods:
-        if not isinstance(pod, str):
-            raise TypeError(f"ready_pods must hold pod names (str), got {_type_name(pod)}")
+    for i, pod in enumerate(pods):
+        if type(pod) is not str:
+            if not isinstance(pod, str):
+                raise TypeError(f"ready_pods must hold pod names (str), got {_type_name(pod)}")
+            pods[i] = str.__str__(pod)  # plain str: no subclass __hash__/__eq__ runs inside the index
     return frozenset(pods)
+
+
+# ---------------------------------------------------------------------------------------------------
+# what a table reads from an event
+#
+# Events are immutable once built, but object.__setattr__ and subclasses can still hand a table
+# anything. A table reads each field once, through these, and trusts only what they checked on the
+# values in hand (SPEC 8): rows of tokens == block hashes, width == the block size, names as plain str.
+# The compiled core checks the same facts inline and calls these only when something is unusual, so
+# that both backends raise the same errors.
+
+
+def _event_array(value: Any, dtype: Any, ndim: int, what: str) -> np.ndarray:
+    if type(value) is not np.ndarray or value.dtype != dtype or value.ndim != ndim \
+            or not value.flags.c_contiguous:
+        raise TypeError(f"{what} of this event is not the array its constructor made; "
+                        "build a new event instead of changing its fields")
+    return value
+
+
+def stored_fields(event: Any, block_size: int) -> tuple:
+    """(block_hashes, tokens, model_name, lora_id, source_pod, parent_block_hash) of a BlockStored."""
+    hashes = _event_array(event.block_hashes, np.uint64, 1, "block_hashes")
+    tokens = _event_array(event.tokens, np.uint8, 2, "tokens")
+    model = check_str(event.model_name, "model_name")
+    lora = check_lora_id(event.lora_id)
+    pod = check_pod(event.source_pod, "source_pod")
+    parent = event.parent_block_hash
+    if parent is not None:
+        parent = to_u64(parent, "parent_block_hash")
+    n = len(hashes)
+    if tokens.shape[0] != n:
+        raise ValueError(f"tokens has {tokens.shape[0]} rows (blocks) but the event has {n} block hashes")
+    width = tokens.shape[1]
+    if n and width != 4 * block_size:
+        have = f"{width // 4} tokens" if width % 4 == 0 else f"{width} token bytes"
+        raise ValueError(f"each block must hold block_size={block_size} tokens ({4 * block_size} token "
+                         f"bytes), but this event's blocks hold {have}")
+    return hashes, tokens, model, lora, pod, parent
+
+
+def removed_fields(event: Any) -> tuple:
+    """(block_hashes, model_name, lora_id, source_pod) of a BlockRemoved; source_pod "" = every pod."""
+    hashes = _event_array(event.block_hashes, np.uint64, 1, "block_hashes")
+    return (hashes, check_str(event.model_name, "model_name"), check_lora_id(event.lora_id),
+            check_str(event.source_pod, "source_pod"))
+
+
+def cleared_fields(event: Any) -> tuple:
+    """(source_pod, model_name or None, lora_id or None) of an AllBlocksCleared."""
+    model, lora = event.model_name, event.lora_id
+    return (check_pod(event.source_pod, "source_pod"), None if model is None else check_str(model, "model_name"),
+            None if lora is None else check_lora_id(lora))
+
+
+def batch_event_fields(i: int, event: Any, block_size: int) -> tuple:
+    """(kind, fields) of events[i] of a process_events batch; kind 0 stored, 1 removed, 2 cleared.
+    An error names the position, and comes before anything of the batch is applied (SPEC)."""
+    try:
+        if isinstance(event, BlockStored):
+            return 0, stored_fields(event, block_size)
+        if isinstance(event, BlockRemoved):
+            return 1, removed_fields(event)
+        if isinstance(event, AllBlocksCleared):
+            return 2, cleared_fields(event)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"events[{i}]: {exc}") from None
+    raise TypeError(f"events[{i}] must be a BlockStored, BlockRemoved or AllBlocksCleared, not {_type_name(event)}")
+
+
+def batch_list(events: Any) -> list:
+    """The events of a process_events call as a list (iterated once: it may be a generator)."""
+    if type(events) is list:
+        return events
+    if isinstance(events, (str,) + _BYTES_LIKE) or not isinstance(events, Iterable):
+        raise TypeError(f"process_events takes a sequence of events, not {_type_name(events)}")
+    return list(events)
+
+
+def check_chain_args(data_len: int, block_bytes: Any, seed: Any, parent: Any, n_blocks: Any) -> None:
+    """The arguments of the module function prefix_hash_chain, checked without overflow."""
+    for value, what in ((block_bytes, "block_bytes"), (n_blocks, "n_blocks")):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise TypeError(f"{what} must be an int, not {_type_name(value)}")
+        if value < 0:
+            raise ValueError(f"{what} must be >= 0, got {value}")
+    for value, what in ((seed, "seed"), (parent, "parent")):
+        check_u64(value, what)
+    if block_bytes and n_blocks > data_len // block_bytes:  # no product: it could overflow a size_t
+        raise ValueError(f"data is shorter than n_blocks * block_bytes ({n_blocks} * {block_bytes} > {data_len})")
+
+
+def check_u64(value: Any, what: str) -> int:
+    """A seed or parent hash: an int in [0, 2**64)."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{what} must be an int, not {_type_name(value)}")
+    if not 0 <= value < 1 << 64:
+        raise ValueError(f"{what} must be in [0, 2**64), got {value}")
+    return int(value)

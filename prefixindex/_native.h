@@ -1,6 +1,7 @@
 // C++ pieces of the compiled core that Cython cannot express: the node pool and its allocator, the
-// map types built on them, the per-context structures, relaxed atomics and the monotonic clock.
-// All index logic lives in _core.pyx; this header only holds types.
+// map types built on them, the per-context structures, the pause of the garbage collector around a
+// critical section and the monotonic clock. All index logic lives in _core.pyx; this header only holds
+// types and one-line helpers. XXH64 has its own header, _xxh64.h.
 #pragma once
 
 #include <cstddef>
@@ -17,13 +18,6 @@
 #include <Python.h>
 
 namespace pi {
-
-// The five primes of the XXH64 specification (the hash itself is in _core.pxd).
-static const uint64_t XXH_P1 = 0x9E3779B185EBCA87ULL;
-static const uint64_t XXH_P2 = 0xC2B2AE3D27D4EB4FULL;
-static const uint64_t XXH_P3 = 0x165667B19E3779F9ULL;
-static const uint64_t XXH_P4 = 0x85EBCA77C2B2AE63ULL;
-static const uint64_t XXH_P5 = 0x27D4EB2F165667C5ULL;
 
 // A free-list pool of equal-sized nodes, one per table. Every unordered_map node of the index (both
 // maps use 24-byte nodes) comes from here: glibc would round a 24-byte request up to a 32-byte chunk,
@@ -116,6 +110,7 @@ struct Entry {
   uint32_t pods;
 };
 static const uint32_t kMulti = 0x80000000u;
+static const uint32_t kNoPod = 0xFFFFFFFFu;  // an entry whose last pod just went
 
 template <class V>
 using U64Map = std::unordered_map<uint64_t, V, std::hash<uint64_t>, std::equal_to<uint64_t>,
@@ -144,9 +139,9 @@ struct Ctx {
   std::vector<std::vector<uint32_t>> multi;      // pod lists of prefixes held by several pods
   std::vector<uint32_t> multi_free;              // free slots of `multi`
   uint64_t next_tick = 0;                        // next per-prefix recency tick (D4)
-  uint64_t lru = 0;                              // table-wide recency of the context (D5)
   double last_access = 0.0;                      // last store or match (D6)
-  size_t slot = 0;                               // position in the table's context list
+  Ctx* older = nullptr;                          // the table's recency list (D5): least recent at its head,
+  Ctx* newer = nullptr;                          //   so the context to evict is found without a scan
   PyObject* key = nullptr;                       // (model, lora_id), owned reference
 
   explicit Ctx(NodePool* pool, float load_factor)
@@ -208,11 +203,38 @@ using EntryPtr = Entry*;
 using PodStatePtr = PodState*;
 using CtxPtr = Ctx*;
 
-// Matches run under the shared lock and write recency concurrently: relaxed atomics make that defined.
-static inline void store_tick(Entry* e, uint32_t tick) { __atomic_store_n(&e->tick, tick, __ATOMIC_RELAXED); }
-static inline uint64_t fetch_add_u64(uint64_t* p, uint64_t v) { return __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }
-static inline void store_f64(double* p, double v) { __atomic_store(p, &v, __ATOMIC_RELAXED); }
-static inline void store_u64(uint64_t* p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELAXED); }
+// Critical sections run with the GIL held and the cyclic garbage collector paused, so that no
+// finalizer (Python code) can run in the middle of one and call back into the table (SPEC 7,
+// docs/architecture.md "Critical sections"). Returns whether it was enabled, for gc_resume.
+static inline int gc_pause() {
+#if PY_VERSION_HEX >= 0x030A0000
+  return PyGC_Disable();
+#else
+  PyObject* gc = PyImport_ImportModule("gc");  // Python 3.9: no C API; the gc module's own functions
+  if (gc == nullptr) { PyErr_Clear(); return 0; }
+  PyObject* on = PyObject_CallMethod(gc, "isenabled", nullptr);
+  int was = on != nullptr && PyObject_IsTrue(on) == 1;
+  Py_XDECREF(on);
+  if (was) Py_XDECREF(PyObject_CallMethod(gc, "disable", nullptr));
+  Py_DECREF(gc);
+  PyErr_Clear();
+  return was;
+#endif
+}
+
+static inline void gc_resume(int was) {
+  if (!was) return;
+#if PY_VERSION_HEX >= 0x030A0000
+  PyGC_Enable();
+#else
+  PyObject* gc = PyImport_ImportModule("gc");
+  if (gc != nullptr) {
+    Py_XDECREF(PyObject_CallMethod(gc, "enable", nullptr));
+    Py_DECREF(gc);
+  }
+  PyErr_Clear();
+#endif
+}
 
 // The clock of time.monotonic(), readable without the GIL. On Linux the coarse variant of the same
 // clock (updated every few milliseconds, read without a syscall or TSC read): staleness is measured in

@@ -23,7 +23,7 @@ import numpy as np
 import xxhash
 
 from ._config import Config
-from ._core_py import STAT_KEYS
+from ._config import COUNTER_KEYS
 
 __all__ = ["MAGIC", "VERSION", "SnapshotError", "decode", "encode", "load_table", "load_table_and_extra",
            "read_extra", "read_snapshot", "save_table"]
@@ -33,7 +33,7 @@ VERSION = 1
 FLAG_EXTRA = 1  # an XTRA section (the subscriber's per-pod positions) follows the contexts
 KNOWN_FLAGS = FLAG_EXTRA
 
-COUNTER_NAMES = STAT_KEYS[4:]  # the running totals of stats() (D9); the first four are recomputed
+COUNTER_NAMES = COUNTER_KEYS  # the running totals of stats() (D9); the first four are recomputed
 
 TAG_CONFIG, TAG_CONTEXT, TAG_EXTRA, TAG_END = b"CONF", b"CTXT", b"XTRA", b"END."
 

@@ -34,8 +34,9 @@ def _load_compiled():
         if _flag("PREFIXINDEX_REQUIRE_EXTENSIONS"):
             raise
         return None
-    sources = [PKG / "_core.pyx", PKG / "_core.pxd", PKG / "_native.h"]
-    if all(p.exists() for p in sources):
+    sources = sorted((p for pattern in ("*.pyx", "*.pxd", "*.pxi", "*.h") for p in PKG.glob(pattern)),
+                     key=lambda p: p.name)  # the rule of setup.py's source_hash
+    if sources:
         digest = hashlib.sha256()
         for p in sources:
             digest.update(p.read_bytes())

@@ -110,12 +110,13 @@ def test_long_hashing_releases_the_gil(call):
     table = COMPILED.SyncPrefixHashTable(seed=1, block_size=16, background_eviction=False,
                                          max_prefixes_per_context=4 * blocks)
     if call == "match_prefix_hit":
-        table.process_block_stored(BlockStored(np.arange(blocks, dtype=np.uint64), tokens.reshape(blocks, 64), "m"))
-    events = [BlockStored(np.arange(blocks, dtype=np.uint64) + i * blocks, tokens.reshape(blocks, 64), f"m{i}")
-              for i in range(4)] if call == "store" else []
+        table.process_block_stored(BlockStored(np.arange(blocks, dtype=np.uint64), tokens.reshape(blocks, 64), "m",
+                                               source_pod="p"))
+    events = [BlockStored(np.arange(blocks, dtype=np.uint64) + i * blocks, tokens.reshape(blocks, 64), f"m{i}",
+                          source_pod="p") for i in range(4)] if call == "store" else []
     work = {
         "get_prefix_hashes": lambda i: table.get_prefix_hashes(tokens),
-        "match_prefix_hit": lambda i: table.match_prefix("m", -1, tokens, [""]),
+        "match_prefix_hit": lambda i: table.match_prefix("m", -1, tokens, ["p"]),
         "match_prefix_miss": lambda i: table.match_prefix("absent", -1, tokens),
         "store": lambda i: table.process_block_stored(events[i % 4]),
     }[call]
@@ -240,7 +241,11 @@ def test_msgpack_token_ids_match_the_reference(raw):
 # --- the build -------------------------------------------------------------------------------------
 
 def test_compiled_module_was_built_from_these_sources():
+    # setup.py's rule: every Cython and C++ source of the package, sorted by name
+    sources = sorted((p for pattern in ("*.pyx", "*.pxd", "*.pxi", "*.h") for p in PKG.glob(pattern)),
+                     key=lambda p: p.name)
+    assert {p.name for p in sources} >= {"_core.pyx", "_native.pxd", "_native.h", "_xxh64.h", "_entries.pxd"}
     digest = hashlib.sha256()
-    for name in ("_core.pyx", "_core.pxd", "_native.h"):
-        digest.update((PKG / name).read_bytes())
+    for path in sources:
+        digest.update(path.read_bytes())
     assert COMPILED.SOURCE_HASH == digest.hexdigest()[:16]

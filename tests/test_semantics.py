@@ -515,7 +515,7 @@ def test_stats_after_scripted_sequence(make_table):
 
 # --- accepted edge names -----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("model, pod", [("", ""), ("模型/ü", "ポッド-1"), ("m", "🚀 pod"), ("a\x00b", "10.0.0.1:8000")])
+@pytest.mark.parametrize("model, pod", [("", "p"), ("模型/ü", "ポッド-1"), ("m", "🚀 pod"), ("a\x00b", "10.0.0.1:8000")])
 def test_any_str_names(make_table, model, pod):
     t = make_table()
     t.process_block_stored(stored([1, 2], [1, 2], pod, model=model))
@@ -527,19 +527,22 @@ def test_any_str_names(make_table, model, pod):
     assert t.match_blocks(model, -1, toks(1, 2)) == {"other": 1}
 
 
-def test_pod_named_empty_string(make_table):
+def test_pod_named_empty_string_is_refused_where_it_would_store(make_table):
+    # SPEC: a block is always stored by some pod; "" means "every pod", and only in BlockRemoved
     t = make_table()
-    t.process_block_stored(stored([1, 2], [1, 2], ""))
     t.process_block_stored(stored([1, 2], [1, 2], "A"))
-    assert t.match_blocks("m", -1, toks(1, 2)) == {"": 2, "A": 2}
-    assert t.match_blocks("m", -1, toks(1, 2), ready_pods=[""]) == {"": 2}
-    t.add_prefix("m", -1, "", [42])
-    assert ctx(t)[42] == frozenset({""})
-    t.process_all_blocks_cleared(AllBlocksCleared(""))  # clears the pod named "" only
-    assert t.match_blocks("m", -1, toks(1, 2)) == {"A": 2}
-    t.process_block_stored(stored([1, 2], [1, 2], ""))
+    before = t.snapshot(), t.stats()
+    with pytest.raises(ValueError, match="source_pod must be a non-empty pod name"):
+        t.process_block_stored(stored([1, 2], [1, 2], ""))
+    with pytest.raises(ValueError, match="pod must be a non-empty pod name"):
+        t.add_prefix("m", -1, "", [42])
+    with pytest.raises(ValueError, match="pod must be a non-empty pod name"):
+        t.remove_prefix("m", -1, "")
+    with pytest.raises(ValueError, match="source_pod must be a non-empty pod name"):
+        t.process_all_blocks_cleared(AllBlocksCleared(""))
+    assert (t.snapshot(), t.stats()) == before
     t.process_block_removed(removed([2], ""))  # "" as source_pod means every pod (SPEC 2)
-    assert t.match_blocks("m", -1, toks(1, 2)) == {"": 1, "A": 1}
+    assert t.match_blocks("m", -1, toks(1, 2)) == {"A": 1}
 
 
 # --- SPEC 9: backends ------------------------------------------------------------------------------------

@@ -1,0 +1,196 @@
+# cython: language_level=3
+"""The entries of one context, and the walk of a query over them (SPEC 4), for _core.pyx.
+
+An Entry's `pods` is one pod id, or (kMulti | i) for the sorted pod list ctx.multi[i] when several pods
+hold the prefix. These functions touch one context only and call no Python code; the ones that can
+allocate raise MemoryError (their C++ calls are declared `except +` in _core.pxd).
+"""
+
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from libcpp.pair cimport pair
+from libcpp.vector cimport vector
+from cython.operator cimport dereference as deref, preincrement as inc
+
+from prefixindex._native cimport (NO_POD, Ctx, Entry, EntryPtr, EntryVec, PodRun, PodVec, PrefixMap, RunVec,
+                                  binary_search, kMulti, lower_bound, sort)
+from prefixindex._xxh64 cimport xxh64_link
+
+
+cdef inline bint is_multi(uint32_t pods) noexcept nogil:
+    return (pods & kMulti) != 0
+
+
+cdef inline vector[uint32_t]* pod_list(Ctx* c, uint32_t pods) noexcept nogil:
+    return &c.multi[pods & ~kMulti]
+
+
+cdef inline bint entry_has(Ctx* c, const Entry* e, uint32_t pod) noexcept nogil:
+    cdef vector[uint32_t]* v
+    if not is_multi(e.pods):
+        return e.pods == pod
+    v = pod_list(c, e.pods)
+    return binary_search(v.begin(), v.end(), pod)
+
+
+cdef inline int entry_add(Ctx* c, Entry* e, uint32_t pod) except -1:
+    """Add pod to the entry's pods: 1 if added, 0 if it was there. Nothing changes when it raises
+    MemoryError: every allocation comes before the first change."""
+    cdef vector[uint32_t]* v
+    cdef vector[uint32_t].iterator it
+    cdef vector[uint32_t] two
+    cdef uint32_t slot
+    if not is_multi(e.pods):
+        if e.pods == pod:
+            return 0
+        two.reserve(2)
+        two.push_back(e.pods if e.pods < pod else pod)
+        two.push_back(pod if e.pods < pod else e.pods)
+        if c.multi_free.empty():
+            # multi_free can then take every slot back without allocating (release_list cannot fail)
+            c.multi_free.reserve(c.multi.size() + 1)
+            c.multi.push_back(two)
+            slot = <uint32_t>(c.multi.size() - 1)
+        else:
+            slot = c.multi_free.back()
+            c.multi[slot].swap(two)
+            c.multi_free.pop_back()
+        e.pods = kMulti | slot
+        return 1
+    v = pod_list(c, e.pods)
+    it = lower_bound(v.begin(), v.end(), pod)
+    if it != v.end() and deref(it) == pod:
+        return 0
+    v.insert(it, pod)
+    return 1
+
+
+cdef inline int release_list(Ctx* c, uint32_t pods) except -1:
+    cdef uint32_t slot = pods & ~kMulti
+    cdef vector[uint32_t] empty
+    c.multi[slot].swap(empty)  # frees the list without allocating (shrink_to_fit may allocate)
+    c.multi_free.push_back(slot)  # within the capacity entry_add reserved: cannot allocate
+    return 0
+
+
+cdef inline int entry_remove(Ctx* c, Entry* e, uint32_t pod) except -1:
+    """Remove pod from the entry's pods: 1 if removed, 0 if it was not there. An emptied entry holds NO_POD."""
+    cdef vector[uint32_t]* v
+    cdef vector[uint32_t].iterator it
+    cdef uint32_t single
+    if not is_multi(e.pods):
+        if e.pods != pod:
+            return 0
+        e.pods = NO_POD
+        return 1
+    v = pod_list(c, e.pods)
+    it = lower_bound(v.begin(), v.end(), pod)
+    if it == v.end() or deref(it) != pod:
+        return 0
+    v.erase(it)
+    if v.size() == 1:  # back to one pod: the list goes
+        single = deref(v.begin())
+        release_list(c, e.pods)
+        e.pods = single
+    return 1
+
+
+cdef inline bint holds(Ctx* c, uint64_t prefix, uint32_t pod) noexcept nogil:
+    cdef PrefixMap.iterator it = c.prefixes.find(prefix)
+    return it != c.prefixes.end() and entry_has(c, &deref(it).second, pod)
+
+
+cdef inline int renumber(Ctx* c) except -1:
+    """Give the context's prefixes ticks 0..n-1 in their current order (D4: only the order matters)."""
+    cdef vector[pair[uint32_t, EntryPtr]] order
+    cdef PrefixMap.iterator it = c.prefixes.begin()
+    cdef size_t i
+    order.reserve(c.prefixes.size())
+    while it != c.prefixes.end():
+        order.push_back(pair[uint32_t, EntryPtr](deref(it).second.tick, &deref(it).second))
+        inc(it)
+    sort(order.begin(), order.end())
+    for i in range(order.size()):
+        order[i].second.tick = <uint32_t>i
+    c.next_tick = order.size()
+    return 0
+
+
+cdef inline int keep_holders(Ctx* c, const Entry* e, PodVec* alive, RunVec* found, uint32_t depth) except -1:
+    """Keep the alive pods (sorted) that hold e; a pod that does not has matched `depth` blocks.
+
+    One merge of two sorted lists instead of a binary search per pod: the common case is that every
+    pod still alive holds the block, and then this is a single pass with no branch mispredicted."""
+    cdef size_t i = 0, j = 0, kept = 0, n = alive.size(), m
+    cdef const uint32_t* held
+    cdef uint32_t single
+    cdef vector[uint32_t]* v
+    cdef PodRun run
+    run.blocks = depth
+    if is_multi(e.pods):
+        v = pod_list(c, e.pods)
+        held = v.data()
+        m = v.size()
+    else:
+        single = e.pods
+        held = &single
+        m = 1
+    while i < n:
+        while j < m and held[j] < deref(alive)[i]:
+            j += 1
+        if j < m and held[j] == deref(alive)[i]:
+            deref(alive)[kept] = deref(alive)[i]
+            kept += 1
+        else:  # this pod's run ends here
+            run.pod = deref(alive)[i]
+            found.push_back(run)
+        i += 1
+    alive.resize_down(kept)
+    return 0
+
+
+cdef inline Py_ssize_t walk(Ctx* c, uint64_t* h, size_t n, const uint8_t* data, size_t width, uint64_t seed,
+                            size_t prehashed, PodVec* ready, RunVec* found, EntryVec* touched,
+                            size_t* hashed) except -1:
+    """SPEC 4: each ready pod's run of blocks held from block 0. Returns the longest run.
+
+    h[0:prehashed] are given; past them h[i] is computed as the walk reaches block i (the map probe of
+    one block overlaps the hashing of the next), so hashing stops where matching does; *hashed says
+    how many of h are valid on return. `ready` is sorted, or NULL for every pod."""
+    cdef PodVec alive
+    cdef size_t i, j, depth = 0
+    cdef PrefixMap.iterator it
+    cdef Entry* e
+    cdef uint64_t parent = seed
+    cdef vector[uint32_t]* v
+    cdef PodRun run
+    hashed[0] = prehashed
+    for i in range(n):
+        if i >= prehashed:
+            parent = xxh64_link(parent, data + i * width, width, seed)
+            h[i] = parent
+            hashed[0] = i + 1
+        else:
+            parent = h[i]
+        it = c.prefixes.find(parent)
+        if it == c.prefixes.end():
+            break
+        e = &deref(it).second
+        if i == 0:
+            if is_multi(e.pods):
+                v = pod_list(c, e.pods)
+                for j in range(v.size()):
+                    if ready == NULL or binary_search(ready.begin(), ready.end(), deref(v)[j]):
+                        alive.push_back(deref(v)[j])
+            elif ready == NULL or binary_search(ready.begin(), ready.end(), e.pods):
+                alive.push_back(e.pods)
+        else:
+            keep_holders(c, e, &alive, found, <uint32_t>i)
+        if alive.empty():
+            break
+        touched.push_back(e)
+        depth = i + 1
+    run.blocks = <uint32_t>depth
+    for j in range(alive.size()):
+        run.pod = alive[j]
+        found.push_back(run)
+    return depth

@@ -1,0 +1,124 @@
+# cython: language_level=3
+"""Declarations of _native.h (the C++ types of the compiled core) and the standard library pieces used.
+
+Everything that can allocate is declared `except +`, so that running out of memory is a MemoryError
+and never an abort (SPEC 8). XXH64 is declared in _xxh64.pxd.
+"""
+
+from libc.stdint cimport uint32_t, uint64_t
+from cpython.ref cimport PyObject
+from libcpp.pair cimport pair
+from libcpp.vector cimport vector
+
+
+cdef extern from "_native.h" namespace "pi" nogil:
+    cdef cppclass NodePool:
+        NodePool(size_t node_size) except +
+        size_t node_size()
+        size_t live()
+        size_t reserved_bytes()
+
+    cdef struct Entry:
+        uint32_t tick
+        uint32_t pods
+
+    ctypedef Entry* EntryPtr
+    ctypedef PodState* PodStatePtr
+
+    cdef uint32_t kMulti
+    cdef uint32_t NO_POD "pi::kNoPod"
+    cdef size_t kNodeSize
+
+    # prefix hash -> Entry, and engine hash -> prefix hash: one template, two instantiations
+    cdef cppclass U64Map[V]:
+        cppclass iterator:
+            pair[const uint64_t, V]& operator*()
+            iterator operator++()
+            bint operator==(iterator)
+            bint operator!=(iterator)
+        iterator begin()
+        iterator end()
+        iterator find(uint64_t)
+        iterator erase(iterator)
+        size_t erase(uint64_t)
+        size_t count(uint64_t)
+        pair[iterator, bint] try_emplace(const uint64_t&, V&) except +
+        void reserve(size_t) except +
+        size_t size()
+        size_t bucket_count()
+        void clear()
+
+    ctypedef U64Map[Entry] PrefixMap
+    ctypedef U64Map[uint64_t] EngineMap
+
+    # pod id -> its state in a context
+    cdef cppclass PodMap "std::unordered_map<uint32_t, pi::PodState*>":
+        cppclass iterator:
+            pair[uint32_t, PodStatePtr]& operator*()
+            iterator operator++()
+            bint operator==(iterator)
+            bint operator!=(iterator)
+        iterator begin()
+        iterator end()
+        iterator find(uint32_t)
+        iterator erase(iterator)
+        size_t erase(uint32_t)
+        size_t count(uint32_t)
+        pair[iterator, bint] emplace(uint32_t, PodStatePtr) except +
+        size_t size()
+        void clear()
+
+    cdef cppclass PodState:
+        PodState(NodePool* pool, float load_factor) except +
+        EngineMap engine
+        uint32_t held
+        double last_seen
+
+    cdef cppclass Ctx:
+        Ctx(NodePool* pool, float load_factor) except +
+        PrefixMap prefixes
+        PodMap pods
+        vector[vector[uint32_t]] multi
+        vector[uint32_t] multi_free
+        uint64_t next_tick
+        double last_access
+        Ctx* older
+        Ctx* newer
+        PyObject* key
+
+    ctypedef Ctx* CtxPtr
+
+    cdef struct PodRun:
+        uint32_t pod
+        uint32_t blocks
+
+    cdef cppclass PodVec:
+        void push_back(uint32_t) except +
+        uint32_t& operator[](size_t)
+        uint32_t* begin()
+        uint32_t* end()
+        size_t size()
+        bint empty()
+        void clear()
+        void resize_down(size_t)
+
+    cdef cppclass RunVec:
+        void push_back(PodRun) except +
+        PodRun& operator[](size_t)
+        size_t size()
+
+    cdef cppclass EntryVec:
+        void push_back(Entry*) except +
+        Entry*& operator[](size_t)
+        size_t size()
+
+    int gc_pause()
+    void gc_resume(int was)
+    double monotonic_seconds()
+
+
+cdef extern from "<algorithm>" namespace "std" nogil:
+    void nth_element[Iter](Iter first, Iter nth, Iter last) except +
+    void sort[Iter](Iter first, Iter last) except +
+    Iter lower_bound[Iter, T](Iter first, Iter last, const T& value)
+    bint binary_search[Iter, T](Iter first, Iter last, const T& value)

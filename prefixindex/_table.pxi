@@ -1,0 +1,976 @@
+# The table of the compiled core, included by _core.pyx (one module; the class is kept in its own file
+# because it is most of it). Section banners, names and docstrings follow _core_py.py.
+
+
+cdef class SyncPrefixHashTable:
+    """Context (model, LoRA) -> prefix hash -> pods, fed by KV-cache events and asked for prefix matches."""
+
+    cdef readonly object config
+    cdef readonly uint64_t seed
+    cdef readonly int block_size
+    cdef size_t block_bytes
+    cdef size_t max_contexts
+    cdef size_t max_prefixes
+    cdef double stale_after
+    cdef object _clock
+    cdef object _eviction
+    cdef bint built
+    cdef NodePool* pool
+    cdef dict _contexts           # model -> {lora_id: int(Ctx*)}: no tuple to build per lookup
+    cdef Ctx* oldest              # the recency list of contexts (D5): evict from here ...
+    cdef Ctx* newest              # ... touch to here
+    cdef size_t n_contexts
+    cdef dict _pod_ids            # pod name -> id
+    cdef list _pod_names          # id -> pod name, None when free
+    cdef vector[uint32_t] pod_refs    # id -> number of contexts with a pod state for it
+    cdef vector[uint32_t] free_ids
+    cdef vector[uint32_t] released    # ids whose last pod state went in this critical section
+    cdef size_t live_pods
+    cdef uint64_t n[N_COUNTERS]
+    cdef int gc_was
+    # The last (model, lora_id, pod) an event was stored for, by object identity, and where it went.
+    # A subscriber streams one pod's events with the same str and int objects, so most events skip
+    # three dict lookups. The objects are held (an address can be reused by another object once freed);
+    # hot_ctx is set to NULL whenever any pod state or context is freed, which is when c/ps could go.
+    cdef object hot_model, hot_lora, hot_pod
+    cdef Ctx* hot_ctx
+    cdef PodState* hot_ps
+    cdef uint32_t hot_pid
+    cdef object __weakref__
+
+    def __cinit__(self, *args, **kwargs):
+        self.pool = new NodePool(kNodeSize)
+        self._contexts = {}
+        self._pod_ids = {}
+        self._pod_names = []
+
+    def __dealloc__(self):
+        cdef Ctx* c = self.oldest
+        cdef Ctx* nxt
+        while c != NULL:
+            nxt = c.newer
+            self._clear_ctx(c)
+            Py_DECREF(<object>c.key)
+            del c
+            c = nxt
+        del self.pool
+
+    def __init__(self, config=None, *, clock=None, background_eviction=True, **overrides):
+        if self.built or self.block_bytes:  # block_bytes is set first: a re-entrant __init__ sees it
+            raise RuntimeError(_REINIT)
+        config = resolve_config(config, overrides)
+        settings = table_settings(config)  # whatever the config's class: it may have skipped validation
+        if self.block_bytes:
+            raise RuntimeError(_REINIT)  # a callback of the config re-initialised this table meanwhile
+        self.block_bytes = 4 * <size_t>settings.block_size
+        self.config = config
+        self.seed = settings.seed
+        self.block_size = settings.block_size
+        self.max_contexts = settings.max_contexts
+        self.max_prefixes = settings.max_prefixes
+        self.stale_after = settings.stale_after
+        # time.monotonic is read natively (the same CLOCK_MONOTONIC)
+        self._clock = None if clock is None or clock is time.monotonic else clock
+        self.built = True
+        self._eviction = None
+        if background_eviction:
+            self._eviction = EvictionThread(self, settings.interval)
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def close(self):
+        """Stop the background eviction thread (idempotent). The table stays usable."""
+        if self._eviction is not None:
+            self._eviction.stop()
+            self._eviction = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @property
+    def eviction_thread_alive(self):
+        return self._eviction is not None and self._eviction.alive
+
+    # -- critical sections and time ----------------------------------------------------------------
+
+    cdef inline int _begin(self) except -1:
+        """Start a critical section: the GIL is held, and no finalizer may run until _end (SPEC 7)."""
+        if not self.built:
+            raise RuntimeError(_UNBUILT)
+        self.gc_was = gc_pause()
+        return 0
+
+    cdef void _end(self) noexcept:
+        """End a critical section, the one epilogue of every section: recycle the pod ids it released,
+        then let the garbage collector run again."""
+        if not self.released.empty():
+            self._drain_released()
+        gc_resume(self.gc_was)
+
+    cdef inline double _now(self) except? -1.0:
+        # Called before a section: a clock= is Python code and may call back into the table.
+        if self._clock is None:
+            return monotonic_seconds()
+        return float(self._clock())
+
+    # -- pods and contexts (in a section) ----------------------------------------------------------
+
+    cdef inline uint32_t _pod_id(self, str pod) noexcept:
+        cdef PyObject* found = PyDict_GetItem(self._pod_ids, pod)
+        return NO_POD if found is NULL else <uint32_t>(<object>found)
+
+    cdef uint32_t _intern(self, str pod) except? 0xFFFFFFFF:
+        cdef uint32_t pid = self._pod_id(pod)
+        if pid != NO_POD:
+            return pid
+        if not self.free_ids.empty():
+            pid = self.free_ids.back()
+            self._pod_ids[pod] = pid
+            self._pod_names[pid] = pod
+            self.free_ids.pop_back()
+        else:
+            pid = <uint32_t>len(self._pod_names)
+            self.pod_refs.push_back(0)
+            self._pod_names.append(pod)
+            self._pod_ids[pod] = pid
+        return pid
+
+    cdef void _drain_released(self) noexcept:
+        # Pod ids whose pod holds nothing any more are recycled at the end of the section that released
+        # them (D2): churned pod names do not pile up. Only plain str and int objects are released.
+        cdef uint32_t pid
+        for pid in self.released:
+            if self.pod_refs[pid] == 0 and self._pod_names[pid] is not None:
+                del self._pod_ids[self._pod_names[pid]]
+                self._pod_names[pid] = None
+                self.free_ids.push_back(pid)  # within the capacity pod_refs' growth reserved
+        self.released.clear()
+
+    cdef PodState* _new_pod_state(self, Ctx* c, uint32_t pid, double now) except NULL:
+        cdef PodState* ps = new PodState(self.pool, LOAD_FACTOR)
+        try:
+            c.pods.emplace(pid, ps)
+            self.released.reserve(self.released.size() + 1)  # so that _delete_pod_state cannot fail
+            self.free_ids.reserve(self._pod_names.__len__())
+        except BaseException:
+            c.pods.erase(pid)
+            del ps
+            raise
+        ps.last_seen = now
+        if self.pod_refs[pid] == 0:
+            self.live_pods += 1
+        self.pod_refs[pid] += 1
+        return ps
+
+    cdef void _delete_pod_state(self, PodState* ps, uint32_t pid) noexcept:
+        self.hot_ctx = NULL
+        del ps
+        self.pod_refs[pid] -= 1
+        if self.pod_refs[pid] == 0:
+            self.live_pods -= 1
+            self.released.push_back(pid)  # reserved by _new_pod_state
+
+    cdef inline Ctx* _find_ctx(self, str model, lora) noexcept:
+        cdef PyObject* loras = PyDict_GetItem(self._contexts, model)
+        if loras is NULL:
+            return NULL
+        cdef PyObject* found = PyDict_GetItem(<object>loras, lora)
+        if found is NULL:
+            return NULL
+        return <Ctx*>PyLong_AsVoidPtr(<object>found)
+
+    cdef inline void _touch(self, Ctx* c) noexcept:
+        """c becomes the most recently used context (D5)."""
+        if c == self.newest:
+            return
+        self._unlist(c)
+        c.older = self.newest
+        c.newer = NULL
+        if self.newest != NULL:
+            self.newest.newer = c
+        self.newest = c
+        if self.oldest == NULL:
+            self.oldest = c
+
+    cdef inline void _unlist(self, Ctx* c) noexcept:
+        if c.older != NULL:
+            c.older.newer = c.newer
+        else:
+            self.oldest = c.newer
+        if c.newer != NULL:
+            c.newer.older = c.older
+        else:
+            self.newest = c.older
+        c.older = c.newer = NULL
+
+    cdef Ctx* _new_ctx(self, str model, lora, double now) except NULL:
+        cdef Ctx* c
+        key = (model, lora)
+        loras = self._contexts.get(model)
+        if loras is None:
+            loras = {}
+        c = new Ctx(self.pool, LOAD_FACTOR)
+        try:
+            loras[lora] = PyLong_FromVoidPtr(c)
+            self._contexts[model] = loras
+        except BaseException:
+            if not loras:
+                self._contexts.pop(model, None)
+            del c
+            raise
+        if self.n_contexts >= self.max_contexts:  # SPEC 5: the least recently used context goes at once
+            self._drop_ctx(self.oldest)
+            self.n[N_EVICTED_CONTEXTS] += 1
+        c.key = <PyObject*>key
+        Py_INCREF(key)
+        c.last_access = now
+        self.n_contexts += 1
+        c.older = self.newest
+        if self.newest != NULL:
+            self.newest.newer = c
+        self.newest = c
+        if self.oldest == NULL:
+            self.oldest = c
+        return c
+
+    cdef void _clear_ctx(self, Ctx* c) noexcept:
+        """Free everything a context holds; the context itself stays linked."""
+        cdef PodMap.iterator it = c.pods.begin()
+        while it != c.pods.end():
+            self._delete_pod_state(deref(it).second, deref(it).first)
+            inc(it)
+        c.pods.clear()
+        c.prefixes.clear()
+        c.multi.clear()
+        c.multi_free.clear()
+
+    cdef void _unlink_ctx(self, Ctx* c) noexcept:
+        self.hot_ctx = NULL
+        model, lora = <object>c.key
+        loras = <dict>self._contexts[model]
+        del loras[lora]
+        if not loras:
+            del self._contexts[model]
+        self._unlist(c)
+        self.n_contexts -= 1
+        Py_DECREF(<object>c.key)
+        del c
+
+    cdef void _drop_ctx(self, Ctx* c) noexcept:
+        self._clear_ctx(c)
+        self._unlink_ctx(c)
+
+    cdef inline void _drop_if_empty(self, Ctx* c) noexcept:
+        if c.prefixes.size() == 0:  # a context lives while it holds something (D2)
+            self._drop_ctx(c)
+
+    cdef PodState* _context_and_pod(self, str model, lora, str pod, double now, Ctx* c, PodState* ps,
+                                    uint32_t pid, Ctx** ctx_out, uint32_t* pid_out) except NULL:
+        """The context and the pod's state in it, made if missing; c/ps/pid: what the caller already
+        found (NULL / NO_POD when it did not look)."""
+        if c == NULL:
+            c = self._find_ctx(model, lora)
+        if c == NULL:
+            c = self._new_ctx(model, lora, now)
+            ps = NULL
+        else:
+            self._touch(c)
+            c.last_access = now
+        ctx_out[0] = c
+        if pid == NO_POD:
+            pid = self._intern(pod)
+        cdef PodMap.iterator it
+        if ps == NULL:
+            it = c.pods.find(pid)
+            if it == c.pods.end():
+                ps = self._new_pod_state(c, pid, now)
+            else:
+                ps = deref(it).second
+        ps.last_seen = now
+        pid_out[0] = pid
+        return ps
+
+    cdef void _repair(self, Ctx* c, uint32_t pid) noexcept:
+        """After a MemoryError part-way through a store: no empty pod state or context is left (D2)."""
+        cdef PodMap.iterator it
+        self.hot_ctx = NULL
+        if c == NULL:
+            return
+        it = c.pods.find(pid)
+        if it != c.pods.end() and deref(it).second.held == 0:
+            self._delete_pod_state(deref(it).second, pid)
+            c.pods.erase(it)
+        self._drop_if_empty(c)
+
+    # -- entries (in a section) --------------------------------------------------------------------
+
+    cdef int _drop_entry(self, Ctx* c, uint64_t prefix, uint32_t pid, PodState* ps) except -1:
+        cdef PrefixMap.iterator it = c.prefixes.find(prefix)
+        if it == c.prefixes.end():
+            return 0
+        if entry_remove(c, &deref(it).second, pid):
+            ps.held -= 1
+            if deref(it).second.pods == NO_POD:
+                c.prefixes.erase(it)
+        return 0
+
+    cdef int _drop_pod(self, Ctx* c, uint32_t pid) except -1:
+        """Remove every entry of the pod in this context, and its state."""
+        cdef PodMap.iterator found = c.pods.find(pid)
+        cdef PodState* ps
+        cdef EngineMap.iterator eit
+        cdef PrefixMap.iterator it
+        if found == c.pods.end():
+            return 0
+        ps = deref(found).second
+        # Entries reached through the engine map first (the usual case: no full scan) ...
+        eit = ps.engine.begin()
+        while ps.held and eit != ps.engine.end():
+            self._drop_entry(c, deref(eit).second, pid, ps)
+            inc(eit)
+        # ... then any made by add_prefix, which have no engine hash.
+        it = c.prefixes.begin()
+        while ps.held and it != c.prefixes.end():
+            if entry_remove(c, &deref(it).second, pid):
+                ps.held -= 1
+                if deref(it).second.pods == NO_POD:
+                    it = c.prefixes.erase(it)
+                    continue
+            inc(it)
+        c.pods.erase(found)
+        self._delete_pod_state(ps, pid)
+        return 0
+
+    cdef int _place(self, Ctx* c, PodState* ps, uint32_t pid, const uint64_t* prefixes,
+                    const uint64_t* engines, size_t n) except -1:
+        """Store n chained prefixes for the pod (engines: their engine hashes, or NULL for add_prefix).
+        Each block is placed whole or not at all, so a MemoryError leaves a shorter, valid chain."""
+        cdef size_t i
+        cdef uint64_t p, tick
+        cdef pair[EngineMap.iterator, bint] einserted
+        cdef pair[PrefixMap.iterator, bint] inserted
+        cdef Entry fresh
+        if c.next_tick + n >= RENUMBER_AT:
+            renumber(c)
+        tick = c.next_tick
+        c.next_tick += n
+        fresh.pods = pid
+        for i in range(n):
+            p = prefixes[i]
+            if engines != NULL:
+                einserted = ps.engine.try_emplace(engines[i], p)
+                if not einserted.second and deref(einserted.first).second != p:
+                    if holds(c, deref(einserted.first).second, pid):
+                        # a known engine hash with new content replaces its old entry (D3)
+                        self._drop_entry(c, deref(einserted.first).second, pid, ps)
+                    deref(einserted.first).second = p
+            # block 0 gets the newest tick, so a trim drops the tails of chains first (D4)
+            fresh.tick = <uint32_t>(tick + n - 1 - i)
+            inserted = c.prefixes.try_emplace(p, fresh)
+            if inserted.second:
+                ps.held += 1
+            else:
+                if entry_add(c, &deref(inserted.first).second, pid):
+                    ps.held += 1
+                deref(inserted.first).second.tick = fresh.tick
+        if c.prefixes.size() > self.max_prefixes:
+            self._trim(c)
+        return 0
+
+    cdef int _trim(self, Ctx* c) except -1:
+        """SPEC 5 / D4: drop the prefixes with the oldest ticks until max - max // 4 remain."""
+        cdef size_t target = self.max_prefixes - self.max_prefixes // 4
+        cdef size_t k = c.prefixes.size() - target, j
+        cdef vector[pair[uint32_t, uint64_t]] order
+        cdef PrefixMap.iterator it = c.prefixes.begin()
+        cdef Entry* e
+        cdef vector[uint32_t]* v
+        cdef uint32_t pod
+        cdef PodMap.iterator pit
+        cdef vector[uint32_t] gone
+        cdef EngineMap.iterator eit
+        order.reserve(c.prefixes.size())  # the allocations come first: a MemoryError changes nothing
+        gone.reserve(c.pods.size())
+        while it != c.prefixes.end():
+            order.push_back(pair[uint32_t, uint64_t](deref(it).second.tick, deref(it).first))
+            inc(it)
+        nth_element(order.begin(), order.begin() + k, order.end())
+        for j in range(k):
+            it = c.prefixes.find(order[j].second)
+            e = &deref(it).second
+            if is_multi(e.pods):
+                v = pod_list(c, e.pods)
+                for pod in deref(v):
+                    deref(c.pods.find(pod)).second.held -= 1
+                release_list(c, e.pods)
+            else:
+                deref(c.pods.find(e.pods)).second.held -= 1
+            c.prefixes.erase(it)
+        self.n[N_EVICTED_PREFIXES] += k
+        # Each pod state forgets the engine hashes whose prefix it no longer holds (D3, memory bound).
+        pit = c.pods.begin()
+        while pit != c.pods.end():
+            pod = deref(pit).first
+            if deref(pit).second.held == 0:
+                gone.push_back(pod)
+            else:
+                eit = deref(pit).second.engine.begin()
+                while eit != deref(pit).second.engine.end():
+                    if holds(c, deref(eit).second, pod):
+                        inc(eit)
+                    else:
+                        eit = deref(pit).second.engine.erase(eit)
+            inc(pit)
+        for pod in gone:
+            pit = c.pods.find(pod)
+            self._delete_pod_state(deref(pit).second, pod)
+            c.pods.erase(pit)
+        return 0
+
+    # -- hashing -----------------------------------------------------------------------------------
+
+    cdef object _token_bytes(self, tokens, const uint8_t** data, size_t* nbytes):
+        """Point data at the query's token bytes; returns the object that owns them (keep it alive)."""
+        if not self.built:
+            raise RuntimeError(_UNBUILT)
+        if type(tokens) is bytes:
+            data[0] = <const uint8_t*>PyBytes_AS_STRING(tokens)
+            nbytes[0] = PyBytes_GET_SIZE(tokens)
+            return tokens
+        if not cnp.PyArray_CheckExact(tokens) or cnp.PyArray_TYPE(<cnp.ndarray>tokens) != cnp.NPY_UINT8 \
+                or cnp.PyArray_NDIM(<cnp.ndarray>tokens) != 1 \
+                or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>tokens):
+            tokens = query_token_bytes(tokens)  # the shared path: same conversions and errors as _core_py
+            if type(tokens) is bytes:
+                return self._token_bytes(tokens, data, nbytes)
+        data[0] = <const uint8_t*>cnp.PyArray_DATA(<cnp.ndarray>tokens)
+        nbytes[0] = <size_t>cnp.PyArray_DIM(<cnp.ndarray>tokens, 0)
+        return tokens
+
+    cdef void _hash_chain(self, const uint8_t* data, size_t n, uint64_t parent, uint64_t* out) noexcept:
+        """Hash n chained blocks into out; without the GIL when that is long enough to be worth it.
+        Never in a section: the memory is the caller's own."""
+        if n * self.block_bytes >= NOGIL_BYTES:
+            with nogil:
+                hash_chain(data, n, self.block_bytes, self.seed, parent, out)
+        else:
+            hash_chain(data, n, self.block_bytes, self.seed, parent, out)
+
+    def get_prefix_hashes(self, tokens):
+        """The query's prefix hashes (SPEC, "The prefix hash chain"), one per whole block."""
+        cdef const uint8_t* data
+        cdef size_t nbytes
+        owner = self._token_bytes(tokens, &data, &nbytes)
+        cdef cnp.npy_intp n = nbytes // self.block_bytes
+        cdef cnp.ndarray out = cnp.PyArray_EMPTY(1, &n, cnp.NPY_UINT64, 0)
+        self._hash_chain(data, n, self.seed, <uint64_t*>cnp.PyArray_DATA(out))
+        return out
+
+    # -- events ------------------------------------------------------------------------------------
+
+    def process_block_stored(self, event):
+        """Index the event's chained blocks for its pod (SPEC 1); an unknown parent is an orphan."""
+        if type(event) is not BlockStoredType and not isinstance(event, BlockStoredType):
+            raise TypeError(f"process_block_stored takes a BlockStored, not {type(event).__name__}")
+        cdef _Stored ev = _Stored.__new__(_Stored)
+        ev.read(event, self.block_bytes, self.block_size)
+        cdef double now = self._now()
+        cdef vector[uint64_t] hashes
+        hashes.resize(ev.n)  # before any section: a MemoryError here changes nothing
+        cdef uint64_t parent = 0
+        cdef int mode = DEFER if ev.n * self.block_bytes >= NOGIL_BYTES else NOW
+        self._begin()
+        try:
+            self.n[N_STORED_EVENTS] += 1
+            if self._apply_stored(ev, now, hashes.data(), mode, &parent) == 0:
+                return
+        finally:
+            self._end()
+        while True:  # a long event: hashed without the GIL, placed if its parent is still what it was
+            with nogil:
+                hash_chain(<const uint8_t*>cnp.PyArray_DATA(<cnp.ndarray>ev.tokens), ev.n, self.block_bytes,
+                           self.seed, parent, hashes.data())
+            self._begin()
+            try:
+                if self._apply_stored(ev, now, hashes.data(), HASHED, &parent) == 0:
+                    return
+            finally:
+                self._end()
+
+    cdef int _apply_stored(self, _Stored ev, double now, uint64_t* hashes, int mode, uint64_t* parent_io) except -1:
+        """SPEC 1, in a section. NOW: hash and place. DEFER: find the parent, and if the event can be
+        placed return 1 with *parent_io set, to be hashed without the GIL. HASHED: hashes were computed
+        from *parent_io; place them, or return 1 with the new parent if it changed meanwhile (D3)."""
+        cdef str model = ev.model, pod = ev.pod
+        lora = ev.lora
+        cdef Ctx* c
+        cdef PodState* ps = NULL
+        cdef uint32_t pid = NO_POD
+        cdef uint64_t parent
+        cdef EngineMap.iterator eit
+        cdef PodMap.iterator found
+        cdef size_t n = ev.n
+        if self.hot_ctx != NULL and model is self.hot_model and lora is self.hot_lora and pod is self.hot_pod:
+            c, ps, pid = self.hot_ctx, self.hot_ps, self.hot_pid
+            ps.last_seen = now
+        else:
+            c = self._find_ctx(model, lora)
+            if c != NULL:
+                pid = self._pod_id(pod)
+                if pid != NO_POD:
+                    found = c.pods.find(pid)
+                    if found != c.pods.end():
+                        ps = deref(found).second
+                        ps.last_seen = now  # any event from a pod shows it is alive here (D6)
+        parent = self.seed
+        if ev.has_parent:
+            if ps == NULL:
+                self.n[N_ORPHANS] += n
+                return 0
+            eit = ps.engine.find(ev.parent)
+            if eit == ps.engine.end() or not holds(c, deref(eit).second, pid):
+                # SPEC 1: an unknown parent cannot be placed; neither can anything chained after it
+                self.n[N_ORPHANS] += n
+                return 0
+            parent = deref(eit).second
+        if n == 0:
+            return 0
+        if mode == DEFER or (mode == HASHED and parent != parent_io[0]):
+            parent_io[0] = parent
+            return 1
+        if mode == NOW:
+            hash_chain(<const uint8_t*>cnp.PyArray_DATA(<cnp.ndarray>ev.tokens), n, self.block_bytes, self.seed,
+                       parent, hashes)
+        ps = self._context_and_pod(model, lora, pod, now, c, ps, pid, &c, &pid)
+        try:
+            self._place(c, ps, pid, hashes, <const uint64_t*>cnp.PyArray_DATA(<cnp.ndarray>ev.hashes), n)
+        except BaseException:
+            self._repair(c, pid)
+            raise
+        self.n[N_BLOCKS_STORED] += n
+        if c.pods.count(pid):  # still there after a trim: remember where this pod's events go
+            if self.hot_model is not model:
+                self.hot_model = model
+            if self.hot_lora is not lora:
+                self.hot_lora = lora
+            if self.hot_pod is not pod:
+                self.hot_pod = pod
+            self.hot_ctx, self.hot_ps, self.hot_pid = c, ps, pid
+        return 0
+
+    def process_block_removed(self, event):
+        """Forget the event's blocks for its pod, or for every pod when source_pod is "" (SPEC 2)."""
+        if type(event) is not BlockRemovedType and not isinstance(event, BlockRemovedType):
+            raise TypeError(f"process_block_removed takes a BlockRemoved, not {type(event).__name__}")
+        fields = _removed(event)
+        cdef double now = self._now()
+        self._begin()
+        try:
+            self._apply_removed(fields, now)
+        finally:
+            self._end()
+
+    cdef int _apply_removed(self, tuple fields, double now) except -1:
+        engine_arr, model, lora, pod_obj = fields
+        cdef str pod = pod_obj
+        cdef size_t n = <size_t>cnp.PyArray_DIM(<cnp.ndarray>engine_arr, 0)
+        cdef const uint64_t* engines = <const uint64_t*>cnp.PyArray_DATA(<cnp.ndarray>engine_arr)
+        cdef Ctx* c
+        cdef uint32_t pid
+        cdef vector[pair[uint32_t, PodStatePtr]] targets
+        cdef PodMap.iterator found
+        self.n[N_REMOVED_EVENTS] += 1
+        c = self._find_ctx(model, lora)
+        if c == NULL:
+            return 0
+        if len(pod):
+            pid = self._pod_id(pod)
+            if pid != NO_POD:
+                found = c.pods.find(pid)
+                if found != c.pods.end():
+                    deref(found).second.last_seen = now
+                    targets.push_back(pair[uint32_t, PodStatePtr](deref(found).first, deref(found).second))
+        else:  # SPEC 2: an empty source_pod removes the blocks for every pod that reported them
+            targets.reserve(c.pods.size())
+            found = c.pods.begin()
+            while found != c.pods.end():
+                targets.push_back(pair[uint32_t, PodStatePtr](deref(found).first, deref(found).second))
+                inc(found)
+        self.n[N_BLOCKS_REMOVED] += self._remove_blocks(c, &targets, engines, n)
+        self._drop_if_empty(c)
+        return 0
+
+    cdef uint64_t _remove_blocks(self, Ctx* c, vector[pair[uint32_t, PodStatePtr]]* targets,
+                                 const uint64_t* engines, size_t n) except? 0xFFFFFFFFFFFFFFFF:
+        cdef uint64_t p, removed = 0
+        cdef size_t i, t
+        cdef uint32_t pid
+        cdef PodState* ps
+        cdef EngineMap.iterator eit
+        for t in range(targets.size()):
+            pid = deref(targets)[t].first
+            ps = deref(targets)[t].second
+            for i in range(n):
+                eit = ps.engine.find(engines[i])
+                if eit == ps.engine.end():
+                    continue
+                p = deref(eit).second
+                ps.engine.erase(eit)
+                if holds(c, p, pid):
+                    self._drop_entry(c, p, pid, ps)
+                    removed += 1
+            if ps.held == 0:
+                c.pods.erase(pid)
+                self._delete_pod_state(ps, pid)
+        return removed
+
+    def process_all_blocks_cleared(self, event):
+        """Forget every entry of the pod, in the contexts the event names (SPEC 3)."""
+        if type(event) is not AllBlocksClearedType and not isinstance(event, AllBlocksClearedType):
+            raise TypeError(f"process_all_blocks_cleared takes an AllBlocksCleared, not {type(event).__name__}")
+        fields = cleared_fields(event)
+        self._begin()
+        try:
+            self._apply_cleared(fields)
+        finally:
+            self._end()
+
+    cdef int _apply_cleared(self, tuple fields) except -1:
+        pod, model, lora = fields
+        cdef uint32_t pid
+        cdef Ctx* c
+        cdef vector[CtxPtr] hit
+        self.n[N_CLEARED_EVENTS] += 1
+        pid = self._pod_id(pod)
+        if pid == NO_POD:
+            return 0
+        c = self.oldest
+        while c != NULL:
+            if c.pods.count(pid) and (model is None or (<tuple>c.key)[0] == model) \
+                    and (lora is None or (<tuple>c.key)[1] == lora):
+                hit.push_back(c)
+            c = c.newer
+        for c in hit:
+            self._drop_pod(c, pid)
+            self._drop_if_empty(c)
+        return 0
+
+    def process_events(self, events):
+        """Apply a sequence of BlockStored / BlockRemoved / AllBlocksCleared in order, as the three
+        methods would one by one, in one critical section. Every event is checked first: a bad one is
+        an error naming its position, and nothing of the batch is applied."""
+        batch = batch_list(events)
+        cdef list checked = []
+        cdef _Stored ev
+        cdef Py_ssize_t i
+        cdef size_t longest = 0
+        for i in range(len(batch)):
+            event = batch[i]
+            t = type(event)
+            if t is BlockStoredType or (t is not BlockRemovedType and t is not AllBlocksClearedType
+                                        and isinstance(event, BlockStoredType)):
+                ev = _Stored.__new__(_Stored)
+                try:
+                    ev.read(event, self.block_bytes, self.block_size)
+                except (TypeError, ValueError):
+                    batch_event_fields(i, event, self.block_size)  # raises the positioned error
+                    raise
+                if ev.n > longest:
+                    longest = ev.n
+                checked.append(ev)
+            elif t is BlockRemovedType or isinstance(event, BlockRemovedType):
+                try:
+                    checked.append(_removed(event))
+                except (TypeError, ValueError):
+                    batch_event_fields(i, event, self.block_size)
+                    raise
+            else:
+                checked.append(batch_event_fields(i, event, self.block_size)[1])  # cleared, or the error
+        cdef double now = self._now()
+        cdef vector[uint64_t] hashes
+        hashes.resize(longest)
+        cdef uint64_t parent = 0
+        self._begin()
+        try:
+            for item in checked:
+                if type(item) is _Stored:
+                    self.n[N_STORED_EVENTS] += 1
+                    self._apply_stored(<_Stored>item, now, hashes.data(), NOW, &parent)
+                elif len(<tuple>item) == 4:
+                    self._apply_removed(<tuple>item, now)
+                else:
+                    self._apply_cleared(<tuple>item)
+        finally:
+            self._end()
+
+    # -- direct prefix API (AIBrix's AddPrefix / RemovePrefix) ---------------------------------------
+
+    def add_prefix(self, model_name, lora_id, pod, prefix_hashes):
+        """Record that ``pod`` holds these prefix hashes (as a router does after sending it a request)."""
+        model, lora = _check_context(model_name, lora_id)
+        cdef str name = check_pod(pod, "pod")
+        arr = hash_array(prefix_hashes, "prefix_hashes")
+        cdef size_t n = len(arr)
+        cdef double now = self._now()
+        if n == 0:
+            return
+        cdef const uint64_t[::1] hashes = arr
+        cdef Ctx* c = NULL
+        cdef PodState* ps
+        cdef uint32_t pid = NO_POD
+        self._begin()
+        try:
+            ps = self._context_and_pod(model, lora, name, now, NULL, NULL, NO_POD, &c, &pid)
+            try:
+                self._place(c, ps, pid, &hashes[0], NULL, n)
+            except BaseException:
+                self._repair(c, pid)
+                raise
+        finally:
+            self._end()
+
+    def remove_prefix(self, model_name, lora_id, pod):
+        """Forget every prefix ``pod`` holds in the context (AIBrix's RemovePrefix)."""
+        model, lora = _check_context(model_name, lora_id)
+        cdef str name = check_pod(pod, "pod")
+        cdef Ctx* c
+        cdef uint32_t pid
+        self._begin()
+        try:
+            c = self._find_ctx(model, lora)
+            if c == NULL:
+                return
+            pid = self._pod_id(name)
+            if pid != NO_POD:
+                self._drop_pod(c, pid)
+            self._drop_if_empty(c)
+        finally:
+            self._end()
+
+    # -- queries -----------------------------------------------------------------------------------
+
+    def match_prefix(self, model_name, lora_id, tokens, ready_pods=None):
+        """pod -> percent of the query's blocks it holds from block 0 on, and the query's prefix hashes."""
+        return self._query(model_name, lora_id, tokens, ready_pods, PERCENT)
+
+    def match_blocks(self, model_name, lora_id, tokens, ready_pods=None):
+        """pod -> number of the query's blocks it holds from block 0 on."""
+        return self._query(model_name, lora_id, tokens, ready_pods, BLOCKS)
+
+    def match(self, model_name, lora_id, tokens, ready_pods=None):
+        """pod -> number of the query's blocks it holds from block 0 on, and the query's prefix hashes:
+        what match_blocks and match_prefix say, from one walk and one recency update."""
+        return self._query(model_name, lora_id, tokens, ready_pods, BLOCKS_AND_HASHES)
+
+    cdef object _query(self, model_name, lora_id, tokens, ready_pods, int kind):
+        # Everything that may run Python code comes first: names, the tokens' conversion, the ready_pods
+        # iterator, the clock. Then one section.
+        model, lora = _check_context(model_name, lora_id)
+        cdef const uint8_t* data
+        cdef size_t nbytes, hashed = 0, prehashed = 0
+        owner = self._token_bytes(tokens, &data, &nbytes)
+        ready = _ready_names(ready_pods)
+        cdef double now = self._now()
+        cdef cnp.npy_intp n = nbytes // self.block_bytes
+        cdef cnp.ndarray out = None
+        cdef vector[uint64_t] scratch
+        cdef uint64_t* h
+        if kind == BLOCKS:
+            scratch.resize(n)
+            h = scratch.data()
+        else:
+            out = cnp.PyArray_EMPTY(1, &n, cnp.NPY_UINT64, 0)
+            h = <uint64_t*>cnp.PyArray_DATA(out)
+        if nbytes >= NOGIL_BYTES:
+            # Long: hash it all without the GIL first (the query's memory is ours), then walk.
+            self._hash_chain(data, n, self.seed, h)
+            prehashed = n
+        self._begin()
+        try:
+            result = self._match(model, lora, data, h, n, prehashed, ready, kind == PERCENT, now, &hashed)
+        finally:
+            self._end()
+        if kind == BLOCKS:
+            return result
+        if hashed < <size_t>n:  # the walk stopped early; every hash is returned
+            self._hash_chain(data + hashed * self.block_bytes, n - hashed, h[hashed - 1] if hashed else self.seed,
+                             h + hashed)
+        return result, out
+
+    cdef dict _match(self, str model, lora, const uint8_t* data, uint64_t* h, size_t n, size_t prehashed, ready,
+                     bint percent, double now, size_t* hashed):
+        """The walk of SPEC 4, in a section. The result is built here, while the pod ids it names
+        cannot be recycled (the collector is paused: building it runs no Python code)."""
+        cdef Ctx* c
+        cdef PodVec ready_ids
+        cdef bint filter_ready = ready is not None
+        cdef RunVec found
+        cdef EntryVec touched
+        cdef size_t depth, i
+        cdef uint64_t tick
+        cdef PyObject* known
+        cdef dict result = {}
+        self.n[N_MATCHES] += 1
+        hashed[0] = prehashed
+        c = self._find_ctx(model, lora)
+        if c == NULL:
+            return result
+        if filter_ready:
+            for name in ready:
+                known = PyDict_GetItem(self._pod_ids, name)
+                if known is not NULL:
+                    ready_ids.push_back(<uint32_t>(<object>known))
+            sort(ready_ids.begin(), ready_ids.end())
+        depth = walk(c, h, n, data, self.block_bytes, self.seed, prehashed,
+                     &ready_ids if filter_ready else NULL, &found, &touched, hashed)
+        # the matched blocks were used just now; block 0 gets the newest tick (D4)
+        if c.next_tick + depth >= RENUMBER_AT:
+            renumber(c)
+        tick = c.next_tick
+        c.next_tick += depth
+        for i in range(depth):
+            touched[i].tick = <uint32_t>(tick + depth - 1 - i)
+        self._touch(c)
+        c.last_access = now
+        for i in range(found.size()):
+            result[self._pod_names[found[i].pod]] = found[i].blocks * 100 // n if percent else found[i].blocks
+        return result
+
+    # -- maintenance -------------------------------------------------------------------------------
+
+    def evict_now(self):
+        """Run the staleness pass of SPEC 6 now; returns what it evicted.
+
+        Each context is its own section, and other threads get the GIL every EVICT_YIELD_EVERY
+        contexts, so a long pass does not stall the request path."""
+        cdef double now = self._now()
+        cdef Ctx* c
+        cdef size_t n_contexts = 0, n_pods = 0, done = 0
+        cdef vector[uint32_t] stale
+        cdef PodMap.iterator it
+        cdef uint32_t pid
+        self._begin()
+        try:
+            keys = []
+            c = self.oldest
+            while c != NULL:
+                keys.append(<object>c.key)
+                c = c.newer
+        finally:
+            self._end()
+        for model, lora in keys:
+            self._begin()
+            try:
+                c = self._find_ctx(model, lora)
+                if c == NULL:
+                    continue
+                if now - c.last_access > self.stale_after:
+                    self._drop_ctx(c)
+                    self.n[N_EVICTED_CONTEXTS] += 1
+                    n_contexts += 1
+                    continue
+                stale.clear()
+                it = c.pods.begin()
+                while it != c.pods.end():
+                    if now - deref(it).second.last_seen > self.stale_after:
+                        stale.push_back(deref(it).first)
+                    inc(it)
+                for pid in stale:
+                    self._drop_pod(c, pid)
+                self.n[N_EVICTED_PODS] += stale.size()
+                n_pods += stale.size()
+                self._drop_if_empty(c)
+            finally:
+                self._end()
+            done += 1
+            if done % EVICT_YIELD_EVERY == 0:
+                with nogil:
+                    pass  # let other threads have the GIL between contexts
+        return {"contexts": n_contexts, "pods": n_pods}
+
+    def stats(self):
+        """Sizes and running totals (STAT_KEYS): contexts, prefixes, entries, pods, events by kind, blocks
+        stored/removed, orphan blocks, matches, and evicted contexts, pods and prefixes."""
+        cdef size_t prefixes = 0, entries = 0
+        cdef Ctx* c
+        cdef PodMap.iterator it
+        cdef int i
+        self._begin()
+        try:
+            c = self.oldest
+            while c != NULL:
+                prefixes += c.prefixes.size()
+                it = c.pods.begin()
+                while it != c.pods.end():
+                    entries += deref(it).second.held
+                    inc(it)
+                c = c.newer
+            out = {"contexts": self.n_contexts, "prefixes": prefixes, "entries": entries, "pods": self.live_pods}
+            for i in range(N_COUNTERS):
+                out[COUNTER_KEYS[i]] = self.n[i]
+        finally:
+            self._end()
+        return out
+
+    def snapshot(self):
+        """Everything the index holds: {(model, lora_id): {prefix hash: frozenset(pods)}}."""
+        cdef Ctx* c
+        cdef PrefixMap.iterator it
+        cdef Entry* e
+        cdef uint32_t pod
+        out = {}
+        self._begin()
+        try:
+            c = self.oldest
+            while c != NULL:
+                prefixes = {}
+                it = c.prefixes.begin()
+                while it != c.prefixes.end():
+                    e = &deref(it).second
+                    if is_multi(e.pods):
+                        prefixes[deref(it).first] = frozenset([self._pod_names[pod]
+                                                               for pod in deref(pod_list(c, e.pods))])
+                    else:
+                        prefixes[deref(it).first] = frozenset([self._pod_names[e.pods]])
+                    inc(it)
+                out[<object>c.key] = prefixes
+                c = c.newer
+        finally:
+            self._end()
+        return out
+
+    def _debug_set_next_tick(self, model_name, lora_id, uint64_t value):
+        """Tests only: move a context's tick counter (to exercise the 32-bit renumbering)."""
+        cdef Ctx* c
+        self._begin()
+        try:
+            c = self._find_ctx(model_name, lora_id)
+            if c == NULL:
+                raise KeyError((model_name, lora_id))
+            c.next_tick = value
+        finally:
+            self._end()
+
+    def _debug_memory(self):
+        """Bytes the node pool has reserved and nodes in use, and bucket bytes (for the memory tests)."""
+        cdef Ctx* c
+        cdef size_t buckets = 0
+        cdef PodMap.iterator it
+        self._begin()
+        try:
+            c = self.oldest
+            while c != NULL:
+                buckets += c.prefixes.bucket_count()
+                it = c.pods.begin()
+                while it != c.pods.end():
+                    buckets += deref(it).second.engine.bucket_count()
+                    inc(it)
+                c = c.newer
+            return {"pool_bytes": self.pool.reserved_bytes(), "pool_nodes": self.pool.live(),
+                    "bucket_bytes": buckets * sizeof(void*), "pod_ids": len(self._pod_names),
+                    "free_pod_ids": self.free_ids.size()}
+        finally:
+            self._end()

@@ -17,7 +17,7 @@ import dataclasses
 import math
 import os
 import struct
-from typing import IO, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import IO, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Type, TypeVar, Union
 
 import numpy as np
 import xxhash
@@ -47,6 +47,7 @@ _U8, _U32, _U64 = struct.Struct("<B"), struct.Struct("<I"), struct.Struct("<Q")
 _U64_MAX = 2**64 - 1
 _READ_CHUNK = 1 << 24  # a length field is never trusted with one allocation: read at most 16 MiB at once
 
+T = TypeVar("T")
 File = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]", IO[bytes]]
 
 
@@ -314,7 +315,7 @@ def _decode_config(payload: bytes) -> Tuple[Config, Dict[str, int], Tuple[int, i
         (counters[name],) = cur.unpack(_U64)
     totals = cur.unpack(_TOTALS)
     cur.finish()
-    return config, {name: counters.get(name, 0) for name in COUNTER_NAMES}, totals  # type: ignore[return-value]
+    return config, {name: counters.get(name, 0) for name in COUNTER_NAMES}, (totals[0], totals[1], totals[2])
 
 
 def _decode_context(payload: bytes, label: str) -> Dict[str, Any]:
@@ -583,7 +584,7 @@ def save_table(table: Any, file: File, extra: bytes = b"") -> None:
 def read_snapshot(file: File) -> Tuple[Dict[str, Any], bytes, int]:
     """(state, extra, size in bytes) of the snapshot in a path or at a binary stream's position."""
     if _is_path(file):
-        with open(file, "rb") as stream:  # a missing path is the OSError of open()
+        with open(file, "rb") as stream:  # type: ignore[arg-type]  # a missing path is open()'s OSError
             reader = _Reader(stream)
             state, extra = decode(reader)
             if stream.read(1):
@@ -596,16 +597,16 @@ def read_snapshot(file: File) -> Tuple[Dict[str, Any], bytes, int]:
     return state, extra, reader.offset
 
 
-def load_table_and_extra(cls: Any, file: File, overrides: Mapping[str, Any]) -> Tuple[Any, bytes]:
+def load_table_and_extra(cls: Type[T], file: File, overrides: Mapping[str, Any]) -> Tuple[T, bytes]:
     """A new ``cls`` table from a snapshot, and the snapshot's extra bytes (b"" when it has none)."""
     table_kw, config, fields = _split_overrides(overrides)
     state, extra, _ = read_snapshot(file)
     final = resolve_load_config(state["config"], config, fields)
     state = apply_bounds(state, final)
-    return cls._from_state(state, config=final, **table_kw), extra
+    return cls._from_state(state, config=final, **table_kw), extra  # type: ignore[attr-defined]
 
 
-def load_table(cls: Any, file: File, overrides: Mapping[str, Any]) -> Any:
+def load_table(cls: Type[T], file: File, overrides: Mapping[str, Any]) -> T:
     """``cls.load(file, **overrides)``."""
     return load_table_and_extra(cls, file, overrides)[0]
 

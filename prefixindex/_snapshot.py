@@ -5,10 +5,8 @@ arrays in recency order) and build a table back from it (``cls._from_state(state
 of a snapshot depend only on what the index holds, never on the backend that wrote it. Everything that
 can be wrong with an input is found here, before ``_from_state`` is called: a bad file builds nothing.
 The checks that a backend's ``_from_state`` may rely on are listed in docs/snapshot.md ("What a loader
-guarantees") and implemented by ``_check_context``.
-
-The encoding is numpy bulk conversions per context (no Python loop per entry), which is what keeps a
-10^6-entry snapshot within the save/load targets of issue 12 once a backend exports quickly.
+guarantees") and implemented by ``_check_context``. The encoding is numpy bulk conversions per context
+(no Python loop per entry): that keeps 10^6 entries within issue 12's save/load targets.
 """
 
 from __future__ import annotations
@@ -22,8 +20,7 @@ from typing import IO, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Type
 import numpy as np
 import xxhash
 
-from ._config import Config
-from ._config import COUNTER_KEYS
+from ._config import COUNTER_KEYS, Config
 
 __all__ = ["MAGIC", "VERSION", "SnapshotError", "decode", "encode", "load_table", "load_table_and_extra",
            "read_extra", "read_snapshot", "save_table"]
@@ -67,16 +64,13 @@ def _corrupted(what: str) -> SnapshotError:
     return SnapshotError("corrupted", f"corrupted prefixindex snapshot: {what}")
 
 
-def _check32(data: bytes) -> int:
+def _check32(data: bytes) -> int:  # the small checks of the header and the section headers
     return xxhash.xxh64_intdigest(data) & 0xFFFFFFFF
 
 
 def width_for(max_value: int) -> int:
     """Bytes per element of an array whose values are at most ``max_value`` (1, 2, 4 or 8)."""
-    for width in (1, 2, 4):
-        if max_value < 1 << (8 * width):
-            return width
-    return 8
+    return next((w for w in (1, 2, 4) if max_value < 1 << (8 * w)), 8)
 
 
 def _dtype(width: int) -> np.dtype:
@@ -336,10 +330,10 @@ def _decode_context(payload: bytes, label: str) -> Dict[str, Any]:
     escaped = index == (1 << (8 * width)) - 1
     if int(np.count_nonzero(escaped)) != n_stale:
         raise _corrupted(f"{label}: {n_stale} stale engine values announced, {np.count_nonzero(escaped)} escaped")
-    if n_engine and int(index[~escaped].max(initial=0)) >= max(n_prefixes, 1):
+    if int(index[~escaped].max(initial=0)) >= n_prefixes and not escaped.all():
         raise _corrupted(f"{label}: an engine value indexes past the context's prefixes")
     values = np.empty(n_engine, np.uint64)
-    values[~escaped] = prefixes[index[~escaped]] if n_prefixes else np.empty(0, np.uint64)
+    values[~escaped] = prefixes[index[~escaped]]
     values[escaped] = stale
     if n_stale and n_prefixes and np.isin(stale, prefixes).any():
         raise _corrupted(f"{label}: a stale engine value names a prefix of the context (not canonical)")
@@ -445,12 +439,10 @@ def resolve_load_config(saved: Config, config: Optional[Config], fields: Mapping
     """The loaded table's configuration: the snapshot's, replaced by ``config`` and then by ``fields``
     (D10's order). A seed of None means "the snapshot's"; a block size or seed that differs from the
     snapshot's is a ValueError, because the saved prefix hashes were computed with them."""
-    base = saved if config is None else dataclasses.replace(config, seed=saved.seed if config.seed is None
-                                                            else config.seed)
-    values = dict(fields)
-    if values.get("seed", 0) is None:
-        values["seed"] = saved.seed
-    final = dataclasses.replace(base, **values)  # Config validates: a bad value is a ValueError naming it
+    values: Dict[str, Any] = {"seed": saved.seed} if config is None or config.seed is None else {}
+    values.update((k, v) for k, v in fields.items() if not (k == "seed" and v is None))
+    # Config validates: a bad value is a ValueError naming the field
+    final = dataclasses.replace(saved if config is None else config, **values)
     for field in ("block_size", "seed"):
         if getattr(final, field) != getattr(saved, field):
             raise ValueError(f"load(): {field}={getattr(final, field)!r} differs from the snapshot's "
@@ -518,7 +510,7 @@ def _write_atomic(path: str, chunks: Sequence[bytes]) -> None:
     either the old snapshot or the whole new one, and a failure removes the temporary file."""
     directory, base = os.path.split(os.path.abspath(path))
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_CLOEXEC", 0)
-    for attempt in range(100):
+    for _ in range(100):
         tmp = os.path.join(directory, f".{base}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
         try:
             fd = os.open(tmp, flags, 0o666)  # 0o666 & ~umask, as a plain open() would create it
@@ -540,17 +532,14 @@ def _write_atomic(path: str, chunks: Sequence[bytes]) -> None:
         except OSError:
             pass
         raise
-    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable; not every file system allows it
-        try:
-            dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        except OSError:
-            return
+    try:  # make the rename itself durable; not every system or file system allows a directory fsync
+        dir_fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
         try:
             os.fsync(dir_fd)
-        except OSError:
-            pass
         finally:
             os.close(dir_fd)
+    except OSError:
+        pass
 
 
 def _write_stream(stream: Any, chunks: Sequence[bytes]) -> None:

@@ -15,7 +15,7 @@ import dataclasses
 import math
 import os
 import struct
-from typing import IO, Any, Dict, List, Mapping, Optional, Sequence, Tuple, Type, TypeVar, Union
+from typing import IO, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Type, TypeVar, Union
 
 import numpy as np
 import xxhash
@@ -586,13 +586,16 @@ def read_snapshot(file: File) -> Tuple[Dict[str, Any], bytes, int]:
     return state, extra, reader.offset
 
 
-def load_table_and_extra(cls: Type[T], file: File, overrides: Mapping[str, Any]) -> Tuple[T, bytes]:
-    """A new ``cls`` table from a snapshot, and the snapshot's extra bytes (b"" when it has none)."""
+def load_table_and_extra(cls: Type[T], file: File, overrides: Mapping[str, Any],
+                         decode_extra: Callable[[bytes], Any] = bytes) -> Tuple[T, Any]:
+    """A new ``cls`` table from a snapshot, and ``decode_extra`` of its extra bytes (b"" when it has
+    none), decoded before the table is built so that a bad extra section builds nothing either."""
     table_kw, config, fields = _split_overrides(overrides)
     state, extra, _ = read_snapshot(file)
+    decoded = decode_extra(extra)
     final = resolve_load_config(state["config"], config, fields)
     state = apply_bounds(state, final)
-    return cls._from_state(state, config=final, **table_kw), extra  # type: ignore[attr-defined]
+    return cls._from_state(state, config=final, **table_kw), decoded  # type: ignore[attr-defined]
 
 
 def load_table(cls: Type[T], file: File, overrides: Mapping[str, Any]) -> T:

@@ -29,7 +29,8 @@ from libcpp.vector cimport vector
 cimport numpy as cnp
 
 from prefixindex._native cimport (Ctx, CtxPtr, EngineMap, Entry, EntryVec, NodePool, PodMap, PodRun, PodState,
-                                  NO_POD, PodStatePtr, PodVec, PrefixMap, RunVec, gc_pause, gc_resume, kNodeSize,
+                                  NO_POD, PodStatePtr, PodVec, PrefixMap, RunVec, gc_pause, gc_resume, kMulti,
+                                  kNodeSize,
                                   monotonic_seconds, nth_element, sort)
 from prefixindex._entries cimport (entry_add, entry_has, entry_remove, holds, is_multi, pod_list,
                                    release_list, renumber, walk)
@@ -72,6 +73,15 @@ cdef uint64_t RENUMBER_AT = 1u << 31
 # From this many token bytes on, hashing runs without the GIL (docs/performance.md, "GIL"): below it,
 # handing the GIL over and back costs more than the hashing, and a second thread makes it a convoy.
 cdef size_t NOGIL_BYTES = 16384
+# A query's blocks are hashed this many at a time, then probed (_entries.walk, docs/performance.md).
+cdef size_t PROBE_CHUNK = 16
+
+
+def _debug_set_probe_chunk(size_t chunk):
+    """Benchmarks only: change how many blocks a query hashes before it probes them."""
+    global PROBE_CHUNK
+    PROBE_CHUNK = chunk if chunk else 1
+
 # evict_now lets other threads in (releases the GIL) after this many contexts.
 cdef size_t EVICT_YIELD_EVERY = 64
 

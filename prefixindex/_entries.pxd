@@ -13,7 +13,7 @@ from cython.operator cimport dereference as deref, preincrement as inc
 
 from prefixindex._native cimport (NO_POD, Ctx, Entry, EntryPtr, EntryVec, PodRun, PodVec, PrefixMap, RunVec,
                                   binary_search, kMulti, lower_bound, sort)
-from prefixindex._xxh64 cimport xxh64_link
+from prefixindex._xxh64 cimport hash_chain
 
 
 cdef inline bint is_multi(uint32_t pods) noexcept nogil:
@@ -149,46 +149,57 @@ cdef inline int keep_holders(Ctx* c, const Entry* e, PodVec* alive, RunVec* foun
 
 
 cdef inline Py_ssize_t walk(Ctx* c, uint64_t* h, size_t n, const uint8_t* data, size_t width, uint64_t seed,
-                            size_t prehashed, PodVec* ready, RunVec* found, EntryVec* touched,
+                            size_t prehashed, size_t chunk, PodVec* ready, RunVec* found, EntryVec* touched,
                             size_t* hashed) except -1:
     """SPEC 4: each ready pod's run of blocks held from block 0. Returns the longest run.
 
-    h[0:prehashed] are given; past them h[i] is computed as the walk reaches block i (the map probe of
-    one block overlaps the hashing of the next), so hashing stops where matching does; *hashed says
-    how many of h are valid on return. `ready` is sorted, or NULL for every pod."""
+    h[0:prehashed] are given. Past them the blocks are hashed `chunk` at a time and then probed: the
+    probes of a chunk do not depend on each other, so the processor overlaps their cache misses
+    (at a million entries a probe misses the caches; interleaved with the serial hash chain they
+    would each stall it). Hashing stops with the chunk where matching does; *hashed says how many of
+    h are valid on return. `ready` is sorted, or NULL for every pod."""
     cdef PodVec alive
-    cdef size_t i, j, depth = 0
+    cdef size_t i = 0, j, start, end, depth = 0
     cdef PrefixMap.iterator it
     cdef Entry* e
-    cdef uint64_t parent = seed
+    cdef Entry* probed[64]
     cdef vector[uint32_t]* v
     cdef PodRun run
     hashed[0] = prehashed
-    for i in range(n):
-        if i >= prehashed:
-            parent = xxh64_link(parent, data + i * width, width, seed)
-            h[i] = parent
-            hashed[0] = i + 1
-        else:
-            parent = h[i]
-        it = c.prefixes.find(parent)
-        if it == c.prefixes.end():
+    if chunk > 64:
+        chunk = 64
+    while i < n:
+        end = i + chunk if i + chunk < n else n
+        if end > hashed[0]:
+            hash_chain(data + hashed[0] * width, end - hashed[0], width, seed,
+                       h[hashed[0] - 1] if hashed[0] else seed, h + hashed[0])
+            hashed[0] = end
+        # every probe of the chunk first, with nothing between them: their misses overlap
+        for j in range(i, end):
+            it = c.prefixes.find(h[j])
+            probed[j - i] = <Entry*>NULL if it == c.prefixes.end() else &deref(it).second
+        start = i
+        while i < end:
+            e = probed[i - start]
+            if e == NULL:
+                break
+            if i == 0:
+                if is_multi(e.pods):
+                    v = pod_list(c, e.pods)
+                    for j in range(v.size()):
+                        if ready == NULL or binary_search(ready.begin(), ready.end(), deref(v)[j]):
+                            alive.push_back(deref(v)[j])
+                elif ready == NULL or binary_search(ready.begin(), ready.end(), e.pods):
+                    alive.push_back(e.pods)
+            else:
+                keep_holders(c, e, &alive, found, <uint32_t>i)
+            if alive.empty():
+                break
+            touched.push_back(e)
+            i += 1
+            depth = i
+        if i < end:  # the walk ended inside this chunk
             break
-        e = &deref(it).second
-        if i == 0:
-            if is_multi(e.pods):
-                v = pod_list(c, e.pods)
-                for j in range(v.size()):
-                    if ready == NULL or binary_search(ready.begin(), ready.end(), deref(v)[j]):
-                        alive.push_back(deref(v)[j])
-            elif ready == NULL or binary_search(ready.begin(), ready.end(), e.pods):
-                alive.push_back(e.pods)
-        else:
-            keep_holders(c, e, &alive, found, <uint32_t>i)
-        if alive.empty():
-            break
-        touched.push_back(e)
-        depth = i + 1
     run.blocks = <uint32_t>depth
     for j in range(alive.size()):
         run.pod = alive[j]

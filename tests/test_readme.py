@@ -19,7 +19,8 @@ def test_readme_usage_example_runs():
 def test_readme_starts_with_the_two_commands_ci_runs():
     text = (ROOT / "README.md").read_text()
     blocks = re.findall(r"```\n(.*?)\n```", text, re.S)
-    assert blocks[0] == "python -m pip install -e . && python -m prefixindex demo"
-    assert blocks[1].startswith("python -m pip install -e '.[test]' && python -m pytest")
+    assert blocks[0] == "python -m pip install -e . --config-settings editable_mode=compat && python -m prefixindex demo"
+    assert blocks[1].startswith("python -m pip install -e '.[test]' --config-settings editable_mode=compat && "
+                                "python -m pytest")
     ci = (ROOT / ".ci" / "run").read_text()
     assert "eval \"$demo_command\"" in ci and "eval \"$test_command\"" in ci

@@ -21,6 +21,7 @@ from prefixindex import AllBlocksCleared, BlockRemoved
 from prefixindex import _snapshot
 
 NO_EXPORT = "compiled core has no _export_state yet"
+NO_WRAPPERS = "compiled core has _export_state/_from_state but no save/load wrappers yet"
 TABLE_ARGS = dict(max_contexts=5, max_prefixes_per_context=12, eviction_duration_minutes=1.0)
 
 
@@ -28,11 +29,18 @@ def has_snapshots(backend) -> bool:
     return hasattr(backend.SyncPrefixHashTable, "_export_state")
 
 
+def skip_without_snapshots(backend) -> None:
+    cls = backend.SyncPrefixHashTable
+    if not has_snapshots(backend):
+        pytest.skip(NO_EXPORT)
+    if not (hasattr(cls, "save") and hasattr(cls, "load")):
+        pytest.skip(NO_WRAPPERS)
+
+
 @pytest.fixture
 def snap_make(backend, make_table):
     """make_table, for a backend that has snapshot support."""
-    if not has_snapshots(backend):
-        pytest.skip(NO_EXPORT)
+    skip_without_snapshots(backend)
     return make_table
 
 

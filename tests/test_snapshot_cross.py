@@ -1,7 +1,9 @@
 """Snapshots across backends (issue 12, Deliver 1): the same calls give byte-identical files on both,
 each loads the other's, and the loaded tables then answer every later call identically.
 
-These run as soon as the compiled core has ``_export_state`` (until then they skip, saying so).
+These run as soon as the compiled core has ``_export_state`` (until then they skip, saying so). They go
+through ``_snapshot.save_table``/``load_table``, which the backends' ``save``/``load`` wrap, so that they
+hold the two backends' halves of the contract to each other even before the wrappers exist.
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ import io
 import pytest
 
 from conftest import COMPILED, FakeClock
-from test_snapshot import NO_EXPORT, TABLE_ARGS, followup, has_snapshots, populate, save_bytes, state_equal
-from prefixindex import _core_py
+from test_snapshot import NO_EXPORT, TABLE_ARGS, followup, has_snapshots, populate, state_equal
+from prefixindex import _core_py, _snapshot
 
 pytestmark = [
     pytest.mark.skipif(COMPILED is None, reason="the compiled core is not available in this run"),
@@ -20,6 +22,17 @@ pytestmark = [
 ]
 
 BACKENDS = {"python": _core_py, "cython": COMPILED}
+
+
+def save_bytes(table) -> bytes:
+    buf = io.BytesIO()
+    _snapshot.save_table(table, buf)
+    return buf.getvalue()
+
+
+def load(name, data: bytes, **kw):
+    kw.setdefault("background_eviction", False)
+    return _snapshot.load_table(BACKENDS[name].SyncPrefixHashTable, io.BytesIO(data), kw)
 
 
 def make(name, clock, **kw):
@@ -49,8 +62,7 @@ def test_each_loads_the_others_snapshot(writer, reader):
     table, clock = populated(writer)
     data = save_bytes(table)
     other_clock = FakeClock(clock.now)
-    loaded = BACKENDS[reader].SyncPrefixHashTable.load(io.BytesIO(data), clock=other_clock,
-                                                       background_eviction=False)
+    loaded = load(reader, data, clock=other_clock)
     assert loaded.snapshot() == table.snapshot() and loaded.stats() == table.stats()
     assert save_bytes(loaded) == data
     # and it answers later calls as the writer's own table does
@@ -65,8 +77,7 @@ def test_each_loads_the_others_snapshot(writer, reader):
 def test_trimming_overrides_agree(bound):
     table, clock = populated("python")
     data = save_bytes(table)
-    loaded = [BACKENDS[n].SyncPrefixHashTable.load(io.BytesIO(data), clock=clock, background_eviction=False,
-                                                   max_prefixes_per_context=bound, max_contexts=3)
+    loaded = [load(n, data, clock=clock, max_prefixes_per_context=bound, max_contexts=3)
               for n in ("python", "cython")]
     assert loaded[0].snapshot() == loaded[1].snapshot() and loaded[0].stats() == loaded[1].stats()
     assert save_bytes(loaded[0]) == save_bytes(loaded[1])
@@ -99,7 +110,6 @@ def test_a_large_random_table_round_trips_across_backends():
     stale = [np.setdiff1d(values, c["prefixes"]).size for c in state["contexts"] for _, values in c["engine"]]
     assert sum(stale) > 0
     for reader in ("python", "cython"):
-        loaded = BACKENDS[reader].SyncPrefixHashTable.load(io.BytesIO(data[0]), clock=FakeClock(),
-                                                           background_eviction=False)
+        loaded = load(reader, data[0], clock=FakeClock())
         assert loaded.snapshot() == tables[0].snapshot()
         assert save_bytes(loaded) == data[0]

@@ -21,7 +21,7 @@ import pytest
 import xxhash
 
 from conftest import FakeClock
-from test_snapshot import NO_EXPORT, TABLE_ARGS, has_snapshots, populate, save_bytes
+from test_snapshot import TABLE_ARGS, populate, save_bytes, skip_without_snapshots
 from prefixindex import _core_py, _snapshot
 from prefixindex._snapshot import SnapshotError
 
@@ -40,8 +40,7 @@ def data():
 @pytest.fixture
 def spy(backend):
     """A subclass of the backend's table that records every _from_state call (none must happen)."""
-    if not has_snapshots(backend):
-        pytest.skip(NO_EXPORT)
+    skip_without_snapshots(backend)
     calls = []
 
     class Spy(backend.SyncPrefixHashTable):
@@ -113,8 +112,7 @@ print(json.dumps(out))
 
 
 def test_a_corrupted_byte_anywhere_is_a_clear_error(backend, data, tmp_path):
-    if not has_snapshots(backend):
-        pytest.skip(NO_EXPORT)
+    skip_without_snapshots(backend)
     path = tmp_path / "good.snapshot"
     path.write_bytes(data)
     proc = subprocess.run([sys.executable, "-c", FUZZ, backend.__name__, str(path)], capture_output=True,

@@ -148,9 +148,8 @@ else:
 
 def test_a_file_size_limit_hit_mid_write_leaves_the_old_file(backend, tmp_path):
     # a real short write from the file system (RLIMIT_FSIZE), in a subprocess with a timeout
-    from test_snapshot import has_snapshots, NO_EXPORT
-    if not has_snapshots(backend):
-        pytest.skip(NO_EXPORT)
+    from test_snapshot import skip_without_snapshots
+    skip_without_snapshots(backend)
     path = tmp_path / "index.snapshot"
     proc = subprocess.run([sys.executable, "-c", FSIZE, backend.__name__, str(path)], capture_output=True,
                           text=True, timeout=120, cwd=ROOT)

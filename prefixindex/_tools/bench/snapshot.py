@@ -6,7 +6,8 @@ The workload is the one the targets are stated on: 100 contexts, 8 pods, 10^6 en
 ``BlockStored`` events with random engine hashes: 9,650 prefixes and 10,000 entries per context, every
 entry with its engine hash. Block size 16, ``max_prefixes_per_context`` 10,000 (no trim happens).
 
-Rows (one value per backend that has ``save``): ``snapshot_save`` (seconds, a save to a file on the
+Rows (one value per backend that has ``_export_state``; timed through ``_snapshot.save_table`` and
+``load_table``, which a backend's ``save`` and ``load`` wrap): ``snapshot_save`` (seconds, a save to a file on the
 temporary directory's file system, fsync and rename included), ``snapshot_load`` (seconds, a new table
 from that file) and ``snapshot_bytes`` (file bytes per entry). Times are medians over repetitions
 (at least one, more while ``budget_s`` lasts, at most 5), with the interquartile range as the spread.
@@ -21,6 +22,8 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
+
+from prefixindex import _snapshot
 
 BLOCK_SIZE = 16
 SEED = 0x5EED
@@ -84,18 +87,18 @@ def measure_backend(module: Any, workload: List[Tuple[str, List[Any]]], budget_s
     saves: List[float] = []
     loads: List[float] = []
     deadline = time.perf_counter() + budget_s
-    reference = None
+    checked = False
     while len(saves) < MAX_REPS and (not saves or time.perf_counter() < deadline):
         t0 = time.perf_counter()
-        table.save(path)
+        _snapshot.save_table(table, path)  # what table.save(path) does
         saves.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        loaded = module.SyncPrefixHashTable.load(path, background_eviction=False)
+        loaded = _snapshot.load_table(module.SyncPrefixHashTable, path, {"background_eviction": False})
         loads.append(time.perf_counter() - t0)
-        if reference is None:  # the figures are only worth quoting for a faithful copy
+        if not checked:  # the figures are only worth quoting for a faithful copy
             if loaded.stats() != table.stats():
                 raise RuntimeError(f"{module.__name__}: the loaded table's stats differ from the saved one's")
-            reference = os.path.getsize(path)
+            checked = True
         loaded.close()
     size = os.path.getsize(path)
     table.close()

@@ -24,7 +24,8 @@ pytestmark = pytest.mark.skipif(
 BLOCK = 2  # tokens per block: small, so that random token lists share prefixes often
 models = st.sampled_from(["m", "n", "o", "p", "é"])
 loras = st.sampled_from([-1, 1])
-pods = st.sampled_from(["a", "b", "c", ""])
+pods = st.sampled_from(["a", "b", "c", ""])  # "" in removals: every pod (SPEC 2)
+store_pods = st.sampled_from(["a", "b", "c"])  # stores, clears and add_prefix need a pod name
 engine_hashes = st.integers(0, 12) | st.sampled_from([2**64 - 1, -1, 2**63])
 token_ids = st.integers(0, 2)
 
@@ -43,7 +44,7 @@ def store_op(draw):
     else:
         tokens = ids
     event = BlockStored(draw(st.lists(engine_hashes, min_size=n, max_size=n)), tokens, draw(models),
-                        draw(loras), draw(pods), draw(st.none() | engine_hashes))
+                        draw(loras), draw(store_pods), draw(st.none() | engine_hashes))
     return "store", event
 
 
@@ -54,7 +55,17 @@ def remove_op(draw):
 
 @st.composite
 def clear_op(draw):
-    return "clear", AllBlocksCleared(draw(pods), draw(st.none() | models), draw(st.none() | loras))
+    return "clear", AllBlocksCleared(draw(store_pods), draw(st.none() | models), draw(st.none() | loras))
+
+
+@st.composite
+def batch_op(draw):
+    # process_events: the same as the calls one by one, or (one bad item) an error and nothing applied
+    events = [op[1] for op in draw(st.lists(st.one_of(store_op(), store_op(), remove_op(), clear_op()),
+                                            max_size=6))]
+    if draw(st.booleans()) and draw(st.booleans()):
+        events.insert(draw(st.integers(0, len(events))), draw(st.sampled_from([3, "x", None])))
+    return "batch", events
 
 
 ready_pods = st.one_of(
@@ -69,7 +80,7 @@ ready_pods = st.one_of(
 
 @st.composite
 def match_op(draw):
-    kind = draw(st.sampled_from(["prefix", "blocks"]))
+    kind = draw(st.sampled_from(["prefix", "blocks", "match"]))
     ids = draw(st.lists(token_ids, max_size=12))
     form = draw(st.sampled_from(["list", "int32", "bytes", "uint8", "float", "2d"]))
     tokens = {
@@ -88,11 +99,12 @@ def match_op(draw):
 @st.composite
 def add_prefix_op(draw):
     ids = draw(st.lists(token_ids, max_size=8))
-    return "add_prefix", (draw(models), draw(loras), draw(pods), ids)
+    return "add_prefix", (draw(models), draw(loras), draw(pods), ids)  # "": a ValueError
 
 
 operations = st.lists(st.one_of(
     store_op(), store_op(), store_op(), remove_op(), clear_op(), match_op(), match_op(), add_prefix_op(),
+    batch_op(),
     st.tuples(st.just("remove_prefix"), st.tuples(models, loras, pods)),
     st.tuples(st.just("advance"), st.sampled_from([1.0, 30.0, 61.0])),
     st.tuples(st.just("evict"), st.none()),
@@ -113,6 +125,12 @@ def apply(table, clock, op):
         return percent, hashes.tolist()
     if kind == "blocks":
         return table.match_blocks(*arg)
+    if kind == "match":
+        blocks, hashes = table.match(*arg)
+        assert hashes.dtype == np.uint64
+        return blocks, hashes.tolist()
+    if kind == "batch":
+        return table.process_events(arg)
     if kind == "add_prefix":
         model, lora, pod, ids = arg
         return table.add_prefix(model, lora, pod, table.get_prefix_hashes(ids))
@@ -147,6 +165,28 @@ def test_backends_agree_step_by_step(ops, limits):
         assert results[0] == results[1], (step, op)
         states = [(table.snapshot(), table.stats()) for table, _ in sides]
         assert states[0] == states[1], (step, op)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.one_of(store_op(), remove_op(), clear_op()), max_size=12))
+def test_a_batch_is_the_calls_one_by_one(ops):
+    # process_events(events) leaves exactly the state the one-by-one calls leave, on both backends; if
+    # one event is bad, the batch is an error naming its position and applies nothing
+    results = []
+    for mod in (COMPILED, _core_py):
+        one, batch = (mod.SyncPrefixHashTable(seed=7, block_size=BLOCK, max_prefixes_per_context=6,
+                                              clock=FakeClock(), background_eviction=False) for _ in range(2))
+        errors = [i for i, op in enumerate(ops) if outcome(one, None, op)[0] != "ok"]
+        empty = (batch.snapshot(), batch.stats())
+        if errors:
+            with pytest.raises(ValueError, match=rf"^events\[{errors[0]}\]: "):
+                batch.process_events(event for _, event in ops)  # any iterable, a generator included
+            assert (batch.snapshot(), batch.stats()) == empty
+        else:
+            batch.process_events(event for _, event in ops)
+            assert (batch.snapshot(), batch.stats()) == (one.snapshot(), one.stats())
+        results.append((batch.snapshot(), batch.stats()))
+    assert results[0] == results[1]
 
 
 @settings(max_examples=50, deadline=None)

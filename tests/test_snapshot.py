@@ -15,7 +15,7 @@ import io
 import numpy as np
 import pytest
 
-from conftest import BACKENDS, FakeClock
+from conftest import FakeClock
 from helpers import STAT_KEYS, chain, removed, stored, toks
 from prefixindex import AllBlocksCleared, BlockRemoved
 from prefixindex import _snapshot
@@ -261,14 +261,6 @@ def test_idle_times_continue_from_the_save(snap_make, backend, clock):
     later.advance(1.0)  # "a" idle 60.5 s in "m", "other" idle 60.5 s
     assert loaded.evict_now() == {"contexts": 1, "pods": 1}
     assert loaded.snapshot() == {("m", -1): {chain(0)[0]: frozenset({"b"})}}
-
-
-def test_every_backend_has_save_and_load():
-    for name, module in BACKENDS.items():
-        cls = module.SyncPrefixHashTable
-        if not has_snapshots(module):
-            continue
-        assert callable(cls.save) and callable(cls.load) and callable(cls._from_state), name
 
 
 def test_export_state_is_canonical(snap_make, clock):

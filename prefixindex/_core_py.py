@@ -22,7 +22,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Set, Tuple
 
 import numpy as np
 import xxhash
@@ -159,7 +159,12 @@ class _Unbuilt:
 
 _LOCKS: "weakref.WeakSet[_TableLock]" = weakref.WeakSet()
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=lambda: [lock._after_fork() for lock in list(_LOCKS)])
+
+    def _reset_locks_in_child() -> None:
+        for lock in list(_LOCKS):
+            lock._after_fork()
+
+    os.register_at_fork(after_in_child=_reset_locks_in_child)
 
 
 class _Prefix:
@@ -167,7 +172,7 @@ class _Prefix:
 
     def __init__(self) -> None:
         self.tick = 0
-        self.pods: set = set()
+        self.pods: Set[str] = set()
 
 
 class _PodState:
@@ -177,7 +182,7 @@ class _PodState:
         # engine block hash -> prefix hash. May name prefixes the pod no longer holds (an alias whose
         # entry was removed through another engine hash); such a hash counts as unknown (D3).
         self.engine: Dict[int, int] = {}
-        self.held: set = set()
+        self.held: Set[int] = set()
         self.last_seen = now
 
 
@@ -262,7 +267,7 @@ class SyncPrefixHashTable:
         with self._lock:
             self._apply_stored(fields, now)
 
-    def _apply_stored(self, fields: tuple, now: float) -> None:
+    def _apply_stored(self, fields: Tuple[Any, ...], now: float) -> None:
         engine_hashes, tokens, model, lora, pod, parent_engine = fields
         key = (model, lora)
         n = len(engine_hashes)
@@ -299,7 +304,7 @@ class SyncPrefixHashTable:
         with self._lock:
             self._apply_removed(fields, now)
 
-    def _apply_removed(self, fields: tuple, now: float) -> None:
+    def _apply_removed(self, fields: Tuple[Any, ...], now: float) -> None:
         engine_arr, model, lora, source_pod = fields
         key = (model, lora)
         engine_hashes = engine_arr.tolist()
@@ -334,7 +339,7 @@ class SyncPrefixHashTable:
         with self._lock:
             self._apply_cleared(fields)
 
-    def _apply_cleared(self, fields: tuple) -> None:
+    def _apply_cleared(self, fields: Tuple[Any, ...]) -> None:
         pod, model, lora = fields
         self._counters["events_all_blocks_cleared"] += 1
         for key in [k for k in self._contexts if (model is None or k[0] == model) and (lora is None or k[1] == lora)]:
@@ -405,7 +410,8 @@ class SyncPrefixHashTable:
         key, hashes, ready = self._query(model_name, lora_id, tokens, ready_pods)
         return self._match(key, hashes, ready), np.array(hashes, dtype=np.uint64)
 
-    def _query(self, model_name: Any, lora_id: Any, tokens: Any, ready_pods: Any):
+    def _query(self, model_name: Any, lora_id: Any, tokens: Any,
+               ready_pods: Any) -> Tuple[Tuple[str, int], List[int], Optional[FrozenSet[str]]]:
         # Everything that may run the caller's code comes before the lock: names, tokens, the
         # ready_pods iterator and the clock (SPEC 7).
         key = (check_str(model_name, "model_name"), check_lora_id(lora_id))
@@ -414,7 +420,7 @@ class SyncPrefixHashTable:
         n = len(data) // self._block_bytes
         return key, prefix_hash_chain(data, self._block_bytes, self.seed, self.seed, n), ready
 
-    def _match(self, key: Tuple[str, int], hashes: List[int], ready: Optional[frozenset]) -> Dict[str, int]:
+    def _match(self, key: Tuple[str, int], hashes: List[int], ready: Optional[FrozenSet[str]]) -> Dict[str, int]:
         now = self._clock()
         with self._lock:
             self._counters["matches"] += 1
@@ -424,7 +430,7 @@ class SyncPrefixHashTable:
             ctx.last_access = now
             self._contexts.move_to_end(key)
             result: Dict[str, int] = {}
-            alive: set = set()
+            alive: Set[str] = set()
             depth = 0
             for i, p in enumerate(hashes):
                 entry = ctx.prefixes.get(p)
@@ -472,7 +478,7 @@ class SyncPrefixHashTable:
         """Sizes and running totals (STAT_KEYS): contexts, prefixes, entries, pods, events by kind, blocks
         stored/removed, orphan blocks, matches, and evicted contexts, pods and prefixes."""
         with self._lock:
-            pods: set = set()
+            pods: Set[str] = set()
             prefixes = entries = 0
             for ctx in self._contexts.values():
                 prefixes += len(ctx.prefixes)
@@ -487,7 +493,7 @@ class SyncPrefixHashTable:
         with self._lock:
             self._contexts[(model_name, lora_id)].next_tick = value
 
-    def snapshot(self) -> Dict[Tuple[str, int], Dict[int, frozenset]]:
+    def snapshot(self) -> Dict[Tuple[str, int], Dict[int, FrozenSet[str]]]:
         """Everything the index holds: {(model, lora_id): {prefix hash: frozenset(pods)}}."""
         with self._lock:
             return {key: {p: frozenset(e.pods) for p, e in ctx.prefixes.items()}

@@ -461,9 +461,9 @@ cdef class SyncPrefixHashTable:
 
     def get_prefix_hashes(self, tokens):
         """The query's prefix hashes (SPEC, "The prefix hash chain"), one per whole block."""
-        cdef const uint8_t* data
-        cdef size_t nbytes
-        owner = self._token_bytes(tokens, &data, &nbytes)
+        cdef const uint8_t* data = NULL
+        cdef size_t nbytes = 0
+        tokens = self._token_bytes(tokens, &data, &nbytes)  # the object that owns the bytes stays referenced
         cdef cnp.npy_intp n = nbytes // self.block_bytes
         cdef cnp.ndarray out = cnp.PyArray_EMPTY(1, &n, cnp.NPY_UINT64, 0)
         self._hash_chain(data, n, self.seed, <uint64_t*>cnp.PyArray_DATA(out))
@@ -769,9 +769,9 @@ cdef class SyncPrefixHashTable:
         # Everything that may run Python code comes first: names, the tokens' conversion, the ready_pods
         # iterator, the clock. Then one section.
         model, lora = _check_context(model_name, lora_id)
-        cdef const uint8_t* data
-        cdef size_t nbytes, hashed = 0, prehashed = 0
-        owner = self._token_bytes(tokens, &data, &nbytes)
+        cdef const uint8_t* data = NULL
+        cdef size_t nbytes = 0, hashed = 0, prehashed = 0
+        tokens = self._token_bytes(tokens, &data, &nbytes)  # the object that owns the bytes stays referenced
         ready = _ready_names(ready_pods)
         cdef double now = self._now()
         cdef cnp.npy_intp n = nbytes // self.block_bytes
@@ -920,7 +920,6 @@ cdef class SyncPrefixHashTable:
         cdef Ctx* c
         cdef PrefixMap.iterator it
         cdef Entry* e
-        cdef uint32_t pod
         out = {}
         self._begin()
         try:
@@ -1102,9 +1101,7 @@ cdef class SyncPrefixHashTable:
         cdef size_t i, j, k, n, n_pods
         cdef Entry fresh
         cdef pair[PrefixMap.iterator, bint] inserted
-        cdef vector[uint32_t]* v
         cdef vector[uint32_t] mine
-        cdef uint32_t slot
         counters = state["counters"]
         contexts = state["contexts"]
         self._begin()

@@ -123,6 +123,27 @@ def test_long_hashing_releases_the_gil(call):
     assert main_thread_saw_a_call_in_progress(work), f"{call} kept the GIL for the whole call"
 
 
+@pytest.mark.parametrize("call", ["match_prefix", "match_blocks", "match", "store", "get_prefix_hashes"])
+def test_short_calls_keep_the_gil(call):
+    # SPEC 7: releasing and retaking the GIL around a ~1 us call costs more than the call, and with a
+    # second thread runnable it hands the GIL over and back on every call (a convoy): short work keeps it
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, 256, 1024 * 4, dtype=np.uint8)  # 1,024 tokens: 4 KiB of token bytes
+    table = COMPILED.SyncPrefixHashTable(seed=1, block_size=16, background_eviction=False)
+    table.process_block_stored(BlockStored(np.arange(64, dtype=np.uint64), tokens.reshape(64, 64), "m",
+                                           source_pod="p"))
+    events = [BlockStored(np.arange(10, dtype=np.uint64) + 100 * i, tokens[:640].reshape(10, 64), "m",
+                          source_pod="p") for i in range(200)]
+    work = {
+        "match_prefix": lambda i: table.match_prefix("m", -1, tokens, ["p"]),
+        "match_blocks": lambda i: table.match_blocks("m", -1, tokens),
+        "match": lambda i: table.match("m", -1, tokens, ["p"]),
+        "store": lambda i: table.process_block_stored(events[i]),
+        "get_prefix_hashes": lambda i: table.get_prefix_hashes(tokens),
+    }[call]
+    assert not main_thread_saw_a_call_in_progress(work), f"{call} released the GIL for short work"
+
+
 def test_the_gil_check_detects_a_call_that_keeps_the_gil():
     # the pure-Python backend hashes with the GIL held: the check above must say so
     table = _core_py.SyncPrefixHashTable(seed=1, block_size=16, background_eviction=False)

@@ -316,7 +316,10 @@ def _decode_context(payload: bytes, label: str) -> Dict[str, Any]:
     cur = _Cursor(payload, label)
     model = cur.name("the model name")
     lora, idle, n_pods, n_prefixes, n_entries, n_engine, n_stale = cur.unpack(_CONTEXT_HEAD)
-    pods = [cur.name("a pod name") for _ in range(n_pods)]  # each name takes >= 4 bytes: a bad count fails
+    # the fewest bytes those counts take: a count that cannot fit never drives a loop or an allocation
+    if n_pods * 20 + n_prefixes * 9 + n_entries + n_engine * 9 + n_stale * 8 > len(payload) - cur.pos:
+        raise _corrupted(f"{label}: fields run past the end of the section")
+    pods = [cur.name("a pod name") for _ in range(n_pods)]
     pod_idle = cur.array("<f8", n_pods, np.float64)
     prefixes = cur.array("<u8", n_prefixes, np.uint64)
     counts = cur.array(_dtype(width_for(n_pods)), n_prefixes, np.uint32)

@@ -246,6 +246,9 @@ def _context_fields(payload: bytes):
     (lambda p: p[:-1], "run past the end"),
     (lambda p: b"\xff\xff\xff\xff" + p[4:], "run past the end"),  # a model name longer than the section
     (lambda p: p[:4] + b"\xff" + p[5:], "not valid UTF-8"),  # the first byte of the model name "m"
+    # counts that cannot fit in the section fail at once (no loop, no allocation): 10^9 pods, 2^60 entries
+    (lambda p: p[:21] + struct.pack("<I", 10**9) + p[25:], "run past the end"),
+    (lambda p: p[:33] + struct.pack("<Q", 2**60) + p[41:], "run past the end"),
 ])
 def test_a_checksum_valid_context_with_bad_fields(data, spy, edit, words):
     expect("corrupted", rewrite(data, 1, edit), spy, words)

@@ -1,6 +1,7 @@
-"""Builds the compiled core, prefixindex._core (Cython + C++).
+"""Builds the compiled extensions (Cython + C++): the core, prefixindex._core, and the input
+converters, prefixindex._convert.
 
-PREFIXINDEX_NO_EXTENSIONS=1 skips it (the pure-Python backend then runs). Otherwise a failed build is
+PREFIXINDEX_NO_EXTENSIONS=1 skips both (the pure-Python backend then runs). Otherwise a failed build is
 an error, never a silent fallback to the slow backend.
 """
 
@@ -22,7 +23,8 @@ def core_sources() -> list:
 
 
 def source_hash() -> str:
-    # Compiled into the module so that the tests can refuse a stale in-place build (tests/conftest.py).
+    # Compiled into both modules so that the tests can refuse a stale in-place build (tests/conftest.py
+    # hashes the same files the same way: their contents, in the order of their file names).
     digest = hashlib.sha256()
     for name in core_sources():
         with open(name, "rb") as f:
@@ -36,17 +38,21 @@ def extensions():
     import numpy
     from Cython.Build import cythonize
 
-    core = Extension(
-        "prefixindex._core",
-        ["prefixindex/_core.pyx"],
-        language="c++",
-        include_dirs=[numpy.get_include(), "prefixindex"],
-        extra_compile_args=["-O3", "-g0", "-std=c++17", "-fno-strict-aliasing"],
-        define_macros=[("PREFIXINDEX_SOURCE_HASH", f'"{source_hash()}"'),
-                       ("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-    )
+    def extension(name: str) -> Extension:
+        return Extension(
+            f"prefixindex.{name}",
+            [f"prefixindex/{name}.pyx"],
+            # any source changes the hash compiled into every module: recompile both on any change
+            depends=core_sources(),
+            language="c++",
+            include_dirs=[numpy.get_include(), "prefixindex"],
+            extra_compile_args=["-O3", "-g0", "-std=c++17", "-fno-strict-aliasing"],
+            define_macros=[("PREFIXINDEX_SOURCE_HASH", f'"{source_hash()}"'),
+                           ("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+        )
+
     return cythonize(
-        [core],
+        [extension("_core"), extension("_convert")],
         compiler_directives={
             "language_level": 3,
             "boundscheck": False,

@@ -25,30 +25,30 @@ OPS = ["match_prefix full hit", "match_prefix miss", "get_prefix_hashes"]
 
 
 def collect(lengths: List[int], seconds_per_point: float) -> Dict[str, Any]:
-    from prefixindex import _bench
+    from prefixindex._tools.bench import common, core, machine, timing
 
-    modules, missing = _bench.available_backends()
-    data: Dict[str, Any] = {"machine": _bench.machine_info(), "missing_backends": missing, "lengths": lengths,
+    modules, missing = common.available_backends()
+    data: Dict[str, Any] = {"machine": machine.machine_info(), "missing_backends": missing, "lengths": lengths,
                             "seconds_per_point": seconds_per_point, "median_us": {}, "p25_us": {}, "p75_us": {}}
     for name in modules:
         for key in ("median_us", "p25_us", "p75_us"):
             data[key][name] = {op: [] for op in OPS}
     for tokens in lengths:
-        workload = _bench.Workload(contexts=100, prompt_tokens=tokens, store_pool=1)
+        workload = core.Workload(contexts=100, prompt_tokens=tokens, store_pool=1)
         tables = {name: workload.build_table(module) for name, module in modules.items()}
-        ready = [_bench.POD]
+        ready = [common.POD]
         for op in OPS:
             ops = {}
             for name, table in tables.items():
                 if op == "get_prefix_hashes":
                     args = [(workload.prompts[i % workload.contexts],) for i in range(256)]
-                    ops[name] = _bench.loop_op(table.get_prefix_hashes, args)
+                    ops[name] = timing.loop_op(table.get_prefix_hashes, args)
                 else:
                     kind = "full" if "full" in op else "miss"
-                    args = [(workload.models[i % workload.contexts], _bench.LORA,
+                    args = [(workload.models[i % workload.contexts], common.LORA,
                              workload.queries[kind][i % workload.contexts], ready) for i in range(1024)]
-                    ops[name] = _bench.loop_op(table.match_prefix, args)
-            for name, stat in _bench.measure(ops, seconds_per_point).items():
+                    ops[name] = timing.loop_op(table.match_prefix, args)
+            for name, stat in timing.measure(ops, seconds_per_point).items():
                 if "error" in stat:
                     raise RuntimeError(f"{op} on {name} at {tokens} tokens: {stat['error']}")
                 data["median_us"][name][op].append(stat["median_ns"] / 1000)

@@ -5,30 +5,18 @@ The table is compiled (Cython + C++) when the extension imports, and pure Python
 ``PREFIXINDEX_REQUIRE_EXTENSIONS=1`` makes a missing extension an ImportError instead of a fallback.
 """
 
-import os
 from typing import TYPE_CHECKING
 
 from ._config import Config
 from ._events import AllBlocksCleared, BlockRemoved, BlockStored, encode_tokens
-
-__version__ = "0.1.0"
-
-
-def _flag(name: str) -> bool:
-    return os.environ.get(name, "") not in ("", "0")
-
+from ._version import __version__ as __version__  # re-exported (mypy --strict: explicitly)
 
 if TYPE_CHECKING:  # one typed API for both backends: _core.pyi
     from . import _core as _impl
-elif _flag("PREFIXINDEX_NO_EXTENSIONS"):
-    from . import _core_py as _impl
-else:
-    try:
-        from . import _core as _impl
-    except ImportError:
-        if _flag("PREFIXINDEX_REQUIRE_EXTENSIONS"):
-            raise
-        from . import _core_py as _impl
+else:  # the flags and the rules: prefixindex/_backend.py
+    from ._backend import choose as _choose
+
+    _impl = _choose("prefixindex._core", "prefixindex._core_py")
 
 BACKEND: str = _impl.BACKEND
 SyncPrefixHashTable = _impl.SyncPrefixHashTable

@@ -35,6 +35,7 @@ from prefixindex._native cimport (Ctx, CtxPtr, EngineMap, Entry, EntryVec, NodeP
 from prefixindex._entries cimport (entry_add, entry_has, entry_remove, holds, is_multi, pod_list,
                                    release_list, renumber, walk)
 from prefixindex._xxh64 cimport hash_chain, xxh64
+from prefixindex._convert cimport c_token_bytes
 
 import time
 

@@ -7,14 +7,28 @@ an event object exists: a table never sees a half-checked event, and a rejected 
 Canonical forms:
 - engine block hashes and prefix hashes: a 1-D C-contiguous ``numpy.uint64`` array;
 - token bytes of an event: a 2-D C-contiguous ``numpy.uint8`` array, one row per block;
-- token bytes of a query: a 1-D C-contiguous ``numpy.uint8`` array (or the caller's ``bytes``).
+- token bytes of a query: a 1-D C-contiguous ``numpy.uint8`` array (or the caller's ``bytes``);
+- names (models, pods): plain ``str`` (a ``str`` subclass, such as an ``enum`` of pods, gives its text).
+
+Every conversion tries the fast converter first (``prefixindex._convert``, one C pass, or its vectorised
+twin ``_convert_py``), which returns None for anything off the happy path; the careful code below then
+runs, and raises the documented error. So the happy path costs no per-element Python work, and the
+errors are the same whichever converter ran.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Optional
+from typing import Any, Callable, Iterable, List, NoReturn, Optional, Tuple
 
 import numpy as np
+
+from . import _backend
+
+# The converters of the backend in use (the same rules as the table's, prefixindex/_backend.py).
+CONVERTERS = _backend.choose("prefixindex._convert", "prefixindex._convert_py")
+_fast_token_bytes: Callable[[Any], Any] = CONVERTERS.token_bytes
+_fast_block_bytes: Callable[[Any, int], Optional[np.ndarray]] = CONVERTERS.token_ids_block_bytes
+_fast_hashes: Callable[[Any], Optional[np.ndarray]] = CONVERTERS.hashes_u64
 
 __all__ = [
     "AllBlocksCleared",
@@ -28,6 +42,7 @@ _I64_MIN = -(1 << 63)
 _I64_MAX = (1 << 63) - 1
 _TOKEN_LIMIT = 1 << 32
 _BYTES_LIKE = (bytes, bytearray, memoryview)
+_U8 = np.dtype(np.uint8)  # `dtype is _U8` first: `dtype == np.uint8` costs ~0.3 us a time
 
 
 def _type_name(value: Any) -> str:
@@ -49,38 +64,51 @@ def check_str(value: Any, what: str) -> str:
         return value
     if not isinstance(value, str):
         raise TypeError(f"{what} must be a str, not {_type_name(value)}")
-    return str.__str__(value)
+    return str.__str__(value)  # not str(value): that is "Pod.A" for a str enum
 
 
 def check_pod(value: Any, what: str = "pod") -> str:
     """A pod name: a non-empty str, as a plain str. ``""`` is only the "every pod" of BlockRemoved."""
-    value = check_str(value, what)
-    if not value:
+    if type(value) is str and value:
+        return value
+    pod = check_str(value, what)
+    if not pod:
         raise ValueError(f"{what} must be a non-empty pod name (\"\" means every pod only in BlockRemoved)")
-    return value
+    return pod
 
 
 def check_lora_id(value: Any, what: str = "lora_id") -> int:
     if not _is_int(value):
         raise TypeError(f"{what} must be an int (-1 for no adapter), not {_type_name(value)}")
-    value = int(value)
-    if not _I64_MIN <= value <= _I64_MAX:
-        raise ValueError(f"{what} must fit in a signed 64-bit integer, got {value}")
-    return value
+    number = int(value)
+    if not _I64_MIN <= number <= _I64_MAX:
+        raise ValueError(f"{what} must fit in a signed 64-bit integer, got {number}")
+    return number
 
 
 def to_u64(value: Any, what: str) -> int:
-    """An engine or prefix hash: any int in [-2**63, 2**64), taken modulo 2**64."""
+    """An engine or prefix hash: any int in [-2**63, 2**64), taken modulo 2**64, or bytes of 8 or more
+    read as their last 8 bytes, big-endian (vLLM's digest form; SPEC, Terms)."""
+    if isinstance(value, bytes):
+        if len(value) < 8:
+            raise ValueError(f"{what} as bytes must hold at least 8 bytes (the last 8 are the hash), "
+                             f"got {len(value)}")
+        return int.from_bytes(value[-8:], "big")
     if not _is_int(value):
         raise TypeError(f"{what} must be an int, not {_type_name(value)}")
-    value = int(value)
-    if not _I64_MIN <= value <= _U64_MASK:
-        raise ValueError(f"{what} must be in [-2**63, 2**64), got {value}")
-    return value & _U64_MASK
+    number = int(value)
+    if not _I64_MIN <= number <= _U64_MASK:
+        raise ValueError(f"{what} must be in [-2**63, 2**64), got {number}")
+    return number & _U64_MASK
 
 
 def hash_array(values: Any, what: str) -> np.ndarray:
-    """A sequence or integer array of hashes as a read-only 1-D uint64 array (values modulo 2**64)."""
+    """A sequence or integer array of hashes as a 1-D C-contiguous uint64 array (values modulo 2**64;
+    ``bytes`` elements by their last 8 bytes, big-endian)."""
+    if type(values) is not np.ndarray:  # the fast converter takes lists and tuples
+        out = _fast_hashes(values)
+        if out is not None:
+            return out
     if isinstance(values, np.ndarray):
         if values.ndim != 1:
             raise ValueError(f"{what} must be one-dimensional, got an array of shape {values.shape}")
@@ -100,12 +128,10 @@ def hash_array(values: Any, what: str) -> np.ndarray:
     return out
 
 
-def _hash_list(values: list, what: str) -> np.ndarray:
-    if all(type(v) is int for v in values):
-        try:  # fast path: every value already in [0, 2**64)
-            return np.array(values, dtype=np.uint64)
-        except OverflowError:
-            pass
+def _hash_list(values: List[Any], what: str) -> np.ndarray:
+    out = _fast_hashes(values)  # a list made from an iterator or an object array may be plain after all
+    if out is not None:
+        return out
     return np.array([to_u64(v, f"{what}[{i}]") for i, v in enumerate(values)], dtype=np.uint64)
 
 
@@ -127,7 +153,7 @@ def _token_ids_to_bytes(ids: np.ndarray, what: str) -> np.ndarray:
     return np.ascontiguousarray(ids.reshape(-1), dtype=">u4").view(np.uint8)
 
 
-def _list_to_ids(values: list, what: str) -> np.ndarray:
+def _list_to_ids(values: List[Any], what: str) -> np.ndarray:
     for i, v in enumerate(values):
         if not _is_int(v):
             raise TypeError(f"{what}: token ids must be ints, got {_type_name(v)} at index {i}")
@@ -143,6 +169,11 @@ def encode_tokens(token_ids: Any) -> np.ndarray:
 
     Accepts a list of ints or a 1-D integer array (any dtype, byte order or strides).
     """
+    # bytes and uint8 arrays are token *ids* here (each id < 256), not token bytes as in a query
+    if type(token_ids) is not bytes and not (type(token_ids) is np.ndarray and token_ids.dtype == _U8):
+        out: Optional[np.ndarray] = _fast_token_bytes(token_ids)  # an array: bytes are excluded above
+        if out is not None:
+            return out
     if isinstance(token_ids, np.ndarray):
         if token_ids.ndim != 1:
             raise ValueError(f"token ids must be one-dimensional, got an array of shape {token_ids.shape}")
@@ -160,10 +191,13 @@ def query_token_bytes(tokens: Any) -> Any:
     """
     if type(tokens) is bytes:
         return tokens
+    out = _fast_token_bytes(tokens)
+    if out is not None:
+        return out
     if isinstance(tokens, np.ndarray):
         if tokens.ndim != 1:
             raise ValueError(f"tokens must be one-dimensional, got an array of shape {tokens.shape}")
-        if tokens.dtype == np.uint8:
+        if tokens.dtype is _U8 or tokens.dtype == _U8:
             return np.ascontiguousarray(tokens)
         return _token_ids_to_bytes(tokens, "tokens")
     if isinstance(tokens, _BYTES_LIKE):
@@ -183,8 +217,12 @@ def _is_block(value: Any) -> bool:
 
 def event_token_bytes(tokens: Any, n_blocks: int) -> np.ndarray:
     """The tokens of a BlockStored as a 2-D (n_blocks, bytes_per_block) C-contiguous uint8 array."""
+    if type(tokens) is not np.ndarray or tokens.ndim == 1:  # the subscriber's 2-D token bytes skip it
+        out = _fast_block_bytes(tokens, n_blocks)  # flat token ids: the common form outside the subscriber
+        if out is not None:
+            return out
     if isinstance(tokens, np.ndarray):
-        if tokens.dtype == np.uint8:
+        if tokens.dtype is _U8 or tokens.dtype == _U8:
             if tokens.ndim == 2:
                 if tokens.shape[0] != n_blocks:
                     raise ValueError(f"tokens has {tokens.shape[0]} rows (blocks) but the event has "
@@ -223,19 +261,36 @@ def event_token_bytes(tokens: Any, n_blocks: int) -> np.ndarray:
 
 def _split_blocks(flat: Any, n_blocks: int, unit: int) -> np.ndarray:
     """Flat token bytes cut into n_blocks equal rows; unit is 4 for token ids, 1 for token bytes."""
-    flat = np.frombuffer(flat, dtype=np.uint8) if isinstance(flat, bytes) else flat
+    rows: np.ndarray = np.frombuffer(flat, dtype=np.uint8) if isinstance(flat, bytes) else np.asarray(flat)
     what = "tokens" if unit == 4 else "token bytes"
     if n_blocks == 0:
-        if len(flat):
-            raise ValueError(f"the event has no block hashes but {len(flat) // unit} {what}")
-        return flat.reshape(0, 0)
-    if len(flat) % n_blocks:
-        raise ValueError(f"{len(flat) // unit} {what} do not divide into {n_blocks} equal blocks")
-    return flat.reshape(n_blocks, -1)
+        if len(rows):
+            raise ValueError(f"the event has no block hashes but {len(rows) // unit} {what}")
+        return rows.reshape(0, 0)
+    if len(rows) % n_blocks:
+        raise ValueError(f"{len(rows) // unit} {what} do not divide into {n_blocks} equal blocks")
+    return rows.reshape(n_blocks, -1)
 
 
 # ---------------------------------------------------------------------------------------------------
 # events
+
+
+_new_object = object.__new__
+
+
+def _refuse_set(self: Any, name: str, value: Any) -> NoReturn:
+    raise AttributeError(f"{type(self).__name__} events are immutable: cannot set {name!r} "
+                         "(build a new event instead)")
+
+
+def _refuse_delete(self: Any, name: str) -> NoReturn:
+    raise AttributeError(f"{type(self).__name__} events are immutable: cannot delete {name!r}")
+
+
+# Events are built in __new__, not __init__: an event is complete when it exists, and calling __init__
+# again on a live one (object.__init__) changes nothing (SPEC, Public API: immutable once built). The
+# compiled core reads the slots by offset, so their names and order stay as they are.
 
 
 class BlockStored:
@@ -244,20 +299,46 @@ class BlockStored:
     ``tokens`` holds the tokens of all blocks: a 2-D uint8 array ``(n_blocks, 4 * block_size)``, a
     sequence of per-block token bytes or token ids, flat token bytes (bytes-like or a 1-D uint8 array),
     or token ids (a flat or 2-D integer array, or a list of ints). The table checks that each block holds
-    exactly its ``block_size`` tokens.
+    exactly its ``block_size`` tokens. ``source_pod`` must name the pod (non-empty). Immutable once built.
     """
 
     __slots__ = ("block_hashes", "tokens", "model_name", "lora_id", "source_pod", "parent_block_hash")
+    block_hashes: np.ndarray
+    tokens: np.ndarray
+    model_name: str
+    lora_id: int
+    source_pod: str
+    parent_block_hash: Optional[int]
 
-    def __init__(self, block_hashes: Any, tokens: Any, model_name: str, lora_id: int = -1,
-                 source_pod: str = "", parent_block_hash: Optional[int] = None) -> None:
-        self.block_hashes = hash_array(block_hashes, "block_hashes")
-        self.model_name = check_str(model_name, "model_name")
-        self.lora_id = check_lora_id(lora_id)
-        self.source_pod = check_str(source_pod, "source_pod")
-        self.parent_block_hash = (None if parent_block_hash is None
-                                  else to_u64(parent_block_hash, "parent_block_hash"))
-        self.tokens = event_token_bytes(tokens, len(self.block_hashes))
+    def __new__(cls, block_hashes: Any, tokens: Any, model_name: str, lora_id: int = -1,
+                source_pod: str = "", parent_block_hash: Optional[int] = None) -> BlockStored:
+        # exact-type checks first: the careful validators run only for input off the happy path
+        hashes = _fast_hashes(block_hashes) if type(block_hashes) is list else None
+        if hashes is None:
+            hashes = hash_array(block_hashes, "block_hashes")
+        if type(model_name) is not str:
+            model_name = check_str(model_name, "model_name")
+        if type(lora_id) is not int or not _I64_MIN <= lora_id <= _I64_MAX:
+            lora_id = check_lora_id(lora_id)
+        if type(source_pod) is not str or not source_pod:
+            source_pod = _check_source_pod(source_pod, "a block is always stored by some pod")
+        if parent_block_hash is not None and (type(parent_block_hash) is not int
+                                              or not 0 <= parent_block_hash <= _U64_MASK):
+            parent_block_hash = to_u64(parent_block_hash, "parent_block_hash")
+        rows = _fast_block_bytes(tokens, len(hashes))
+        if rows is None:
+            rows = event_token_bytes(tokens, len(hashes))
+        self = _new_object(cls)
+        _write_stored(self, hashes, rows, model_name, lora_id, source_pod, parent_block_hash)
+        return self
+
+    __setattr__ = _refuse_set
+    __delattr__ = _refuse_delete
+
+    def __reduce__(self) -> Tuple[Any, ...]:
+        # pickle and copy rebuild through __new__ (the checked arrays pass its checks again unchanged)
+        return (type(self), (self.block_hashes, self.tokens, self.model_name, self.lora_id, self.source_pod,
+                             self.parent_block_hash))
 
     @property
     def n_blocks(self) -> int:
@@ -270,15 +351,35 @@ class BlockStored:
 
 
 class BlockRemoved:
-    """A pod removed blocks; an empty ``source_pod`` means every pod of the context (SPEC 2)."""
+    """A pod removed blocks; an empty ``source_pod`` means every pod of the context (SPEC 2).
+    Immutable once built."""
 
     __slots__ = ("block_hashes", "model_name", "lora_id", "source_pod")
+    block_hashes: np.ndarray
+    model_name: str
+    lora_id: int
+    source_pod: str
 
-    def __init__(self, block_hashes: Any, model_name: str, lora_id: int = -1, source_pod: str = "") -> None:
-        self.block_hashes = hash_array(block_hashes, "block_hashes")
-        self.model_name = check_str(model_name, "model_name")
-        self.lora_id = check_lora_id(lora_id)
-        self.source_pod = check_str(source_pod, "source_pod")
+    def __new__(cls, block_hashes: Any, model_name: str, lora_id: int = -1,
+                source_pod: str = "") -> BlockRemoved:
+        hashes = _fast_hashes(block_hashes) if type(block_hashes) is list else None
+        if hashes is None:
+            hashes = hash_array(block_hashes, "block_hashes")
+        if type(model_name) is not str:
+            model_name = check_str(model_name, "model_name")
+        if type(lora_id) is not int or not _I64_MIN <= lora_id <= _I64_MAX:
+            lora_id = check_lora_id(lora_id)
+        if type(source_pod) is not str:
+            source_pod = check_str(source_pod, "source_pod")  # "" stays: every pod (SPEC 2)
+        self = _new_object(cls)
+        _write_removed(self, hashes, model_name, lora_id, source_pod)
+        return self
+
+    __setattr__ = _refuse_set
+    __delattr__ = _refuse_delete
+
+    def __reduce__(self) -> Tuple[Any, ...]:
+        return (type(self), (self.block_hashes, self.model_name, self.lora_id, self.source_pod))
 
     def __repr__(self) -> str:
         return (f"BlockRemoved(n_blocks={len(self.block_hashes)}, model_name={self.model_name!r}, "
@@ -290,14 +391,31 @@ class AllBlocksCleared:
 
     ``model_name`` and ``lora_id`` are filters: ``None`` matches any value, so
     ``AllBlocksCleared("pod")`` clears every context and ``AllBlocksCleared("pod", "m")`` every LoRA of m.
+    ``source_pod`` must name the pod (non-empty). Immutable once built.
     """
 
     __slots__ = ("source_pod", "model_name", "lora_id")
+    source_pod: str
+    model_name: Optional[str]
+    lora_id: Optional[int]
 
-    def __init__(self, source_pod: str, model_name: Optional[str] = None, lora_id: Optional[int] = None) -> None:
-        self.source_pod = check_str(source_pod, "source_pod")
-        self.model_name = None if model_name is None else check_str(model_name, "model_name")
-        self.lora_id = None if lora_id is None else check_lora_id(lora_id)
+    def __new__(cls, source_pod: str, model_name: Optional[str] = None,
+                lora_id: Optional[int] = None) -> AllBlocksCleared:
+        if type(source_pod) is not str or not source_pod:
+            source_pod = _check_source_pod(source_pod, "a pod clears its own cache")
+        if model_name is not None and type(model_name) is not str:
+            model_name = check_str(model_name, "model_name")
+        if lora_id is not None:
+            lora_id = check_lora_id(lora_id)
+        self = _new_object(cls)
+        _write_cleared(self, source_pod, model_name, lora_id)
+        return self
+
+    __setattr__ = _refuse_set
+    __delattr__ = _refuse_delete
+
+    def __reduce__(self) -> Tuple[Any, ...]:
+        return (type(self), (self.source_pod, self.model_name, self.lora_id))
 
     def matches(self, model_name: str, lora_id: int) -> bool:
         return ((self.model_name is None or self.model_name == model_name)
@@ -306,6 +424,22 @@ class AllBlocksCleared:
     def __repr__(self) -> str:
         return (f"AllBlocksCleared(source_pod={self.source_pod!r}, model_name={self.model_name!r}, "
                 f"lora_id={self.lora_id})")
+
+
+# The one way to fill an event: the class's own __setattr__ refuses, and a writer sets the real slots
+# even where a subclass shadows a name (compiled: one call writes every slot at its offset).
+_write_stored = CONVERTERS.slot_writer(BlockStored)
+_write_removed = CONVERTERS.slot_writer(BlockRemoved)
+_write_cleared = CONVERTERS.slot_writer(AllBlocksCleared)
+
+
+def _check_source_pod(value: Any, why: str) -> str:
+    """The source_pod of a BlockStored or AllBlocksCleared: a non-empty pod name (SPEC, Public API)."""
+    pod = check_str(value, "source_pod")
+    if not pod:
+        raise ValueError(f'source_pod must be a non-empty pod name: {why}, and "" means every pod, '
+                         "only in BlockRemoved")
+    return pod
 
 
 def check_event_width(event: BlockStored, block_size: int) -> None:
@@ -317,7 +451,7 @@ def check_event_width(event: BlockStored, block_size: int) -> None:
                          f"bytes), but this event's blocks hold {have}")
 
 
-def ready_set(ready_pods: Any) -> Optional[frozenset]:
+def ready_set(ready_pods: Any) -> Optional[frozenset[str]]:
     """``None`` (every pod) or the frozenset of ready pod names."""
     if ready_pods is None:
         return None
@@ -350,7 +484,7 @@ def _event_array(value: Any, dtype: Any, ndim: int, what: str) -> np.ndarray:
     return value
 
 
-def stored_fields(event: Any, block_size: int) -> tuple:
+def stored_fields(event: Any, block_size: int) -> Tuple[Any, ...]:
     """(block_hashes, tokens, model_name, lora_id, source_pod, parent_block_hash) of a BlockStored."""
     hashes = _event_array(event.block_hashes, np.uint64, 1, "block_hashes")
     tokens = _event_array(event.tokens, np.uint8, 2, "tokens")
@@ -371,21 +505,21 @@ def stored_fields(event: Any, block_size: int) -> tuple:
     return hashes, tokens, model, lora, pod, parent
 
 
-def removed_fields(event: Any) -> tuple:
+def removed_fields(event: Any) -> Tuple[Any, ...]:
     """(block_hashes, model_name, lora_id, source_pod) of a BlockRemoved; source_pod "" = every pod."""
     hashes = _event_array(event.block_hashes, np.uint64, 1, "block_hashes")
     return (hashes, check_str(event.model_name, "model_name"), check_lora_id(event.lora_id),
             check_str(event.source_pod, "source_pod"))
 
 
-def cleared_fields(event: Any) -> tuple:
+def cleared_fields(event: Any) -> Tuple[Any, ...]:
     """(source_pod, model_name or None, lora_id or None) of an AllBlocksCleared."""
     model, lora = event.model_name, event.lora_id
     return (check_pod(event.source_pod, "source_pod"), None if model is None else check_str(model, "model_name"),
             None if lora is None else check_lora_id(lora))
 
 
-def batch_event_fields(i: int, event: Any, block_size: int) -> tuple:
+def batch_event_fields(i: int, event: Any, block_size: int) -> Tuple[Any, ...]:
     """(kind, fields) of events[i] of a process_events batch; kind 0 stored, 1 removed, 2 cleared.
     An error names the position, and comes before anything of the batch is applied (SPEC)."""
     try:
@@ -400,7 +534,7 @@ def batch_event_fields(i: int, event: Any, block_size: int) -> tuple:
     raise TypeError(f"events[{i}] must be a BlockStored, BlockRemoved or AllBlocksCleared, not {_type_name(event)}")
 
 
-def batch_list(events: Any) -> list:
+def batch_list(events: Any) -> List[Any]:
     """The events of a process_events call as a list (iterated once: it may be a generator)."""
     if type(events) is list:
         return events

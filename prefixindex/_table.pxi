@@ -443,7 +443,8 @@ cdef class SyncPrefixHashTable:
         if not cnp.PyArray_CheckExact(tokens) or cnp.PyArray_TYPE(<cnp.ndarray>tokens) != cnp.NPY_UINT8 \
                 or cnp.PyArray_NDIM(<cnp.ndarray>tokens) != 1 \
                 or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>tokens):
-            tokens = query_token_bytes(tokens)  # the shared path: same conversions and errors as _core_py
+            converted = c_token_bytes(tokens)  # lists and integer arrays in one inlined C pass (_convert.pxd)
+            tokens = query_token_bytes(tokens) if converted is None else converted  # else the shared path
             if type(tokens) is bytes:
                 return self._token_bytes(tokens, data, nbytes)
         data[0] = <const uint8_t*>cnp.PyArray_DATA(<cnp.ndarray>tokens)

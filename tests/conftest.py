@@ -1,4 +1,4 @@
-"""Fixtures shared by the whole suite.
+"""Fixtures shared by the whole suite (only fixtures: shared helpers are in tests/helpers.py).
 
 ``backend`` is parametrised over every backend that this run can use: the pure-Python one always, the
 compiled one unless PREFIXINDEX_NO_EXTENSIONS=1. With PREFIXINDEX_REQUIRE_EXTENSIONS=1 (set by CI) a
@@ -8,63 +8,11 @@ is an error rather than a silently shorter test run.
 
 from __future__ import annotations
 
-import hashlib
-import importlib
-import os
-from pathlib import Path
-
 import pytest
 
-from prefixindex import _core_py
-
-ROOT = Path(__file__).resolve().parent.parent
-PKG = ROOT / "prefixindex"
-
-
-def _flag(name: str) -> bool:
-    return os.environ.get(name, "") not in ("", "0")
-
-
-def _load_compiled():
-    if _flag("PREFIXINDEX_NO_EXTENSIONS"):
-        return None
-    try:
-        core = importlib.import_module("prefixindex._core")
-    except ImportError:
-        if _flag("PREFIXINDEX_REQUIRE_EXTENSIONS"):
-            raise
-        return None
-    sources = sorted((p for pattern in ("*.pyx", "*.pxd", "*.pxi", "*.h") for p in PKG.glob(pattern)),
-                     key=lambda p: p.name)  # the rule of setup.py's source_hash
-    if sources:
-        digest = hashlib.sha256()
-        for p in sources:
-            digest.update(p.read_bytes())
-        if core.SOURCE_HASH != digest.hexdigest()[:16]:
-            raise RuntimeError(
-                f"prefixindex._core ({core.__file__}) was built from other sources than the checked-out "
-                "_core.pyx/_core.pxd/_native.h: rebuild it (pip install -e . or "
-                "python setup.py build_ext --inplace)")
-    return core
-
-
-COMPILED = _load_compiled()
-BACKENDS = {"python": _core_py}
-if COMPILED is not None:
-    BACKENDS["cython"] = COMPILED
-
-
-class FakeClock:
-    """A clock the tests move by hand: eviction is tested without sleeping."""
-
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
+# the backends and the clock live in helpers (test modules import them from there, never from here);
+# compiled_source_hash and the rest stay importable from conftest for branches written before the move
+from helpers import BACKENDS, COMPILED, PKG, ROOT, FakeClock, compiled_source_hash  # noqa: F401
 
 
 @pytest.fixture(params=sorted(BACKENDS))

@@ -1,4 +1,5 @@
-"""Small helpers shared by the core test suite.
+"""Helpers shared by the test suite: the backends this run tests (``COMPILED``, ``BACKENDS``), paths
+(``ROOT``, ``PKG``), ``FakeClock``, and small builders of blocks, chains and events.
 
 The prefix hash chain is recomputed here straight from SPEC with the ``xxhash`` package, so that no
 test takes the index's own hashing on trust. Blocks are named by small integers: block ``k`` holds the
@@ -7,12 +8,79 @@ token ids ``k*bs, k*bs+1, ..., k*bs+bs-1`` (``bs`` = 4, the block size of the ``
 
 from __future__ import annotations
 
+import hashlib
+import importlib
 import struct
+from pathlib import Path
 from typing import Iterable, List, Optional
 
 import xxhash
 
-from prefixindex import BlockRemoved, BlockStored
+from prefixindex import BlockRemoved, BlockStored, _backend, _core_py
+
+ROOT = Path(__file__).resolve().parent.parent
+PKG = ROOT / "prefixindex"
+
+
+# --- the backends this run tests ----------------------------------------------------------------------------
+
+
+def compiled_sources(package_dir: Path = PKG) -> List[Path]:
+    """Every Cython and C++ source of the compiled modules (``*.pyx``, ``*.pxd``, ``*.pxi``, ``*.h`` of
+    the package), in order of file name: the files setup.py's source_hash reads."""
+    return sorted((p for pattern in ("*.pyx", "*.pxd", "*.pxi", "*.h") for p in package_dir.glob(pattern)),
+                  key=lambda p: p.name)
+
+
+def compiled_source_hash(package_dir: Path = PKG) -> str:
+    """What setup.py compiles into the core as SOURCE_HASH: sha256 over the bytes of
+    ``compiled_sources``, first 16 hex digits."""
+    digest = hashlib.sha256()
+    for path in compiled_sources(package_dir):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _load_compiled():
+    """The compiled core, None when this run cannot use it (prefixindex._backend's rules), or an error:
+    with PREFIXINDEX_REQUIRE_EXTENSIONS=1 (CI) when it does not import, and always when it was built
+    from other sources than the ones checked out (a stale in-place build)."""
+    try:
+        core = _backend.load("cython")
+    except ImportError:
+        if _backend.flag(_backend.REQUIRE_EXTENSIONS) and _backend.why_not_compiled() is None:
+            raise
+        return None
+    if any(PKG.glob("*.pyx")):
+        for module in (core, importlib.import_module("prefixindex._convert")):
+            if module.SOURCE_HASH != compiled_source_hash():
+                raise RuntimeError(
+                    f"{module.__name__} ({module.__file__}) was built from other sources than the checked-out "
+                    "prefixindex/*.pyx, *.pxd, *.pxi, *.h: rebuild it (pip install -e . or "
+                    "python setup.py build_ext --inplace)")
+    return core
+
+
+COMPILED = _load_compiled()
+BACKENDS = {"python": _core_py}  # name -> backend module: "python" always, "cython" when COMPILED
+if COMPILED is not None:
+    BACKENDS["cython"] = COMPILED
+
+
+class FakeClock:
+    """A clock the tests move by hand: eviction is tested without sleeping."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+# --- blocks, chains and events ----------------------------------------------------------------------------
 
 U64 = 2**64
 BS = 4  # block_size of the make_table fixture

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import os
 import subprocess
@@ -14,7 +13,7 @@ import pytest
 import prefixindex
 from prefixindex import _core_py
 
-from conftest import COMPILED, ROOT
+from helpers import COMPILED, ROOT, compiled_source_hash
 
 compiled_only = pytest.mark.skipif(
     COMPILED is None, reason="PREFIXINDEX_NO_EXTENSIONS=1: this run tests the pure-Python backend only")
@@ -29,7 +28,7 @@ def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
 
 
 def test_backend_in_this_process_matches_the_environment():
-    # conftest and the package apply the same rules to the same environment
+    # helpers (via prefixindex._backend) and the package apply the same rules to the same environment
     if COMPILED is None:
         assert prefixindex.BACKEND == "python"
         assert prefixindex.SyncPrefixHashTable is _core_py.SyncPrefixHashTable
@@ -52,11 +51,20 @@ def test_no_extensions_forces_the_fallback():
     assert proc.stdout.split() == ["python", "prefixindex._core_py"]
 
 
-def test_zero_means_unset():
-    built = importlib.util.find_spec("prefixindex._core") is not None  # whatever this run's own setting
-    proc = run_python("import prefixindex; print(prefixindex.BACKEND)", PREFIXINDEX_NO_EXTENSIONS="0")
+@pytest.mark.parametrize("env", [{}, {"PREFIXINDEX_NO_EXTENSIONS": "0"}, {"PREFIXINDEX_NO_EXTENSIONS": ""}])
+def test_the_compiled_core_runs_exactly_when_it_imports(env):
+    """Unset, empty and "0" all mean: the compiled core when it imports, whatever this run's own setting."""
+    proc = run_python(textwrap.dedent("""
+        import importlib, prefixindex
+        try:
+            importlib.import_module("prefixindex._core"); has = "cython"
+        except ImportError:
+            has = "python"
+        print(prefixindex.BACKEND, has)
+        """), **env)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip() == ("cython" if built else "python")
+    backend, importable = proc.stdout.split()
+    assert backend == importable
 
 
 # sys.modules[name] = None makes any import of that module raise ImportError: a missing extension.
@@ -165,3 +173,107 @@ def test_package_ships_typing_markers():
     pkg = os.path.dirname(prefixindex.__file__)
     assert os.path.exists(os.path.join(pkg, "py.typed"))
     assert os.path.exists(os.path.join(pkg, "_core.pyi"))
+
+
+# --- prefixindex._backend: one place for the flags and the choice of a module ------------------------------
+
+# two stand-in modules for a compiled/fallback pair other than the core (as _convert/_convert_py will be)
+FAKE_PAIR = textwrap.dedent("""
+    import sys, types
+    for _name in ("fake_fast", "fake_slow"):
+        sys.modules[_name] = types.ModuleType(_name)
+    from prefixindex import _backend
+    """)
+
+
+@pytest.mark.parametrize("env, missing, expected", [
+    ({}, False, "fake_fast"),
+    ({"PREFIXINDEX_NO_EXTENSIONS": "1"}, False, "fake_slow"),
+    ({"PREFIXINDEX_NO_EXTENSIONS": "0"}, False, "fake_fast"),
+    ({}, True, "fake_slow"),
+    ({"PREFIXINDEX_REQUIRE_EXTENSIONS": "1"}, False, "fake_fast"),
+    ({"PREFIXINDEX_REQUIRE_EXTENSIONS": "1"}, True, "ImportError"),
+    ({"PREFIXINDEX_REQUIRE_EXTENSIONS": "1", "PREFIXINDEX_NO_EXTENSIONS": "1"}, True, "fake_slow"),
+])
+def test_choose_applies_the_same_rules_to_any_pair(env, missing, expected):
+    proc = run_python(FAKE_PAIR + ("sys.modules['fake_fast'] = None\n" if missing else "") + textwrap.dedent("""
+        try:
+            print(_backend.choose("fake_fast", "fake_slow").__name__)
+        except ImportError:
+            print("ImportError")
+        """), **env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == expected
+
+
+def test_another_interpreter_gets_the_fallback():
+    """The compiled core is built for CPython: elsewhere (PyPy, GraalPy) the pure-Python twin runs, even
+    with PREFIXINDEX_REQUIRE_EXTENSIONS set and the compiled module importable."""
+    proc = run_python("import platform; platform.python_implementation = lambda: 'PyPy'\n" + FAKE_PAIR + textwrap.dedent("""
+        print(_backend.choose("fake_fast", "fake_slow").__name__, _backend.why_not_compiled())
+        import prefixindex
+        print(prefixindex.BACKEND)
+        try:
+            _backend.load("cython")
+        except ImportError as exc:
+            print("load:", exc)
+        """), PREFIXINDEX_REQUIRE_EXTENSIONS="1")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "fake_slow the compiled core is built for CPython, this is PyPy"
+    assert lines[1] == "python"
+    assert lines[2] == "load: the compiled core is built for CPython, this is PyPy"
+
+
+def test_load_names_a_backend_and_never_substitutes_another():
+    from prefixindex import _backend
+
+    assert _backend.load("python") is _core_py
+    with pytest.raises(ValueError, match="unknown backend 'fortran'; known: python, cython"):
+        _backend.load("fortran")
+    if COMPILED is not None:
+        assert _backend.load("cython") is COMPILED
+        assert sorted(_backend.available()) == ["cython", "python"]
+    else:
+        with pytest.raises(ImportError):
+            _backend.load("cython")
+        assert sorted(_backend.available()) == ["python"]
+
+
+def test_load_says_why_the_compiled_core_is_not_used():
+    proc = run_python(textwrap.dedent("""
+        from prefixindex import _backend
+        try:
+            _backend.load("cython")
+        except ImportError as exc:
+            print(exc)
+        """), PREFIXINDEX_NO_EXTENSIONS="1")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "PREFIXINDEX_NO_EXTENSIONS is set"
+
+
+@pytest.mark.parametrize("value, on", [("", False), ("0", False), ("1", True), ("yes", True)])
+def test_flag_is_on_unless_unset_empty_or_zero(monkeypatch, value, on):
+    from prefixindex import _backend
+
+    monkeypatch.setenv("PREFIXINDEX_TEST_FLAG", value)
+    assert _backend.flag("PREFIXINDEX_TEST_FLAG") is on
+    monkeypatch.delenv("PREFIXINDEX_TEST_FLAG")
+    assert _backend.flag("PREFIXINDEX_TEST_FLAG") is False
+
+
+def test_stale_build_check_hashes_every_compiled_source(tmp_path):
+    """The tests' side of the stale-build rule (setup.py compiles the same digest into the core): every
+    .pyx, .pxd, .pxi and .h of the package, in order of file name; other files do not count."""
+    (tmp_path / "b.pyx").write_bytes(b"B")
+    (tmp_path / "a.h").write_bytes(b"A")
+    (tmp_path / "c.pxd").write_bytes(b"C")
+    (tmp_path / "d.py").write_bytes(b"ignored")
+    (tmp_path / "d.pxi").write_bytes(b"D")
+    import hashlib
+
+    assert compiled_source_hash(tmp_path) == hashlib.sha256(b"ABCD").hexdigest()[:16]
+    (tmp_path / "e.h").write_bytes(b"E")  # a new header changes the hash
+    assert compiled_source_hash(tmp_path) == hashlib.sha256(b"ABCDE").hexdigest()[:16]
+    if COMPILED is not None:
+        assert COMPILED.SOURCE_HASH == compiled_source_hash()

@@ -3,7 +3,6 @@ released while hashing, memory that comes back, pod ids that are recycled, 32-bi
 
 from __future__ import annotations
 
-import hashlib
 import random
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from hypothesis import strategies as st
 
 from prefixindex import BlockRemoved, BlockStored, _core_py
 
-from conftest import COMPILED, PKG, ROOT
+from helpers import COMPILED, PKG, ROOT, compiled_source_hash, compiled_sources
 
 pytestmark = pytest.mark.skipif(
     COMPILED is None, reason="PREFIXINDEX_NO_EXTENSIONS=1: this run tests the pure-Python backend only")
@@ -262,11 +261,7 @@ def test_msgpack_token_ids_match_the_reference(raw):
 # --- the build -------------------------------------------------------------------------------------
 
 def test_compiled_module_was_built_from_these_sources():
-    # setup.py's rule: every Cython and C++ source of the package, sorted by name
-    sources = sorted((p for pattern in ("*.pyx", "*.pxd", "*.pxi", "*.h") for p in PKG.glob(pattern)),
-                     key=lambda p: p.name)
-    assert {p.name for p in sources} >= {"_core.pyx", "_native.pxd", "_native.h", "_xxh64.h", "_entries.pxd"}
-    digest = hashlib.sha256()
-    for path in sources:
-        digest.update(path.read_bytes())
-    assert COMPILED.SOURCE_HASH == digest.hexdigest()[:16]
+    # setup.py's rule (tests/helpers.py): every Cython and C++ source of the package, sorted by name
+    assert {p.name for p in compiled_sources(PKG)} >= {"_core.pyx", "_native.pxd", "_native.h", "_xxh64.h",
+                                                        "_entries.pxd"}
+    assert COMPILED.SOURCE_HASH == compiled_source_hash(PKG)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from prefixindex import _demo
+from prefixindex._tools import demo as _demo
 
 ROOT = Path(__file__).resolve().parent.parent
 

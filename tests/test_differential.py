@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from prefixindex import AllBlocksCleared, BlockRemoved, BlockStored, _core_py
 
-from conftest import COMPILED, FakeClock
+from helpers import COMPILED, FakeClock
 
 pytestmark = pytest.mark.skipif(
     COMPILED is None, reason="PREFIXINDEX_NO_EXTENSIONS=1: only one backend in this run")

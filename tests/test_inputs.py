@@ -45,7 +45,8 @@ BAD_HASHES = [
     (TypeError, "block_hashes", [1.0, 2.0]),
     (TypeError, "block_hashes", [1, True]),
     (TypeError, "block_hashes", [1, "2"]),
-    (TypeError, "block_hashes", [b"ab", 2]),
+    (ValueError, r"block_hashes\[0\] as bytes must hold at least 8 bytes", [b"ab", 2]),
+    (TypeError, "block_hashes", [bytearray(8), 2]),
     (TypeError, "block_hashes", [1, None]),
     (TypeError, "block_hashes", "12"),
     (TypeError, "block_hashes", b"\x01\x02"),
@@ -111,7 +112,7 @@ def test_tokens_not_dividing_into_blocks_rejected(tokens):
 
 def test_no_hashes_but_tokens_rejected():
     with pytest.raises(ValueError, match="no block hashes"):
-        BlockStored([], [1, 2, 3, 4], "m")
+        BlockStored([], [1, 2, 3, 4], "m", -1, "A")
 
 
 @pytest.mark.parametrize("kwargs, exc, what", [
@@ -138,7 +139,8 @@ def test_event_identifiers_rejected(kwargs, exc, what):
 
 
 @pytest.mark.parametrize("parent, exc", [
-    (1.5, TypeError), (True, TypeError), ("1", TypeError), (b"1", TypeError), ([1], TypeError),
+    (1.5, TypeError), (True, TypeError), ("1", TypeError), (b"1", ValueError), ([1], TypeError),
+    (bytearray(8), TypeError),
     (2**64, ValueError), (-(2**63) - 1, ValueError),
 ])
 def test_parent_block_hash_rejected(parent, exc):

@@ -6,16 +6,11 @@ so ``chain(1, 2, 3)`` is the prefix hashes a pod holds after storing blocks 1, 2
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
-import prefixindex
 from prefixindex import AllBlocksCleared, BlockRemoved, BlockStored
-from helpers import STAT_KEYS, U64, chain, counters, ctx, id_bytes, removed, stored, toks
+from helpers import BACKENDS, STAT_KEYS, U64, FakeClock, chain, counters, ctx, id_bytes, removed, stored, toks
 
 
 def holders_by_block(table, ks, model="m", lora=-1):
@@ -547,32 +542,9 @@ def test_pod_named_empty_string_is_refused_where_it_would_store(make_table):
 
 # --- SPEC 9: backends ------------------------------------------------------------------------------------
 
-def _run(code, **env):
-    full = dict(os.environ)
-    full.pop("PREFIXINDEX_NO_EXTENSIONS", None)
-    full.pop("PREFIXINDEX_REQUIRE_EXTENSIONS", None)
-    full.update(env)
-    out = subprocess.run([sys.executable, "-c", code], env=full, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    return out.stdout.split()
-
-
-def test_no_extensions_flag_forces_python_backend():
-    got = _run("import prefixindex, prefixindex._core_py as p; "
-               "print(prefixindex.BACKEND, prefixindex.SyncPrefixHashTable is p.SyncPrefixHashTable)",
-               PREFIXINDEX_NO_EXTENSIONS="1")
-    assert got == ["python", "True"]
-    got = _run("import importlib, prefixindex\n"
-               "try:\n    importlib.import_module('prefixindex._core'); has = 'cython'\n"
-               "except ImportError:\n    has = 'python'\n"
-               "print(prefixindex.BACKEND, has)")
-    assert got[0] == got[1]  # the compiled core is used exactly when it imports
-    assert prefixindex.BACKEND in ("python", "cython")
-
-
 def test_backends_agree():
-    """SPEC 9 / 5: the same calls give the same results on every backend (and as computed here)."""
-    from conftest import BACKENDS, FakeClock
+    """SPEC 9 / 5: the same calls give the same results on every backend (and as computed here).
+    Which backend the package picks, and when: tests/test_backends.py."""
 
     def script(mod):
         clock = FakeClock()

@@ -21,6 +21,15 @@ EVENTS_PER_BATCH = 8
 BLOCKS_PER_EVENT = 16
 
 
+def _vllm_bench_module():
+    """The ingestion bench wherever the commit under test keeps it: prefixindex/_tools/ since the tools
+    moved there, prefixindex/_vllm_bench.py before (asv runs this suite against older commits too)."""
+    try:
+        return importlib.import_module("prefixindex._tools.vllm_bench")
+    except ImportError:
+        return importlib.import_module("prefixindex._vllm_bench")
+
+
 class VllmIngest:
     params = [BACKENDS]
     param_names = ["backend"]
@@ -31,7 +40,7 @@ class VllmIngest:
     def setup(self, backend_name: str) -> None:
         module = backend(backend_name)
         try:
-            self.bench = importlib.import_module("prefixindex._vllm_bench")
+            self.bench = _vllm_bench_module()
             importlib.import_module("prefixindex.vllm")
         except ImportError as exc:
             raise NotImplementedError(f"the vLLM subscriber is not available: {exc}") from None

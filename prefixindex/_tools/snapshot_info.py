@@ -80,7 +80,9 @@ def format_summary(info: Dict[str, Any], name: str, limit: Optional[int]) -> str
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m prefixindex snapshot-info",
+    from prefixindex.__main__ import command_prog
+
+    parser = argparse.ArgumentParser(prog=command_prog("snapshot-info"),
                                      description="Check a snapshot written by table.save() and print what it "
                                                  "holds (docs/snapshot.md).")
     parser.add_argument("path", help="the snapshot file, or - for stdin")

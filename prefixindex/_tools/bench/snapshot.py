@@ -6,8 +6,8 @@ The workload is the one the targets are stated on: 100 contexts, 8 pods, 10^6 en
 ``BlockStored`` events with random engine hashes: 9,650 prefixes and 10,000 entries per context, every
 entry with its engine hash. Block size 16, ``max_prefixes_per_context`` 10,000 (no trim happens).
 
-Rows (one value per backend that has ``_export_state``; timed through ``_snapshot.save_table`` and
-``load_table``, which a backend's ``save`` and ``load`` wrap): ``snapshot_save`` (seconds, a save to a file on the
+Rows (timed through ``_snapshot.save_table`` and ``load_table``, which a backend's ``save`` and ``load``
+wrap; the targets are the compiled core's, the pure-Python figures are for information): ``snapshot_save`` (seconds, a save to a file on the
 temporary directory's file system, fsync and rename included), ``snapshot_load`` (seconds, a new table
 from that file) and ``snapshot_bytes`` (file bytes per entry). Times are medians over repetitions
 (at least one, more while ``budget_s`` lasts, at most 5), with the interquartile range as the spread.
@@ -25,16 +25,21 @@ import numpy as np
 
 from prefixindex import _snapshot
 
+from .common import RowSpec, judge, result_row
+
 BLOCK_SIZE = 16
 SEED = 0x5EED
 CONTEXTS, PODS, SHARED_BLOCKS, CHAINS, CHAIN_BLOCKS = 100, 8, 50, 15, 80
 MAX_REPS = 5
 
-ROWS = (  # id, title, unit, better, target, speedup target (the bench's RowSpec)
-    ("snapshot_save", "snapshot save, 10^6 entries", "s", "lower", 0.5, None),
-    ("snapshot_load", "snapshot load, 10^6 entries", "s", "lower", 1.0, None),
+SUMMARY = ("snapshots of 10^6 entries (10^5 with --quick) in 100 contexts over 8 pods: save to a file "
+           "(fsync and rename included), load from it, file bytes per entry; medians of up to 5")
+ROWS: List[RowSpec] = [  # the time targets are the compiled core's, stated for 10^6 entries
+    ("snapshot_save", "snapshot save", "s", "lower", 0.5, None),
+    ("snapshot_load", "snapshot load", "s", "lower", 1.0, None),
     ("snapshot_bytes", "snapshot file size", "B/entry", "lower", 24.0, None),
-)
+]
+JUDGED = ("cython",)
 
 
 def workload_events(contexts: int, seed: int = 0) -> List[Tuple[str, List[Any]]]:
@@ -119,33 +124,17 @@ def run(modules: Dict[str, Any], quick: bool, budget_s: Optional[float],
     with tempfile.TemporaryDirectory(prefix="prefixindex-bench-") as directory:
         for name, module in modules.items():
             if not hasattr(module.SyncPrefixHashTable, "_export_state"):
-                say(f"snapshot: {name} has no snapshot support yet (no _export_state); skipped")
+                measured[name] = {spec[0]: {"error": f"{name} has no snapshot support (no _export_state)"}
+                                  for spec in ROWS}
                 continue
             say(f"timing snapshot save/load: {name}")
             try:
                 measured[name] = measure_backend(module, workload, budget, directory)
             except Exception as exc:  # a broken backend is reported in its cells, not a crashed bench
-                measured[name] = {row[0]: {"error": f"{type(exc).__name__}: {exc}"} for row in ROWS}
-    rows = []
-    for row_id, title, unit, better, target, speedup_target in ROWS:
-        if quick:
-            title = title.replace("10^6", "10^5")
-        values: Dict[str, Dict[str, Any]] = {}
-        for name, results in measured.items():
-            value = dict(results[row_id])
-            # The time targets are the compiled core's, stated for 10^6 entries (a quick run is not held to
-            # them); the size is the format's, the same for both backends.
-            judged = unit == "B/entry" or (name == "cython" and not quick)
-            value["pass"] = value["median"] <= target if judged and "median" in value else None
-            values[name] = value
-        speedup = None
-        if "median" in values.get("python", {}) and "median" in values.get("cython", {}):
-            a, b = values["python"]["median"], values["cython"]["median"]
-            speedup = a / b if b > 0 else None
-        rows.append({"id": row_id, "title": title, "unit": unit, "better": better, "target": target,
-                     "values": values, "speedup": speedup, "speedup_target": speedup_target,
-                     "speedup_pass": None})
-    return rows
+                measured[name] = {spec[0]: {"error": f"{type(exc).__name__}: {exc}"} for spec in ROWS}
+    return [result_row(spec, judge({name: dict(results[spec[0]]) for name, results in measured.items()},
+                                   spec, JUDGED))
+            for spec in ROWS]
 
 
 if __name__ == "__main__":  # python -m prefixindex._tools.bench.snapshot [--quick]: this section alone

@@ -252,7 +252,7 @@ class SimulatedPod:
         """Ground truth: how many leading blocks of these token bytes the pod holds right now."""
         return self.cached_blocks(self.engine_hashes(raw, len(raw) // self.block_bytes))
 
-    def serve(self, session: Session, request: Request, events: Optional[list]) -> int:
+    def serve(self, session: Session, request: Request, events: Optional[List[Any]]) -> int:
         """Run one request: count the prompt blocks found in the cache, then cache the whole sequence
         (prompt and answer), evicting what does not fit. Appends the KV events to ``events`` when it is
         a list. Returns the number of prompt blocks that were served from the cache."""
@@ -285,7 +285,7 @@ class SimulatedPod:
                 start = stop
         return min(cached, prompt_blocks)
 
-    def restart(self, salt: bytes, events: Optional[list]) -> None:
+    def restart(self, salt: bytes, events: Optional[List[Any]]) -> None:
         """The engine restarts with an empty cache and (as a new process) new engine block hashes."""
         self.cache.clear()
         self.salt = salt
@@ -311,7 +311,7 @@ class Cluster:
     def _new_salt(self) -> bytes:
         return self._salts.bytes(16)
 
-    def advance(self, tick: int, restarts: Sequence[Restart], events: Optional[list]) -> None:
+    def advance(self, tick: int, restarts: Sequence[Restart], events: Optional[List[Any]]) -> None:
         while self._finishing and self._finishing[0][0] <= tick:
             self.in_flight[heapq.heappop(self._finishing)[1]] -= 1
         while self._back_up and self._back_up[0][0] <= tick:
@@ -404,7 +404,7 @@ def _busiest_share(cluster: Cluster, workload: Workload) -> float:
     return max(shares, default=0.0)
 
 
-def _feed(index: Any, events: list, counts: Dict[str, int]) -> None:
+def _feed(index: Any, events: List[Any], counts: Dict[str, int]) -> None:
     for event in events:
         if isinstance(event, prefixindex.BlockStored):
             index.process_block_stored(event)
@@ -440,7 +440,7 @@ def run(config: DemoConfig) -> DemoRun:
     prefix_routed, random_routed = RoutingResult(), RoutingResult()
     counts = dict.fromkeys(("block_stored", "blocks_in_block_stored", "block_removed",
                             "blocks_in_block_removed", "all_blocks_cleared"), 0)
-    events: list = []
+    events: List[Any] = []
     latency = np.empty(len(workload.requests), dtype=np.int64)
     agreed = 0
     block_bytes = 4 * config.block_size
@@ -528,8 +528,10 @@ def format_text(summary: Dict[str, Any]) -> str:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from prefixindex.__main__ import command_prog
+
     parser = argparse.ArgumentParser(
-        prog="python -m prefixindex demo",
+        prog=command_prog("demo"),
         description="Route a synthetic multi-turn chat workload through the prefix index, fed only by "
                     "simulated KV-cache events, and compare the cache hit rate with random routing.")
     defaults = DemoConfig()

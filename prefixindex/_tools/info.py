@@ -18,12 +18,20 @@ def collect() -> Dict[str, Any]:
     import prefixindex
     from prefixindex._config import ENV_VARS, Config
 
+    from prefixindex import _backend
+
     impl = prefixindex._impl
     config = Config.from_env()
+    try:
+        _backend.load("cython")
+        compiled = "in use" if prefixindex.BACKEND == "cython" else "importable"
+    except ImportError as exc:  # why the fallback runs: a flag, the interpreter, or no build
+        compiled = f"not used: {exc}"
     info: Dict[str, Any] = {
         "prefixindex": prefixindex.__version__,
         "backend": prefixindex.BACKEND,
         "backend_module": getattr(impl, "__file__", None),
+        "compiled_core": compiled,
         "compiled_from": getattr(impl, "SOURCE_HASH", None),
         "config_from_env": dataclasses.asdict(config),
         "env": {var: os.environ[var] for var in ENV_VARS.values() if var in os.environ},
@@ -42,7 +50,9 @@ def collect() -> Dict[str, Any]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m prefixindex info", description=__doc__)
+    from prefixindex.__main__ import command_prog
+
+    parser = argparse.ArgumentParser(prog=command_prog("info"), description=__doc__)
     parser.add_argument("--json", action="store_true", help="print JSON")
     args = parser.parse_args(argv)
     info = collect()

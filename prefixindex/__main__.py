@@ -43,9 +43,10 @@ def command_prog(command: str) -> str:
 def _usage(prog: str) -> str:
     lines = [f"usage: {prog} {{{','.join(COMMANDS)}}} [options]", f"       {prog} --version", "",
              "commands:"]
+    width = max(len(name) for name in COMMANDS)  # "snapshot-info" is longer than the rest
     for name, (_, help_text) in COMMANDS.items():
-        lines.append(f"  {name:<10} {help_text}")
-    lines += [f"  {'version':<10} print the version and the backend in use (also --version, -V)", "",
+        lines.append(f"  {name:<{width}} {help_text}")
+    lines += [f"  {'version':<{width}} print the version and the backend in use (also --version, -V)", "",
               f"{prog} COMMAND --help describes a command's options."]
     return "\n".join(lines)
 

@@ -16,19 +16,22 @@ with the same ``snapshot()`` as one that never stopped. A save after ``stop()`` 
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
 from typing import Any, Dict, Mapping, Optional, Tuple, Type, TypeVar
 
 from . import _snapshot
 from ._snapshot import File, SnapshotError
 
-__all__ = ["POSITIONS_KIND", "decode_positions", "encode_positions", "load_subscriber_snapshot",
-           "save_subscriber"]
+__all__ = ["POSITIONS_KIND", "PeriodicSaver", "add_arguments", "check_arguments", "decode_positions",
+           "encode_positions", "load_subscriber_snapshot", "open_table", "save_subscriber"]
 
 POSITIONS_KIND = "prefixindex.vllm-positions"
 POSITIONS_VERSION = 1
 
 T = TypeVar("T")
+log = logging.getLogger("prefixindex")
 
 
 def _check_position(name: Any, position: Any) -> Dict[str, Any]:
@@ -101,3 +104,62 @@ def load_subscriber_snapshot(cls: Type[T], file: File, overrides: Optional[Mappi
     ``overrides`` as for ``cls.load``. Give ``positions`` to ``VLLMSubscriber(..., resume=positions)``."""
     table, positions = _snapshot.load_table_and_extra(cls, file, overrides or {}, decode_positions)
     return table, positions
+
+
+# -- the subscribe command's --snapshot PATH [--snapshot-every SECONDS] ----------------------------------
+
+
+def add_arguments(parser: Any) -> None:
+    """The two options, for an argparse parser (``python -m prefixindex subscribe``)."""
+    parser.add_argument("--snapshot", metavar="PATH", default=None,
+                        help="load the index and each pod's position from PATH at start (when it exists), "
+                             "and save them there on exit (docs/snapshot.md)")
+    parser.add_argument("--snapshot-every", type=float, default=None, metavar="SECONDS",
+                        help="also save the snapshot every SECONDS while running (needs --snapshot)")
+
+
+def check_arguments(parser: Any, args: Any) -> None:
+    """Usage errors of the two options, as the parser's (exit status 2)."""
+    if args.snapshot_every is not None:
+        if args.snapshot is None:
+            parser.error("--snapshot-every needs --snapshot PATH")
+        if not (math.isfinite(args.snapshot_every) and args.snapshot_every > 0):
+            parser.error("--snapshot-every must be a positive number of seconds")
+
+
+def open_table(cls: Type[T], path: Optional[str], overrides: Mapping[str, Any]
+               ) -> Tuple[T, Optional[Dict[str, Dict[str, Any]]], str]:
+    """``(table, resume positions or None, what happened)``: the table and positions saved at ``path``
+    when it exists, else a new table. ``overrides`` (block_size, seed) must agree with a saved table's:
+    a ValueError says so. A snapshot that cannot be read is an error, never silently replaced."""
+    if path is not None and os.path.exists(path):
+        table, positions = load_subscriber_snapshot(cls, path, overrides)
+        return table, positions, f"loaded {path}: {len(positions)} pod position(s) to resume from"
+    table = cls(**overrides)
+    return table, None, ("no snapshot at " + path + " yet: starting empty") if path is not None else ""
+
+
+class PeriodicSaver:
+    """Saves ``subscriber`` to ``path`` every ``every`` seconds (``due(now)``/``save()``) and at the end.
+    A failed periodic save is logged and retried at the next period: the old file stays whole."""
+
+    def __init__(self, subscriber: Any, path: str, every: Optional[float], now: float) -> None:
+        self.subscriber, self.path, self.every = subscriber, path, every
+        self.next_at = None if every is None else now + every
+        self.saves = self.failures = 0
+
+    def due(self, now: float) -> bool:
+        return self.next_at is not None and now >= self.next_at
+
+    def save(self, now: Optional[float] = None) -> bool:
+        """One save now; True when it worked. Schedules the next periodic one from ``now``."""
+        if self.every is not None and now is not None:
+            self.next_at = now + self.every
+        try:
+            save_subscriber(self.subscriber, self.path)
+        except (OSError, ValueError) as exc:
+            self.failures += 1
+            log.warning("prefixindex: saving the snapshot to %s failed: %s", self.path, exc)
+            return False
+        self.saves += 1
+        return True

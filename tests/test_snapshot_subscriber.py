@@ -123,3 +123,61 @@ def test_positions_are_read_before_the_table_is_copied(table):
 
     save_subscriber(Sub(Table(), POSITIONS), io.BytesIO())
     assert order == ["positions", "table"]
+
+
+# -- the subscribe command's options ---------------------------------------------------------------------
+
+
+def test_command_options():
+    import argparse
+
+    from prefixindex import _subscriber_snapshot as ss
+
+    parser = argparse.ArgumentParser()
+    ss.add_arguments(parser)
+    args = parser.parse_args(["--snapshot", "x.snap", "--snapshot-every", "2.5"])
+    ss.check_arguments(parser, args)
+    assert (args.snapshot, args.snapshot_every) == ("x.snap", 2.5)
+    assert parser.parse_args([]).snapshot is None
+    for argv, word in ((["--snapshot-every", "3"], "needs --snapshot"),
+                       (["--snapshot", "x", "--snapshot-every", "0"], "positive"),
+                       (["--snapshot", "x", "--snapshot-every", "nan"], "positive")):
+        with pytest.raises(SystemExit) as info:
+            ss.check_arguments(parser, parser.parse_args(argv))
+        assert info.value.code == 2
+
+
+def test_open_table_starts_empty_or_from_the_snapshot(table, backend, tmp_path):
+    from prefixindex import _subscriber_snapshot as ss
+
+    path = tmp_path / "router.snapshot"
+    fresh, resume, said = ss.open_table(backend.SyncPrefixHashTable, str(path), {"block_size": 4})
+    assert resume is None and fresh.stats()["entries"] == 0 and "starting empty" in said
+    fresh.close()
+    save_subscriber(StandIn(table, POSITIONS), path)
+    loaded, resume, said = ss.open_table(backend.SyncPrefixHashTable, str(path), {"block_size": 4})
+    assert loaded.snapshot() == table.snapshot() and set(resume) == set(POSITIONS) and "3 pod position" in said
+    loaded.close()
+    with pytest.raises(ValueError, match="block_size=16 differs"):
+        ss.open_table(backend.SyncPrefixHashTable, str(path), {"block_size": 16})
+    path.write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="not a prefixindex snapshot"):  # never silently replaced
+        ss.open_table(backend.SyncPrefixHashTable, str(path), {})
+
+
+def test_periodic_saver(table, backend, tmp_path, caplog):
+    from prefixindex import _subscriber_snapshot as ss
+
+    path = tmp_path / "router.snapshot"
+    sub = StandIn(table, POSITIONS)
+    saver = ss.PeriodicSaver(sub, str(path), 10.0, now=100.0)
+    assert not saver.due(109.9) and saver.due(110.0)
+    assert saver.save(110.0) and saver.next_at == 120.0 and saver.saves == 1
+    _, positions = load_subscriber_snapshot(backend.SyncPrefixHashTable, path, {"background_eviction": False})
+    assert set(positions) == set(POSITIONS)
+    once = ss.PeriodicSaver(sub, str(path), None, now=0.0)
+    assert not once.due(1e9)  # without --snapshot-every: only the save at the end
+    broken = ss.PeriodicSaver(sub, str(tmp_path / "no-such-dir" / "x"), 1.0, now=0.0)
+    with caplog.at_level("WARNING", logger="prefixindex"):
+        assert broken.save(1.0) is False
+    assert broken.failures == 1 and "saving the snapshot" in caplog.text

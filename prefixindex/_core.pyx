@@ -74,8 +74,9 @@ cdef uint64_t RENUMBER_AT = 1u << 31
 # From this many token bytes on, hashing runs without the GIL (docs/performance.md, "GIL"): below it,
 # handing the GIL over and back costs more than the hashing, and a second thread makes it a convoy.
 cdef size_t NOGIL_BYTES = 16384
-# A query's blocks are hashed this many at a time, then probed (_entries.walk, docs/performance.md).
-cdef size_t PROBE_CHUNK = 16
+# A query's first blocks are hashed this many at a time, then probed; later ones 64 at a time
+# (_entries.walk, docs/performance.md).
+cdef size_t PROBE_CHUNK = 8
 
 
 def _debug_set_probe_chunk(size_t chunk):
@@ -195,6 +196,7 @@ def _msgpack_error(raw):
 # --- events as the table reads them ------------------------------------------------------------------
 
 cdef extern from "Python.h":
+    dict _PyDict_NewPresized(Py_ssize_t minused)
     ctypedef struct PyMemberDef:
         Py_ssize_t offset
     ctypedef struct PyMemberDescrObject:
@@ -312,3 +314,6 @@ cdef object _ready_names(ready_pods):
 
 
 include "_table.pxi"
+include "_table_entries.pxi"
+include "_table_events.pxi"
+include "_table_state.pxi"

@@ -80,6 +80,7 @@ def token_bytes_from_msgpack(raw: Any) -> np.ndarray:
     """
     import msgspec  # optional dependency: only the vLLM subscriber calls this
 
+    raw = memoryview(raw).cast("B")  # what the compiled backend reads, with the same errors
     global _token_ids_decoder
     if _token_ids_decoder is None:
         _token_ids_decoder = msgspec.msgpack.Decoder(List[int])

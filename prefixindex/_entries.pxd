@@ -153,11 +153,12 @@ cdef inline Py_ssize_t walk(Ctx* c, uint64_t* h, size_t n, const uint8_t* data, 
                             size_t* hashed) except -1:
     """SPEC 4: each ready pod's run of blocks held from block 0. Returns the longest run.
 
-    h[0:prehashed] are given. Past them the blocks are hashed `chunk` at a time and then probed: the
-    probes of a chunk do not depend on each other, so the processor overlaps their cache misses
-    (at a million entries a probe misses the caches; interleaved with the serial hash chain they
-    would each stall it). Hashing stops with the chunk where matching does; *hashed says how many of
-    h are valid on return. `ready` is sorted, or NULL for every pod."""
+    h[0:prehashed] are given. Past them the blocks are hashed a chunk at a time (`chunk` blocks first,
+    then 64) and then probed: the probes of a chunk do not depend on each other, so the processor
+    overlaps their cache misses (at a million entries a probe misses the caches; interleaved with the
+    serial hash chain they would each stall it). The first chunk is small because the most common
+    miss is at block 0 (a new prompt). Hashing stops with the chunk where matching does; *hashed
+    says how many of h are valid on return. `ready` is sorted, or NULL for every pod."""
     cdef PodVec alive
     cdef size_t i = 0, j, start, end, depth = 0
     cdef PrefixMap.iterator it
@@ -166,10 +167,10 @@ cdef inline Py_ssize_t walk(Ctx* c, uint64_t* h, size_t n, const uint8_t* data, 
     cdef vector[uint32_t]* v
     cdef PodRun run
     hashed[0] = prehashed
-    if chunk > 64:
-        chunk = 64
+    cdef size_t size = chunk if chunk < 64 else 64
     while i < n:
-        end = i + chunk if i + chunk < n else n
+        end = i + size if i + size < n else n
+        size = 64  # after the first chunk (small, for the common miss at block 0), the most one can hold
         if end > hashed[0]:
             hash_chain(data + hashed[0] * width, end - hashed[0], width, seed,
                        h[hashed[0] - 1] if hashed[0] else seed, h + hashed[0])

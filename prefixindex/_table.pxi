@@ -305,130 +305,7 @@ cdef class SyncPrefixHashTable:
             c.pods.erase(it)
         self._drop_if_empty(c)
 
-    # -- entries (in a section) --------------------------------------------------------------------
-
-    cdef int _drop_entry(self, Ctx* c, uint64_t prefix, uint32_t pid, PodState* ps) except -1:
-        cdef PrefixMap.iterator it = c.prefixes.find(prefix)
-        if it == c.prefixes.end():
-            return 0
-        if entry_remove(c, &deref(it).second, pid):
-            ps.held -= 1
-            if deref(it).second.pods == NO_POD:
-                c.prefixes.erase(it)
-        return 0
-
-    cdef int _drop_pod(self, Ctx* c, uint32_t pid) except -1:
-        """Remove every entry of the pod in this context, and its state."""
-        cdef PodMap.iterator found = c.pods.find(pid)
-        cdef PodState* ps
-        cdef EngineMap.iterator eit
-        cdef PrefixMap.iterator it
-        if found == c.pods.end():
-            return 0
-        ps = deref(found).second
-        # Entries reached through the engine map first (the usual case: no full scan) ...
-        eit = ps.engine.begin()
-        while ps.held and eit != ps.engine.end():
-            self._drop_entry(c, deref(eit).second, pid, ps)
-            inc(eit)
-        # ... then any made by add_prefix, which have no engine hash.
-        it = c.prefixes.begin()
-        while ps.held and it != c.prefixes.end():
-            if entry_remove(c, &deref(it).second, pid):
-                ps.held -= 1
-                if deref(it).second.pods == NO_POD:
-                    it = c.prefixes.erase(it)
-                    continue
-            inc(it)
-        c.pods.erase(found)
-        self._delete_pod_state(ps, pid)
-        return 0
-
-    cdef int _place(self, Ctx* c, PodState* ps, uint32_t pid, const uint64_t* prefixes,
-                    const uint64_t* engines, size_t n) except -1:
-        """Store n chained prefixes for the pod (engines: their engine hashes, or NULL for add_prefix).
-        Each block is placed whole or not at all, so a MemoryError leaves a shorter, valid chain."""
-        cdef size_t i
-        cdef uint64_t p, tick
-        cdef pair[EngineMap.iterator, bint] einserted
-        cdef pair[PrefixMap.iterator, bint] inserted
-        cdef Entry fresh
-        if c.next_tick + n >= RENUMBER_AT:
-            renumber(c)
-        tick = c.next_tick
-        c.next_tick += n
-        fresh.pods = pid
-        for i in range(n):
-            p = prefixes[i]
-            if engines != NULL:
-                einserted = ps.engine.try_emplace(engines[i], p)
-                if not einserted.second and deref(einserted.first).second != p:
-                    if holds(c, deref(einserted.first).second, pid):
-                        # a known engine hash with new content replaces its old entry (D3)
-                        self._drop_entry(c, deref(einserted.first).second, pid, ps)
-                    deref(einserted.first).second = p
-            # block 0 gets the newest tick, so a trim drops the tails of chains first (D4)
-            fresh.tick = <uint32_t>(tick + n - 1 - i)
-            inserted = c.prefixes.try_emplace(p, fresh)
-            if inserted.second:
-                ps.held += 1
-            else:
-                if entry_add(c, &deref(inserted.first).second, pid):
-                    ps.held += 1
-                deref(inserted.first).second.tick = fresh.tick
-        if c.prefixes.size() > self.max_prefixes:
-            self._trim(c)
-        return 0
-
-    cdef int _trim(self, Ctx* c) except -1:
-        """SPEC 5 / D4: drop the prefixes with the oldest ticks until max - max // 4 remain."""
-        cdef size_t target = self.max_prefixes - self.max_prefixes // 4
-        cdef size_t k = c.prefixes.size() - target, j
-        cdef vector[pair[uint32_t, uint64_t]] order
-        cdef PrefixMap.iterator it = c.prefixes.begin()
-        cdef Entry* e
-        cdef vector[uint32_t]* v
-        cdef uint32_t pod
-        cdef PodMap.iterator pit
-        cdef vector[uint32_t] gone
-        cdef EngineMap.iterator eit
-        order.reserve(c.prefixes.size())  # the allocations come first: a MemoryError changes nothing
-        gone.reserve(c.pods.size())
-        while it != c.prefixes.end():
-            order.push_back(pair[uint32_t, uint64_t](deref(it).second.tick, deref(it).first))
-            inc(it)
-        nth_element(order.begin(), order.begin() + k, order.end())
-        for j in range(k):
-            it = c.prefixes.find(order[j].second)
-            e = &deref(it).second
-            if is_multi(e.pods):
-                v = pod_list(c, e.pods)
-                for pod in deref(v):
-                    deref(c.pods.find(pod)).second.held -= 1
-                release_list(c, e.pods)
-            else:
-                deref(c.pods.find(e.pods)).second.held -= 1
-            c.prefixes.erase(it)
-        self.n[N_EVICTED_PREFIXES] += k
-        # Each pod state forgets the engine hashes whose prefix it no longer holds (D3, memory bound).
-        pit = c.pods.begin()
-        while pit != c.pods.end():
-            pod = deref(pit).first
-            if deref(pit).second.held == 0:
-                gone.push_back(pod)
-            else:
-                eit = deref(pit).second.engine.begin()
-                while eit != deref(pit).second.engine.end():
-                    if holds(c, deref(eit).second, pod):
-                        inc(eit)
-                    else:
-                        eit = deref(pit).second.engine.erase(eit)
-            inc(pit)
-        for pod in gone:
-            pit = c.pods.find(pod)
-            self._delete_pod_state(deref(pit).second, pod)
-            c.pods.erase(pit)
-        return 0
+    # -- entries: _table_entries.pxi; how events are applied: _table_events.pxi ---------------------
 
     # -- hashing -----------------------------------------------------------------------------------
 
@@ -486,7 +363,7 @@ cdef class SyncPrefixHashTable:
         self._begin()
         try:
             self.n[N_STORED_EVENTS] += 1
-            if self._apply_stored(ev, now, hashes.data(), mode, &parent) == 0:
+            if _apply_stored(self, ev, now, hashes.data(), mode, &parent) == 0:
                 return
         finally:
             self._end()
@@ -496,71 +373,10 @@ cdef class SyncPrefixHashTable:
                            self.seed, parent, hashes.data())
             self._begin()
             try:
-                if self._apply_stored(ev, now, hashes.data(), HASHED, &parent) == 0:
+                if _apply_stored(self, ev, now, hashes.data(), HASHED, &parent) == 0:
                     return
             finally:
                 self._end()
-
-    cdef int _apply_stored(self, _Stored ev, double now, uint64_t* hashes, int mode, uint64_t* parent_io) except -1:
-        """SPEC 1, in a section. NOW: hash and place. DEFER: find the parent, and if the event can be
-        placed return 1 with *parent_io set, to be hashed without the GIL. HASHED: hashes were computed
-        from *parent_io; place them, or return 1 with the new parent if it changed meanwhile (D3)."""
-        cdef str model = ev.model, pod = ev.pod
-        lora = ev.lora
-        cdef Ctx* c
-        cdef PodState* ps = NULL
-        cdef uint32_t pid = NO_POD
-        cdef uint64_t parent
-        cdef EngineMap.iterator eit
-        cdef PodMap.iterator found
-        cdef size_t n = ev.n
-        if self.hot_ctx != NULL and model is self.hot_model and lora is self.hot_lora and pod is self.hot_pod:
-            c, ps, pid = self.hot_ctx, self.hot_ps, self.hot_pid
-            ps.last_seen = now
-        else:
-            c = self._find_ctx(model, lora)
-            if c != NULL:
-                pid = self._pod_id(pod)
-                if pid != NO_POD:
-                    found = c.pods.find(pid)
-                    if found != c.pods.end():
-                        ps = deref(found).second
-                        ps.last_seen = now  # any event from a pod shows it is alive here (D6)
-        parent = self.seed
-        if ev.has_parent:
-            if ps == NULL:
-                self.n[N_ORPHANS] += n
-                return 0
-            eit = ps.engine.find(ev.parent)
-            if eit == ps.engine.end() or not holds(c, deref(eit).second, pid):
-                # SPEC 1: an unknown parent cannot be placed; neither can anything chained after it
-                self.n[N_ORPHANS] += n
-                return 0
-            parent = deref(eit).second
-        if n == 0:
-            return 0
-        if mode == DEFER or (mode == HASHED and parent != parent_io[0]):
-            parent_io[0] = parent
-            return 1
-        if mode == NOW:
-            hash_chain(<const uint8_t*>cnp.PyArray_DATA(<cnp.ndarray>ev.tokens), n, self.block_bytes, self.seed,
-                       parent, hashes)
-        ps = self._context_and_pod(model, lora, pod, now, c, ps, pid, &c, &pid)
-        try:
-            self._place(c, ps, pid, hashes, <const uint64_t*>cnp.PyArray_DATA(<cnp.ndarray>ev.hashes), n)
-        except BaseException:
-            self._repair(c, pid)
-            raise
-        self.n[N_BLOCKS_STORED] += n
-        if c.pods.count(pid):  # still there after a trim: remember where this pod's events go
-            if self.hot_model is not model:
-                self.hot_model = model
-            if self.hot_lora is not lora:
-                self.hot_lora = lora
-            if self.hot_pod is not pod:
-                self.hot_pod = pod
-            self.hot_ctx, self.hot_ps, self.hot_pid = c, ps, pid
-        return 0
 
     def process_block_removed(self, event):
         """Forget the event's blocks for its pod, or for every pod when source_pod is "" (SPEC 2)."""
@@ -570,63 +386,9 @@ cdef class SyncPrefixHashTable:
         cdef double now = self._now()
         self._begin()
         try:
-            self._apply_removed(fields, now)
+            _apply_removed(self, fields, now)
         finally:
             self._end()
-
-    cdef int _apply_removed(self, tuple fields, double now) except -1:
-        engine_arr, model, lora, pod_obj = fields
-        cdef str pod = pod_obj
-        cdef size_t n = <size_t>cnp.PyArray_DIM(<cnp.ndarray>engine_arr, 0)
-        cdef const uint64_t* engines = <const uint64_t*>cnp.PyArray_DATA(<cnp.ndarray>engine_arr)
-        cdef Ctx* c
-        cdef uint32_t pid
-        cdef vector[pair[uint32_t, PodStatePtr]] targets
-        cdef PodMap.iterator found
-        self.n[N_REMOVED_EVENTS] += 1
-        c = self._find_ctx(model, lora)
-        if c == NULL:
-            return 0
-        if len(pod):
-            pid = self._pod_id(pod)
-            if pid != NO_POD:
-                found = c.pods.find(pid)
-                if found != c.pods.end():
-                    deref(found).second.last_seen = now
-                    targets.push_back(pair[uint32_t, PodStatePtr](deref(found).first, deref(found).second))
-        else:  # SPEC 2: an empty source_pod removes the blocks for every pod that reported them
-            targets.reserve(c.pods.size())
-            found = c.pods.begin()
-            while found != c.pods.end():
-                targets.push_back(pair[uint32_t, PodStatePtr](deref(found).first, deref(found).second))
-                inc(found)
-        self.n[N_BLOCKS_REMOVED] += self._remove_blocks(c, &targets, engines, n)
-        self._drop_if_empty(c)
-        return 0
-
-    cdef uint64_t _remove_blocks(self, Ctx* c, vector[pair[uint32_t, PodStatePtr]]* targets,
-                                 const uint64_t* engines, size_t n) except? 0xFFFFFFFFFFFFFFFF:
-        cdef uint64_t p, removed = 0
-        cdef size_t i, t
-        cdef uint32_t pid
-        cdef PodState* ps
-        cdef EngineMap.iterator eit
-        for t in range(targets.size()):
-            pid = deref(targets)[t].first
-            ps = deref(targets)[t].second
-            for i in range(n):
-                eit = ps.engine.find(engines[i])
-                if eit == ps.engine.end():
-                    continue
-                p = deref(eit).second
-                ps.engine.erase(eit)
-                if holds(c, p, pid):
-                    self._drop_entry(c, p, pid, ps)
-                    removed += 1
-            if ps.held == 0:
-                c.pods.erase(pid)
-                self._delete_pod_state(ps, pid)
-        return removed
 
     def process_all_blocks_cleared(self, event):
         """Forget every entry of the pod, in the contexts the event names (SPEC 3)."""
@@ -635,29 +397,9 @@ cdef class SyncPrefixHashTable:
         fields = cleared_fields(event)
         self._begin()
         try:
-            self._apply_cleared(fields)
+            _apply_cleared(self, fields)
         finally:
             self._end()
-
-    cdef int _apply_cleared(self, tuple fields) except -1:
-        pod, model, lora = fields
-        cdef uint32_t pid
-        cdef Ctx* c
-        cdef vector[CtxPtr] hit
-        self.n[N_CLEARED_EVENTS] += 1
-        pid = self._pod_id(pod)
-        if pid == NO_POD:
-            return 0
-        c = self.oldest
-        while c != NULL:
-            if c.pods.count(pid) and (model is None or (<tuple>c.key)[0] == model) \
-                    and (lora is None or (<tuple>c.key)[1] == lora):
-                hit.push_back(c)
-            c = c.newer
-        for c in hit:
-            self._drop_pod(c, pid)
-            self._drop_if_empty(c)
-        return 0
 
     def process_events(self, events):
         """Apply a sequence of BlockStored / BlockRemoved / AllBlocksCleared in order, as the three
@@ -699,11 +441,11 @@ cdef class SyncPrefixHashTable:
             for item in checked:
                 if type(item) is _Stored:
                     self.n[N_STORED_EVENTS] += 1
-                    self._apply_stored(<_Stored>item, now, hashes.data(), NOW, &parent)
+                    _apply_stored(self, <_Stored>item, now, hashes.data(), NOW, &parent)
                 elif len(<tuple>item) == 4:
-                    self._apply_removed(<tuple>item, now)
+                    _apply_removed(self, <tuple>item, now)
                 else:
-                    self._apply_cleared(<tuple>item)
+                    _apply_cleared(self, <tuple>item)
         finally:
             self._end()
 
@@ -726,7 +468,7 @@ cdef class SyncPrefixHashTable:
         try:
             ps = self._context_and_pod(model, lora, name, now, NULL, NULL, NO_POD, &c, &pid)
             try:
-                self._place(c, ps, pid, &hashes[0], NULL, n)
+                _place(self, c, ps, pid, &hashes[0], NULL, n)
             except BaseException:
                 self._repair(c, pid)
                 raise
@@ -746,7 +488,7 @@ cdef class SyncPrefixHashTable:
                 return
             pid = self._pod_id(name)
             if pid != NO_POD:
-                self._drop_pod(c, pid)
+                _drop_pod(self, c, pid)
             self._drop_if_empty(c)
         finally:
             self._end()
@@ -836,6 +578,8 @@ cdef class SyncPrefixHashTable:
             touched[i].tick = <uint32_t>(tick + depth - 1 - i)
         self._touch(c)
         c.last_access = now
+        if found.size() > 5:  # one allocation instead of a resize at 6, 11, 22, 43 ... pods
+            result = _PyDict_NewPresized(found.size())
         for i in range(found.size()):
             result[self._pod_names[found[i].pod]] = found[i].blocks * 100 // n if percent else found[i].blocks
         return result
@@ -880,7 +624,7 @@ cdef class SyncPrefixHashTable:
                         stale.push_back(deref(it).first)
                     inc(it)
                 for pid in stale:
-                    self._drop_pod(c, pid)
+                    _drop_pod(self, c, pid)
                 self.n[N_EVICTED_PODS] += stale.size()
                 n_pods += stale.size()
                 self._drop_if_empty(c)
@@ -977,105 +721,12 @@ cdef class SyncPrefixHashTable:
 
     # -- snapshots ---------------------------------------------------------------------------------
     # The state exchanged with _snapshot.py (docs/snapshot.md): canonical, so that both backends give
-    # the same state for the same calls and so byte-identical files.
+    # the same state for the same calls and so byte-identical files. The work is in _table_state.pxi.
 
     def _export_state(self):
         """Everything the table holds, in the canonical form of docs/snapshot.md (contexts least
         recently used first, prefixes oldest tick first, pods by name, engine maps by key)."""
-        cdef double now = self._now()
-        cdef Ctx* c
-        cdef PrefixMap.iterator it
-        cdef PodMap.iterator pit
-        cdef EngineMap.iterator eit
-        cdef vector[pair[uint32_t, uint64_t]] order
-        cdef vector[pair[uint64_t, uint64_t]] engine
-        cdef vector[uint32_t] index_of  # pod id -> its index in the context's sorted pod names
-        cdef vector[uint32_t] members
-        cdef size_t i, j, k, total
-        cdef Entry* e
-        cdef vector[uint32_t]* v
-        cdef cnp.npy_intp dim
-        cdef uint64_t[::1] prefix_out, keys_out, values_out
-        cdef uint32_t[::1] count_out, pods_out
-        cdef double[::1] idle_out
-        contexts = []
-        self._begin()
-        try:
-            index_of.assign(len(self._pod_names), NO_POD)
-            c = self.oldest
-            while c != NULL:
-                order.clear()
-                it = c.prefixes.begin()
-                while it != c.prefixes.end():
-                    order.push_back(pair[uint32_t, uint64_t](deref(it).second.tick, deref(it).first))
-                    inc(it)
-                sort(order.begin(), order.end())
-                ids = []
-                pit = c.pods.begin()
-                while pit != c.pods.end():
-                    ids.append(deref(pit).first)
-                    inc(pit)
-                ids.sort(key=lambda pid: self._pod_names[pid])
-                names = [self._pod_names[pid] for pid in ids]
-                for i in range(len(ids)):
-                    index_of[<uint32_t>ids[i]] = <uint32_t>i
-                dim = order.size()
-                prefixes = np.empty(dim, dtype=np.uint64)
-                counts = np.empty(dim, dtype=np.uint32)
-                prefix_out, count_out = prefixes, counts
-                total = 0
-                for i in range(order.size()):
-                    e = &deref(c.prefixes.find(order[i].second)).second
-                    prefix_out[i] = order[i].second
-                    count_out[i] = <uint32_t>pod_list(c, e.pods).size() if is_multi(e.pods) else 1
-                    total += count_out[i]
-                entry_pods = np.empty(total, dtype=np.uint32)
-                pods_out = entry_pods
-                k = 0
-                for i in range(order.size()):
-                    e = &deref(c.prefixes.find(order[i].second)).second
-                    members.clear()
-                    if is_multi(e.pods):
-                        v = pod_list(c, e.pods)
-                        for j in range(v.size()):
-                            members.push_back(index_of[deref(v)[j]])
-                    else:
-                        members.push_back(index_of[e.pods])
-                    sort(members.begin(), members.end())
-                    for j in range(members.size()):
-                        pods_out[k] = members[j]
-                        k += 1
-                pod_idle = np.empty(len(ids), dtype=np.float64)
-                idle_out = pod_idle
-                engines = []
-                for i in range(len(ids)):
-                    pit = c.pods.find(<uint32_t>ids[i])
-                    idle_out[i] = now - deref(pit).second.last_seen
-                    engine.clear()
-                    eit = deref(pit).second.engine.begin()
-                    while eit != deref(pit).second.engine.end():
-                        engine.push_back(pair[uint64_t, uint64_t](deref(eit).first, deref(eit).second))
-                        inc(eit)
-                    sort(engine.begin(), engine.end())
-                    dim = engine.size()
-                    keys = np.empty(dim, dtype=np.uint64)
-                    values = np.empty(dim, dtype=np.uint64)
-                    keys_out, values_out = keys, values
-                    for j in range(engine.size()):
-                        keys_out[j] = engine[j].first
-                        values_out[j] = engine[j].second
-                    engines.append((keys, values))
-                for i in range(len(ids)):
-                    index_of[<uint32_t>ids[i]] = NO_POD
-                model, lora = <object>c.key
-                contexts.append({"model": model, "lora": lora, "idle": now - c.last_access, "prefixes": prefixes,
-                                 "pods": names, "pod_idle": pod_idle, "entry_pod_counts": counts,
-                                 "entry_pods": entry_pods, "engine": engines})
-                c = c.newer
-            counters = {COUNTER_KEYS[i]: self.n[i] for i in range(N_COUNTERS)}
-        finally:
-            self._end()
-        return {"config": self.config, "counters": counters, "contexts": contexts}
+        return _export_state(self, self._now())
 
     @classmethod
     def _from_state(cls, state, *, clock=None, background_eviction=True, config=None):
@@ -1085,83 +736,8 @@ cdef class SyncPrefixHashTable:
         cdef SyncPrefixHashTable table = cls(state["config"] if config is None else config, clock=clock,
                                              background_eviction=background_eviction)
         try:
-            table._load_state(state)
+            _load_state(table, state, table._now())
         except BaseException:
             table.close()
             raise
         return table
-
-    cdef int _load_state(self, dict state) except -1:
-        cdef double now = self._now()
-        cdef Ctx* c
-        cdef PodState* ps
-        cdef const uint64_t[::1] prefixes, keys, values
-        cdef const uint32_t[::1] counts, entry_pods
-        cdef const double[::1] pod_idle
-        cdef vector[uint32_t] pids, members
-        cdef size_t i, j, k, n, n_pods
-        cdef Entry fresh
-        cdef pair[PrefixMap.iterator, bint] inserted
-        cdef vector[uint32_t] mine
-        counters = state["counters"]
-        contexts = state["contexts"]
-        self._begin()
-        try:
-            for i in range(N_COUNTERS):
-                self.n[i] = counters[COUNTER_KEYS[i]]
-            for ctx in contexts:
-                model = check_str(ctx["model"], "model")
-                lora = check_lora_id(ctx["lora"])
-                prefixes, counts, entry_pods = ctx["prefixes"], ctx["entry_pod_counts"], ctx["entry_pods"]
-                pod_idle = ctx["pod_idle"]
-                names = ctx["pods"]
-                n, n_pods = prefixes.shape[0], len(names)
-                # the facts the loops below rely on (the format checks more; this keeps memory safe)
-                if counts.shape[0] != n or pod_idle.shape[0] != n_pods or len(ctx["engine"]) != n_pods:
-                    raise ValueError("snapshot state: a context's arrays disagree in length")
-                if self._find_ctx(model, lora) != NULL:
-                    raise ValueError(f"snapshot state: context {(model, lora)!r} appears twice")
-                c = self._new_ctx(model, lora, now - float(ctx["idle"]))
-                pids.clear()
-                for i in range(n_pods):
-                    pids.push_back(self._intern(check_pod(names[i], "pod")))
-                    ps = self._new_pod_state(c, pids[i], now - pod_idle[i])
-                    keys, values = ctx["engine"][i]
-                    if keys.shape[0] != values.shape[0]:
-                        raise ValueError("snapshot state: an engine map's keys and values disagree in length")
-                    ps.engine.reserve(keys.shape[0])
-                    for j in range(<size_t>keys.shape[0]):
-                        ps.engine.try_emplace(keys[j], values[j])
-                k = 0
-                c.prefixes.reserve(n)
-                for i in range(n):
-                    if counts[i] == 0 or counts[i] > n_pods or k + counts[i] > <size_t>entry_pods.shape[0]:
-                        raise ValueError("snapshot state: an entry's pods are out of range")
-                    members.clear()
-                    for j in range(counts[i]):
-                        if entry_pods[k] >= n_pods:
-                            raise ValueError("snapshot state: an entry names a pod the context does not have")
-                        members.push_back(pids[entry_pods[k]])
-                        deref(c.pods.find(pids[entry_pods[k]])).second.held += 1
-                        k += 1
-                    sort(members.begin(), members.end())
-                    fresh.tick = <uint32_t>i
-                    if members.size() == 1:
-                        fresh.pods = members[0]
-                    else:
-                        mine.assign(members.begin(), members.end())
-                        c.multi_free.reserve(c.multi.size() + 1)
-                        c.multi.push_back(mine)
-                        fresh.pods = kMulti | <uint32_t>(c.multi.size() - 1)
-                    inserted = c.prefixes.try_emplace(prefixes[i], fresh)
-                    if not inserted.second:
-                        raise ValueError("snapshot state: a prefix appears twice in a context")
-                if k != <size_t>entry_pods.shape[0]:
-                    raise ValueError("snapshot state: entry_pods has more pods than the entries name")
-                c.next_tick = n
-                if c.prefixes.size() > self.max_prefixes:
-                    self._trim(c)
-                self._drop_if_empty(c)
-        finally:
-            self._end()
-        return 0

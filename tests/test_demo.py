@@ -1,5 +1,5 @@
-"""The demo (python -m prefixindex demo): its figures, its determinism, and above all that the index,
-fed only by the simulated pods' KV events, agrees with what those pods really hold."""
+"""The demo (python -m prefixindex demo): its figures, its queue model, its determinism, and above all
+that the index, fed only by the simulated pods' KV events, agrees with what those pods really hold."""
 
 from __future__ import annotations
 
@@ -26,24 +26,54 @@ def short_run():
     """A finished 300-request run, kept open for tests that look inside the index and the pods."""
     result = _demo.run(_demo.DemoConfig(requests=300, seed=11))
     yield result
-    result.index.close()
+    result.close()
+
+
+POLICIES = ("random", "least-load", "prefix-only", "router")
 
 
 def test_json_figures_are_sane(capsys):
     out = run_json(capsys, "--seed", "3")
-    prefix, random = out["prefix_routing"], out["random_routing"]
+    policies = out["policies"]
+    assert tuple(policies) == POLICIES
     assert out["requests"] == 300
-    for routed in (prefix, random):
+    for routed in policies.values():
         assert 0.0 <= routed["hit_rate"] <= 1.0
         assert routed["hit_rate"] == pytest.approx(routed["blocks_reused"] / routed["prompt_blocks"])
-    # both strategies saw the same request stream
-    assert prefix["prompt_blocks"] == random["prompt_blocks"] > 0
-    assert prefix["blocks_reused"] > 0
-    assert prefix["hit_rate"] > random["hit_rate"]
-    latency = out["match_prefix_latency_us"]
+        assert 0 < routed["ttft_mean_s"] <= routed["ttft_p99_s"]
+        assert routed["busiest_pod_share"] >= 1.0  # some pod takes at least its fair share
+    # every policy saw the same request stream
+    assert len({routed["prompt_blocks"] for routed in policies.values()}) == 1
+    assert policies["prefix-only"]["hit_rate"] > policies["random"]["hit_rate"]
+    assert policies["router"]["hit_rate"] > policies["random"]["hit_rate"]
+    assert sum(out["router_decisions"].values()) == 300
+    latency = out["match_latency_us"]
     assert latency["calls"] == 300
     assert 0 < latency["median"] <= latency["p99"]
     assert out["wall_time_s"] > 0
+
+
+def test_queue_model_by_hand():
+    """One pod, two slots: the third request waits for the first slot to free; TTFT = wait + prefill."""
+    config = _demo.DemoConfig(pods=1, slots_per_pod=2, prefill_tokens_per_s=1000.0, decode_seconds=2.0)
+    cluster = _demo.Cluster(config, salt_stream=0)
+    pod = cluster.pods[0].name
+    assert cluster.dispatch(pod, 0.0, 500) == (0.5, 0.5, 2.5)
+    assert cluster.dispatch(pod, 0.1, 0) == (0.0, 0.1, 2.1)
+    ttft, prefill_end, end = cluster.dispatch(pod, 1.0, 1000)  # waits for the slot that frees at 2.1
+    assert (ttft, prefill_end, end) == pytest.approx((2.1, 3.1, 5.1))
+    assert cluster.in_flight[pod] == 3
+    cluster.advance(2.2, 0, (), None)
+    assert cluster.in_flight[pod] == 2  # the request that ended at 2.1 has left
+
+
+def test_router_policy_accounts_its_requests(short_run):
+    router = short_run.policies["router"].router
+    stats = router.stats()
+    assert stats["decisions"] == 300
+    assert sum(c["prefilling"] + c["decoding"] for c in stats["in_flight"].values()) <= 300
+    short_run.policies["router"].advance(1e9)  # every modelled request has ended by then
+    assert router.stats()["in_flight"] == {}
 
 
 def test_index_stats_match_the_events_sent(capsys):
@@ -58,7 +88,7 @@ def test_index_stats_match_the_events_sent(capsys):
     assert stats["blocks_stored"] == sent["blocks_in_block_stored"]
     assert stats["blocks_removed"] == sent["blocks_in_block_removed"] > 0
     assert sent["blocks_in_block_stored"] > sent["block_stored"]  # some events carry several blocks
-    assert stats["matches"] == out["requests"]
+    assert stats["matches"] == out["requests"]  # the prefix-only index: one match per request
     assert stats["contexts"] == len(out["models"]) == 2
     assert 0 < stats["pods"] <= out["pods"]
     # with a faithful index, its match for the chosen pod was the pod's real cache every time
@@ -67,19 +97,19 @@ def test_index_stats_match_the_events_sent(capsys):
 
 def test_same_seed_same_figures_other_seed_other_workload(capsys):
     def figures(out):
-        return (out["prefix_routing"], out["random_routing"], out["events_sent"], out["index_stats"])
+        return (out["policies"], out["router_decisions"], out["events_sent"], out["index_stats"])
 
     first, again = run_json(capsys, "--seed", "9"), run_json(capsys, "--seed", "9")
     assert figures(first) == figures(again)
     other = run_json(capsys, "--seed", "10")
-    assert other["prefix_routing"]["prompt_blocks"] != first["prefix_routing"]["prompt_blocks"]
+    assert other["policies"]["router"]["prompt_blocks"] != first["policies"]["router"]["prompt_blocks"]
 
 
 def test_options_shape_the_cluster(capsys):
     out = run_json(capsys, "--pods", "4", "--block-size", "32")
     assert out["pods"] == 4 and out["block_size"] == 32
     assert out["index_stats"]["pods"] <= 4
-    assert out["prefix_routing"]["prompt_blocks"] > 0
+    assert out["policies"]["prefix-only"]["prompt_blocks"] > 0
     with pytest.raises(SystemExit):
         _demo.main(["--pods", "0"])
     capsys.readouterr()
@@ -88,7 +118,7 @@ def test_options_shape_the_cluster(capsys):
 def test_index_agrees_with_the_pods_ground_truth(short_run):
     """End to end: for every session's transcript (cut anywhere, and sometimes extended with new
     tokens) and for a fresh prompt, match_blocks gives each pod exactly the leading blocks it holds."""
-    index, cluster, workload = short_run.index, short_run.prefix_cluster, short_run.workload
+    index, cluster, workload = short_run.index, short_run.clusters["prefix-only"], short_run.workload
     assert short_run.events_sent["block_removed"] > 0 and workload.restarts  # eviction and a restart happened
     rng = np.random.default_rng(123)
     prompts = []
@@ -115,7 +145,7 @@ def test_index_agrees_with_the_pods_ground_truth(short_run):
 
 def test_index_holds_exactly_the_pods_blocks(short_run):
     """Each cached block of each pod is one entry in the index, and nothing else is."""
-    cached = sum(len(pod.cache) for pod in short_run.prefix_cluster.pods)
+    cached = sum(len(pod.cache) for pod in short_run.clusters["prefix-only"].pods)
     assert cached > 0
     assert short_run.index.stats()["entries"] == cached
 
@@ -126,4 +156,25 @@ def test_command_line_demo():
     assert proc.returncode == 0, proc.stderr
     assert "hit rate" in proc.stdout
     assert "latency" in proc.stdout and " us" in proc.stdout
-    assert "prefix routing" in proc.stdout and "random routing" in proc.stdout
+    for name in POLICIES:
+        assert f"\n{name} " in proc.stdout
+    assert "TTFT mean" in proc.stdout and "busiest/fair" in proc.stdout
+
+
+@pytest.mark.parametrize("pods", [8, 64])
+def test_router_against_the_other_policies(pods):
+    """The figures docs/routing.md reports, held (the default demo, seed 0). The issue's targets are met
+    except the hit rate at 8 pods: 89 % of prefix-only's against 95 % asked (docs/routing.md says why);
+    this holds it where it is, so that a change that loses more hits fails here."""
+    result = _demo.run(_demo.DemoConfig(pods=pods))
+    try:
+        p = result.summary()["policies"]
+    finally:
+        result.close()
+    router = p["router"]
+    others = [p[name] for name in POLICIES if name != "router"]
+    assert router["busiest_pod_share"] <= 1.25
+    assert all(router["ttft_mean_s"] < o["ttft_mean_s"] for o in others)
+    assert all(router["ttft_p99_s"] < o["ttft_p99_s"] for o in others)
+    assert router["hit_rate"] >= (0.95 if pods == 64 else 0.88) * p["prefix-only"]["hit_rate"]
+    assert p["prefix-only"]["busiest_pod_share"] > 1.4  # what the router is there to avoid

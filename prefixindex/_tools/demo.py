@@ -1,6 +1,6 @@
-"""python -m prefixindex demo: route synthetic LLM traffic by KV-cache prefix and compare with random routing.
+"""python -m prefixindex demo: four routing policies on the same synthetic LLM cluster and request stream.
 
-The demo builds a small simulated cluster and drives the index only through KV-cache events, the way a
+The demo builds a simulated cluster and drives the index only through KV-cache events, the way a
 router in front of vLLM pods would:
 
 - Each simulated pod serves one model and has a finite prefix cache (a capacity in blocks, least
@@ -11,9 +11,13 @@ router in front of vLLM pods would:
   ``AllBlocksCleared``, is not ready for a while, and comes back with a new salt.
 - The workload mixes shared system prompts with multi-turn chat sessions: each turn's prompt is the
   whole conversation so far plus a new user message, and the model's answer is cached too.
-- The same request stream runs twice, against two separate clusters: once routed by the index
-  (longest ``match_prefix`` among the ready pods, ties to the least loaded pod, then at random) and once
-  at random among the ready pods.
+- The same request stream runs once per policy, each on its own copy of the cluster (and its own
+  index): random, least-load (fewest requests in flight), prefix-only (most matched blocks, ties to
+  the least loaded) and ``prefixindex.routing.Router`` with its default settings.
+- Time is modelled (docs/routing.md, "The demo's queue model"): requests arrive at a fixed rate per pod;
+  each pod has a few slots, held from the start of a request's prefill to the end of its decode; a
+  request waits for a slot, prefills its uncached tokens at a fixed rate, then decodes for a fixed time.
+  Its time to first token is its wait plus its prefill.
 
 The hit rate is ground truth: the fraction of prompt blocks that the chosen pod really held when the
 request arrived, as the simulated pod counts it, not as the index claims it.
@@ -34,6 +38,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 import prefixindex
+from prefixindex._tools.demo_policies import POLICIES, Policy, PrefixOnlyPolicy, RouterPolicy
 
 MODELS = ("llama-3.1-8b-instruct", "qwen2.5-7b-instruct")
 MODEL_TRAFFIC_SHARE = (0.6, 0.4)  # the first model is the busier one
@@ -62,11 +67,22 @@ class DemoConfig:
     # 10,240 tokens of KV cache per pod: small next to a real GPU, but so is the workload, and it is
     # what makes the caches churn (evict) within a few thousand requests.
     cache_tokens_per_pod: int = 10_240
+    # The queue model (docs/routing.md): vLLM's max_num_seqs in miniature, a prefill rate of a mid-size
+    # model on one GPU, and a fixed decode time; arrivals scale with the pod count, so that 8 and 64
+    # pods run at the same utilisation: about 2.1 slot-seconds per request, so a bit over half of the
+    # slots are busy on average, about 63 % on the busier model's pods.
+    slots_per_pod: int = 4
+    prefill_tokens_per_s: float = 8_000.0
+    decode_seconds: float = 2.0
+    requests_per_s_per_pod: float = 1.0
 
     def __post_init__(self) -> None:
-        for name in ("requests", "pods", "block_size", "cache_tokens_per_pod"):
+        for name in ("requests", "pods", "block_size", "cache_tokens_per_pod", "slots_per_pod"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("prefill_tokens_per_s", "decode_seconds", "requests_per_s_per_pod"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if not 0 <= self.seed < 2**64:  # it also seeds the index's prefix hashes
             raise ValueError(f"seed must be in [0, 2**64), got {self.seed}")
 
@@ -294,25 +310,31 @@ class SimulatedPod:
 
 
 class Cluster:
-    """Pods plus the router's view of their load: requests in flight, by simulated tick."""
+    """Pods, plus the queue model of docs/routing.md ("The demo's queue model"): each pod has ``slots_per_pod``
+    slots, held from the start of a request's prefill to the end of its decode. A request waits for
+    the pod's first free slot (first come, first served), prefills its uncached tokens at
+    ``prefill_tokens_per_s``, then decodes for ``decode_seconds``; its time to first token is its wait
+    plus its prefill."""
 
     def __init__(self, config: DemoConfig, salt_stream: int) -> None:
         # Engine salts come from their own random stream, so they never shift the workload's draws.
         self._salts = np.random.default_rng([config.seed, 2, salt_stream])
+        self.config = config
         self.pods = [SimulatedPod(f"default/vllm-{model.split('-')[0]}-{i}", model, config.cache_blocks_per_pod,
                                   config.block_size, self._new_salt())
                      for i, model in enumerate(pod_models(config))]
         self.by_name = {pod.name: pod for pod in self.pods}
-        self.in_flight = dict.fromkeys(self.by_name, 0)
+        self.in_flight = dict.fromkeys(self.by_name, 0)  # requests waiting for a slot or holding one
         self.requests_served = dict.fromkeys(self.by_name, 0)
-        self._finishing: List[Tuple[int, str]] = []  # heap of (end tick, pod name)
+        self._slots = {name: [0.0] * config.slots_per_pod for name in self.by_name}  # heaps of free times
+        self._finishing: List[Tuple[float, str]] = []  # heap of (end time, pod name)
         self._back_up: List[Tuple[int, int]] = []  # heap of (tick, pod index) when a restarted pod is ready
 
     def _new_salt(self) -> bytes:
         return self._salts.bytes(16)
 
-    def advance(self, tick: int, restarts: Sequence[Restart], events: Optional[List[Any]]) -> None:
-        while self._finishing and self._finishing[0][0] <= tick:
+    def advance(self, now: float, tick: int, restarts: Sequence[Restart], events: Optional[List[Any]]) -> None:
+        while self._finishing and self._finishing[0][0] <= now:
             self.in_flight[heapq.heappop(self._finishing)[1]] -= 1
         while self._back_up and self._back_up[0][0] <= tick:
             self.pods[heapq.heappop(self._back_up)[1]].ready = True
@@ -325,10 +347,20 @@ class Cluster:
     def ready_pods(self, model: str) -> List[str]:
         return [pod.name for pod in self.pods if pod.ready and pod.model == model]
 
-    def dispatch(self, pod_name: str, tick: int, request: Request) -> None:
+    def dispatch(self, pod_name: str, now: float, uncached_tokens: int) -> Tuple[float, float, float]:
+        """Queue a request on the pod: returns (time to first token, prefill end, decode end)."""
+        config = self.config
+        slots = self._slots[pod_name]
+        start = max(now, heapq.heappop(slots))
+        prefill_end = start + uncached_tokens / config.prefill_tokens_per_s
+        end = prefill_end + config.decode_seconds
+        heapq.heappush(slots, end)
         self.in_flight[pod_name] += 1
         self.requests_served[pod_name] += 1
-        heapq.heappush(self._finishing, (tick + request.duration_ticks, pod_name))
+        heapq.heappush(self._finishing, (end, pod_name))
+        return prefill_end - now, prefill_end, end
+
+
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -340,14 +372,17 @@ class RoutingResult:
     prompt_blocks: int = 0
     blocks_reused: int = 0
     busiest_pod_share: float = 0.0  # the busiest pod's requests over its model's fair share
+    ttft: List[float] = field(default_factory=list, repr=False)  # modelled, seconds, per request
 
     @property
     def hit_rate(self) -> float:
         return self.blocks_reused / self.prompt_blocks if self.prompt_blocks else 0.0
 
     def as_dict(self) -> Dict[str, Any]:
+        ttft = np.array(self.ttft) if self.ttft else np.zeros(1)
         return {"hit_rate": self.hit_rate, "blocks_reused": self.blocks_reused,
-                "prompt_blocks": self.prompt_blocks, "busiest_pod_share": self.busiest_pod_share}
+                "prompt_blocks": self.prompt_blocks, "busiest_pod_share": self.busiest_pod_share,
+                "ttft_mean_s": float(ttft.mean()), "ttft_p99_s": float(np.percentile(ttft, 99))}
 
 
 @dataclass
@@ -356,19 +391,29 @@ class DemoRun:
 
     config: DemoConfig
     workload: Workload
-    index: Any  # prefixindex.SyncPrefixHashTable
-    prefix_cluster: Cluster
-    random_cluster: Cluster
-    prefix_routing: RoutingResult
-    random_routing: RoutingResult
-    events_sent: Dict[str, int]
-    index_agreed: int  # routed requests where the index's match for the chosen pod was the truth
-    match_latency_ns: np.ndarray
+    clusters: Dict[str, Cluster]
+    policies: Dict[str, Policy]
+    results: Dict[str, RoutingResult]
+    events_sent: Dict[str, int]  # to the prefix-only policy's index
+    index_agreed: int  # prefix-only's requests where the index's match for the chosen pod was the truth
     wall_seconds: float
+
+    @property
+    def index(self) -> Any:
+        """The prefix-only policy's index (fed only by its cluster's events)."""
+        return self.policies["prefix-only"].index
+
+    def close(self) -> None:
+        for policy in self.policies.values():
+            if policy.index is not None:
+                policy.index.close()
 
     def summary(self) -> Dict[str, Any]:
         config = self.config
-        latency_us = self.match_latency_ns / 1e3
+        prefix_only = self.policies["prefix-only"]
+        assert isinstance(prefix_only, PrefixOnlyPolicy) and isinstance(self.policies["router"], RouterPolicy)
+        latency_us = np.array(prefix_only.latency_ns) / 1e3
+        router_stats = self.policies["router"].router.stats()
         return {
             "backend": prefixindex.BACKEND,
             "seed": config.seed,
@@ -377,15 +422,18 @@ class DemoRun:
             "models": list(self.workload.models),
             "block_size": config.block_size,
             "cache_blocks_per_pod": config.cache_blocks_per_pod,
+            "queue_model": {"slots_per_pod": config.slots_per_pod, "prefill_tokens_per_s": config.prefill_tokens_per_s,
+                            "decode_seconds": config.decode_seconds,
+                            "requests_per_s_per_pod": config.requests_per_s_per_pod},
             "sessions": len(self.workload.sessions),
             "system_prompts": self.workload.system_prompts,
             "pod_restarts": len(self.workload.restarts),
-            "prefix_routing": self.prefix_routing.as_dict(),
-            "random_routing": self.random_routing.as_dict(),
+            "policies": {name: result.as_dict() for name, result in self.results.items()},
+            "router_decisions": router_stats["decisions_by_reason"],
             "events_sent": dict(self.events_sent),
             "index_agreed": self.index_agreed,
             "index_stats": self.index.stats(),
-            "match_prefix_latency_us": {
+            "match_latency_us": {
                 "calls": int(len(latency_us)),
                 "median": float(np.median(latency_us)) if len(latency_us) else 0.0,
                 "p99": float(np.percentile(latency_us, 99)) if len(latency_us) else 0.0,
@@ -407,96 +455,95 @@ def _busiest_share(cluster: Cluster, workload: Workload) -> float:
 def _feed(index: Any, events: List[Any], counts: Dict[str, int]) -> None:
     for event in events:
         if isinstance(event, prefixindex.BlockStored):
-            index.process_block_stored(event)
             counts["block_stored"] += 1
             counts["blocks_in_block_stored"] += event.n_blocks
         elif isinstance(event, prefixindex.BlockRemoved):
-            index.process_block_removed(event)
             counts["block_removed"] += 1
             counts["blocks_in_block_removed"] += len(event.block_hashes)
         else:
-            index.process_all_blocks_cleared(event)
             counts["all_blocks_cleared"] += 1
+    index.process_events(events)
     events.clear()
 
 
 def run(config: DemoConfig) -> DemoRun:
-    """Simulate both clusters on the same request stream. The caller closes ``run.index``."""
+    """Simulate one cluster per policy on the same request stream. The caller calls ``run.close()``."""
     started = time.perf_counter()
     workload = make_workload(config)
-    prefix_cluster, random_cluster = Cluster(config, salt_stream=0), Cluster(config, salt_stream=1)
-    # Room for everything the pods can hold, so that the index never drops a prefix the pods still
-    # have and the comparison is about routing, not about the index's memory bound.
-    index = prefixindex.SyncPrefixHashTable(
-        prefixindex.Config(seed=config.seed, block_size=config.block_size,
-                           max_prefixes_per_context=max(10_000, 2 * config.pods * config.cache_blocks_per_pod)),
-        background_eviction=False)
-    tie_break = np.random.default_rng([config.seed, 3])
-    random_choice = np.random.default_rng([config.seed, 4])
     restarts_at: Dict[int, List[Restart]] = {}
     for restart in workload.restarts:
         restarts_at.setdefault(restart.tick, []).append(restart)
-
-    prefix_routed, random_routed = RoutingResult(), RoutingResult()
-    counts = dict.fromkeys(("block_stored", "blocks_in_block_stored", "block_removed",
-                            "blocks_in_block_removed", "all_blocks_cleared"), 0)
-    events: List[Any] = []
-    latency = np.empty(len(workload.requests), dtype=np.int64)
-    agreed = 0
+    seconds_per_tick = 1.0 / (config.requests_per_s_per_pod * config.pods)
     block_bytes = 4 * config.block_size
-    perf_counter_ns = time.perf_counter_ns
 
-    for i, request in enumerate(workload.requests):
+    clusters: Dict[str, Cluster] = {}
+    policies: Dict[str, Policy] = {}
+    results: Dict[str, RoutingResult] = {}
+    event_counts: Dict[str, Dict[str, int]] = {}
+    for policy_class in POLICIES:
+        # Room for everything the pods can hold, so that the index never drops a prefix the pods still
+        # have and the comparison is about routing, not about the index's memory bound.
+        index = prefixindex.SyncPrefixHashTable(
+            prefixindex.Config(seed=config.seed, block_size=config.block_size,
+                               max_prefixes_per_context=max(10_000, 2 * config.pods * config.cache_blocks_per_pod)),
+            background_eviction=False) if policy_class.uses_index else None
+        name = policy_class.name
+        policies[name] = policy_class(config, index)
+        clusters[name] = Cluster(config, salt_stream=0)  # the same engines, so only the routing differs
+        results[name] = RoutingResult()
+        event_counts[name] = dict.fromkeys(("block_stored", "blocks_in_block_stored", "block_removed",
+                                            "blocks_in_block_removed", "all_blocks_cleared"), 0)
+    agreed = 0
+    events: List[Any] = []
+
+    for request in workload.requests:
         tick = request.tick
+        now = tick * seconds_per_tick
         session = workload.sessions[request.session]
         model = session.model
         n_prompt_blocks = request.prompt_tokens * 4 // block_bytes
         prompt = session.token_bytes[:request.prompt_tokens * 4]
+        for name, policy in policies.items():
+            cluster, result = clusters[name], results[name]
+            feed = policy.index is not None
+            cluster.advance(now, tick, restarts_at.get(tick, ()), events if feed else None)
+            if feed:
+                _feed(policy.index, events, event_counts[name])
+            policy.advance(now)
+            chosen = policy.choose(now, model, prompt, cluster.ready_pods(model), cluster)
+            hits = cluster.by_name[chosen].serve(session, request, events if feed else None)
+            if isinstance(policy, PrefixOnlyPolicy):  # the index's match for the pod against its truth
+                agreed += policy.last_matched.get(chosen, 0) == hits
+            ttft, prefill_end, end = cluster.dispatch(chosen, now, request.prompt_tokens - hits * config.block_size)
+            policy.dispatched(chosen, prefill_end, end)
+            result.prompt_blocks += n_prompt_blocks
+            result.blocks_reused += hits
+            result.ttft.append(ttft)
+            if feed:
+                _feed(policy.index, events, event_counts[name])
 
-        # routed by the index
-        prefix_cluster.advance(tick, restarts_at.get(tick, ()), events)
-        _feed(index, events, counts)
-        ready = prefix_cluster.ready_pods(model)
-        t0 = perf_counter_ns()
-        percent, _ = index.match_prefix(model, -1, prompt, ready)
-        latency[i] = perf_counter_ns() - t0
-        # A pod listed with 0 % still holds a block or more (long prompts), so it ranks above an absent one.
-        best = max((percent.get(name, -1) for name in ready))
-        candidates = [name for name in ready if percent.get(name, -1) == best]
-        least = min(prefix_cluster.in_flight[name] for name in candidates)
-        candidates = [name for name in candidates if prefix_cluster.in_flight[name] == least]
-        chosen = candidates[int(tie_break.integers(len(candidates)))] if len(candidates) > 1 else candidates[0]
-        pod = prefix_cluster.by_name[chosen]
-        hits = pod.serve(session, request, events)
-        # What the index said about the chosen pod against what the pod really had (absent = nothing).
-        truth = hits * 100 // n_prompt_blocks if hits else None
-        agreed += percent.get(chosen) == truth
-        prefix_routed.prompt_blocks += n_prompt_blocks
-        prefix_routed.blocks_reused += hits
-        prefix_cluster.dispatch(chosen, tick, request)
-        _feed(index, events, counts)
-
-        # routed at random, on its own pods (they report to nobody)
-        random_cluster.advance(tick, restarts_at.get(tick, ()), None)
-        ready = random_cluster.ready_pods(model)
-        chosen = ready[int(random_choice.integers(len(ready)))]
-        random_routed.prompt_blocks += n_prompt_blocks
-        random_routed.blocks_reused += random_cluster.by_name[chosen].serve(session, request, None)
-        random_cluster.dispatch(chosen, tick, request)
-
-    prefix_routed.busiest_pod_share = _busiest_share(prefix_cluster, workload)
-    random_routed.busiest_pod_share = _busiest_share(random_cluster, workload)
-    return DemoRun(config, workload, index, prefix_cluster, random_cluster, prefix_routed, random_routed,
-                   counts, agreed, latency, time.perf_counter() - started)
+    for name, cluster in clusters.items():
+        results[name].busiest_pod_share = _busiest_share(cluster, workload)
+    return DemoRun(config, workload, clusters, policies, results, event_counts["prefix-only"], agreed,
+                   time.perf_counter() - started)
 
 
 # ---------------------------------------------------------------------------------------------------
 # output
 
 
+def format_table(policies: Dict[str, Dict[str, Any]]) -> List[str]:
+    """The four-policy table (the README shows one)."""
+    lines = [f"{'policy':14}{'hit rate':>10}{'busiest/fair':>14}{'TTFT mean':>12}{'TTFT p99':>11}"]
+    for name, p in policies.items():
+        lines.append(f"{name:14}{p['hit_rate']:>9.1%} {p['busiest_pod_share']:>13.2f}x"
+                     f"{p['ttft_mean_s'] * 1e3:>9.0f} ms{p['ttft_p99_s'] * 1e3:>8.0f} ms")
+    return lines
+
+
 def format_text(summary: Dict[str, Any]) -> str:
-    p, r = summary["prefix_routing"], summary["random_routing"]
-    ev, st, lat = summary["events_sent"], summary["index_stats"], summary["match_prefix_latency_us"]
+    ev, st, lat, q = summary["events_sent"], summary["index_stats"], summary["match_latency_us"], summary["queue_model"]
+    decisions = ", ".join(f"{n:,} {reason}" for reason, n in sorted(summary["router_decisions"].items()))
     lines = [
         f"prefixindex demo (backend: {summary['backend']}, seed {summary['seed']})",
         f"cluster:  {summary['pods']} pods serving {len(summary['models'])} models "
@@ -504,24 +551,20 @@ def format_text(summary: Dict[str, Any]) -> str:
         f"x {summary['block_size']} tokens per pod",
         f"workload: {summary['requests']:,} requests from {summary['sessions']:,} chat sessions over "
         f"{summary['system_prompts']} system prompts; {summary['pod_restarts']} pod restart(s)",
+        f"queue model: {q['slots_per_pod']} slots per pod, prefill {q['prefill_tokens_per_s']:,.0f} tokens/s, "
+        f"decode {q['decode_seconds']:g} s, arrivals {q['requests_per_s_per_pod']:g}/s per pod",
         "",
-        f"{'':32}{'prefix routing':>16}{'random routing':>16}",
-        f"{'requests':32}{summary['requests']:>16,}{summary['requests']:>16,}",
-        f"{'hit rate (cached prompt blocks)':32}{p['hit_rate']:>15.1%} {r['hit_rate']:>15.1%}",
-        f"{'blocks reused':32}{p['blocks_reused']:>16,}{r['blocks_reused']:>16,}",
-        f"{'prompt blocks':32}{p['prompt_blocks']:>16,}{r['prompt_blocks']:>16,}",
-        f"{'busiest pod / fair share':32}{p['busiest_pod_share']:>15.2f}x{r['busiest_pod_share']:>15.2f}x",
+        *format_table(summary["policies"]),
         "",
-        f"events fed to the index: {ev['block_stored']:,} BlockStored ({ev['blocks_in_block_stored']:,} blocks), "
-        f"{ev['block_removed']:,} BlockRemoved ({ev['blocks_in_block_removed']:,} blocks), "
-        f"{ev['all_blocks_cleared']:,} AllBlocksCleared",
+        f"router decisions: {decisions}",
+        f"events fed to the prefix-only index: {ev['block_stored']:,} BlockStored "
+        f"({ev['blocks_in_block_stored']:,} blocks), {ev['block_removed']:,} BlockRemoved "
+        f"({ev['blocks_in_block_removed']:,} blocks), {ev['all_blocks_cleared']:,} AllBlocksCleared",
         f"index stats: {st['contexts']} contexts, {st['prefixes']:,} prefixes, {st['entries']:,} entries, "
-        f"{st['pods']} pods; {st['blocks_stored']:,} blocks stored, {st['blocks_removed']:,} removed, "
-        f"{st['orphan_blocks']:,} orphans, {st['evicted_prefixes']:,} evicted by the bound, "
-        f"{st['matches']:,} matches",
+        f"{st['pods']} pods; {st['orphan_blocks']:,} orphans, {st['evicted_prefixes']:,} evicted by the bound",
         f"index agreed with the chosen pod's cache on {summary['index_agreed']:,} of {summary['requests']:,} "
-        "routed requests",
-        f"match_prefix latency: median {lat['median']:.1f} us, p99 {lat['p99']:.1f} us ({lat['calls']:,} calls)",
+        "prefix-only requests",
+        f"match latency: median {lat['median']:.1f} us, p99 {lat['p99']:.1f} us ({lat['calls']:,} calls)",
         f"wall time: {summary['wall_time_s']:.2f} s",
     ]
     return "\n".join(lines)
@@ -532,8 +575,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     parser = argparse.ArgumentParser(
         prog=command_prog("demo"),
-        description="Route a synthetic multi-turn chat workload through the prefix index, fed only by "
-                    "simulated KV-cache events, and compare the cache hit rate with random routing.")
+        description="Route a synthetic multi-turn chat workload four ways (random, least-load, prefix-only "
+                    "and prefixindex.routing.Router) on simulated pods that report KV-cache events, and "
+                    "compare hit rate, load balance and modelled time to first token.")
     defaults = DemoConfig()
     parser.add_argument("--requests", type=int, default=defaults.requests,
                         help="requests to route (default %(default)s)")
@@ -551,7 +595,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         summary = result.summary()
     finally:
-        result.index.close()
+        result.close()
     print(json.dumps(summary, indent=2) if args.json else format_text(summary))
     return 0
 

@@ -112,27 +112,30 @@ def _match_ops(table: Any, prompts: Prompts, form_rows: Dict[str, str], n_args: 
 
 def _million_op(module: Any, entries: int, rng: np.random.Generator) -> Tuple[Any, Op]:
     """A table of ``entries`` single-pod entries over 100 contexts (chains of 64 blocks), queried for full
-    hits context after context and prompt after prompt, so that the probes are not in the caches."""
+    hits context after context, so that consecutive probes land in different contexts' maps and miss
+    the caches. Every context holds the same prompts (the prefix hash does not depend on the context),
+    so that the queries' own bytes stay in the caches, as a router's freshly tokenised prompt does:
+    the row measures the index's probes, not the reading of cold query memory."""
     import prefixindex
 
     chains_per_context = max(1, entries // (CONTEXTS * 64))
-    chains = CONTEXTS * chains_per_context
-    data = rng.integers(0, 256, size=(chains, PROMPT_TOKENS * 4), dtype=np.uint8)
-    hashes = random_hashes(rng, chains * 64).reshape(chains, 64)
+    data = rng.integers(0, 256, size=(chains_per_context, PROMPT_TOKENS * 4), dtype=np.uint8)
     table = make_table(module, max_prefixes_per_context=chains_per_context * 64 + 64, max_contexts=CONTEXTS + 1)
     models = [f"big-{c:03d}" for c in range(CONTEXTS)]
-    for j in range(chains):  # chain j lives in context j % 100
-        table.process_block_stored(prefixindex.BlockStored(hashes[j], data[j].reshape(64, BLOCK_BYTES),
-                                                           models[j % CONTEXTS], LORA, source_pod=POD))
+    for k in range(chains_per_context):
+        for c in range(CONTEXTS):
+            table.process_block_stored(prefixindex.BlockStored(random_hashes(rng, 64), data[k].reshape(64, BLOCK_BYTES),
+                                                               models[c], LORA, source_pod=POD))
+    chains = CONTEXTS * chains_per_context
     if table.stats()["entries"] != chains * 64:
         raise RuntimeError(f"the big table holds {table.stats()['entries']} entries, expected {chains * 64}")
     ready = [POD]
-    args = [(models[j % CONTEXTS], LORA, data[j], ready) for j in range(chains)]
+    args = [(models[i % CONTEXTS], LORA, data[(i // CONTEXTS) % chains_per_context], ready) for i in range(chains)]
     op = cycling_op(table.match_prefix, args)
 
     def check() -> None:
-        for j in (0, chains - 1):
-            got = table.match_blocks(models[j % CONTEXTS], LORA, data[j], ready)
+        for i in (0, chains - 1):
+            got = table.match_blocks(*args[i])
             if got != {POD: 64}:
                 raise RuntimeError(f"a full-hit query of the big table matched {got}")
 

@@ -1,0 +1,126 @@
+# The entries of a context as the compiled table changes them (in a section), included by _core.pyx
+# after _table.pxi: module functions on the table's C fields.
+
+
+cdef int _drop_entry(SyncPrefixHashTable self, Ctx* c, uint64_t prefix, uint32_t pid, PodState* ps) except -1:
+    cdef PrefixMap.iterator it = c.prefixes.find(prefix)
+    if it == c.prefixes.end():
+        return 0
+    if entry_remove(c, &deref(it).second, pid):
+        ps.held -= 1
+        if deref(it).second.pods == NO_POD:
+            c.prefixes.erase(it)
+    return 0
+
+cdef int _drop_pod(SyncPrefixHashTable self, Ctx* c, uint32_t pid) except -1:
+    """Remove every entry of the pod in this context, and its state."""
+    cdef PodMap.iterator found = c.pods.find(pid)
+    cdef PodState* ps
+    cdef EngineMap.iterator eit
+    cdef PrefixMap.iterator it
+    if found == c.pods.end():
+        return 0
+    ps = deref(found).second
+    # Entries reached through the engine map first (the usual case: no full scan) ...
+    eit = ps.engine.begin()
+    while ps.held and eit != ps.engine.end():
+        _drop_entry(self, c, deref(eit).second, pid, ps)
+        inc(eit)
+    # ... then any made by add_prefix, which have no engine hash.
+    it = c.prefixes.begin()
+    while ps.held and it != c.prefixes.end():
+        if entry_remove(c, &deref(it).second, pid):
+            ps.held -= 1
+            if deref(it).second.pods == NO_POD:
+                it = c.prefixes.erase(it)
+                continue
+        inc(it)
+    c.pods.erase(found)
+    self._delete_pod_state(ps, pid)
+    return 0
+
+cdef int _place(SyncPrefixHashTable self, Ctx* c, PodState* ps, uint32_t pid, const uint64_t* prefixes,
+                const uint64_t* engines, size_t n) except -1:
+    """Store n chained prefixes for the pod (engines: their engine hashes, or NULL for add_prefix).
+    Each block is placed whole or not at all, so a MemoryError leaves a shorter, valid chain."""
+    cdef size_t i
+    cdef uint64_t p, tick
+    cdef pair[EngineMap.iterator, bint] einserted
+    cdef pair[PrefixMap.iterator, bint] inserted
+    cdef Entry fresh
+    if c.next_tick + n >= RENUMBER_AT:
+        renumber(c)
+    tick = c.next_tick
+    c.next_tick += n
+    fresh.pods = pid
+    for i in range(n):
+        p = prefixes[i]
+        if engines != NULL:
+            einserted = ps.engine.try_emplace(engines[i], p)
+            if not einserted.second and deref(einserted.first).second != p:
+                if holds(c, deref(einserted.first).second, pid):
+                    # a known engine hash with new content replaces its old entry (D3)
+                    _drop_entry(self, c, deref(einserted.first).second, pid, ps)
+                deref(einserted.first).second = p
+        # block 0 gets the newest tick, so a trim drops the tails of chains first (D4)
+        fresh.tick = <uint32_t>(tick + n - 1 - i)
+        inserted = c.prefixes.try_emplace(p, fresh)
+        if inserted.second:
+            ps.held += 1
+        else:
+            if entry_add(c, &deref(inserted.first).second, pid):
+                ps.held += 1
+            deref(inserted.first).second.tick = fresh.tick
+    if c.prefixes.size() > self.max_prefixes:
+        _trim(self, c)
+    return 0
+
+cdef int _trim(SyncPrefixHashTable self, Ctx* c) except -1:
+    """SPEC 5 / D4: drop the prefixes with the oldest ticks until max - max // 4 remain."""
+    cdef size_t target = self.max_prefixes - self.max_prefixes // 4
+    cdef size_t k = c.prefixes.size() - target, j
+    cdef vector[pair[uint32_t, uint64_t]] order
+    cdef PrefixMap.iterator it = c.prefixes.begin()
+    cdef Entry* e
+    cdef vector[uint32_t]* v
+    cdef uint32_t pod
+    cdef PodMap.iterator pit
+    cdef vector[uint32_t] gone
+    cdef EngineMap.iterator eit
+    order.reserve(c.prefixes.size())  # the allocations come first: a MemoryError changes nothing
+    gone.reserve(c.pods.size())
+    while it != c.prefixes.end():
+        order.push_back(pair[uint32_t, uint64_t](deref(it).second.tick, deref(it).first))
+        inc(it)
+    nth_element(order.begin(), order.begin() + k, order.end())
+    for j in range(k):
+        it = c.prefixes.find(order[j].second)
+        e = &deref(it).second
+        if is_multi(e.pods):
+            v = pod_list(c, e.pods)
+            for pod in deref(v):
+                deref(c.pods.find(pod)).second.held -= 1
+            release_list(c, e.pods)
+        else:
+            deref(c.pods.find(e.pods)).second.held -= 1
+        c.prefixes.erase(it)
+    self.n[N_EVICTED_PREFIXES] += k
+    # Each pod state forgets the engine hashes whose prefix it no longer holds (D3, memory bound).
+    pit = c.pods.begin()
+    while pit != c.pods.end():
+        pod = deref(pit).first
+        if deref(pit).second.held == 0:
+            gone.push_back(pod)
+        else:
+            eit = deref(pit).second.engine.begin()
+            while eit != deref(pit).second.engine.end():
+                if holds(c, deref(eit).second, pod):
+                    inc(eit)
+                else:
+                    eit = deref(pit).second.engine.erase(eit)
+        inc(pit)
+    for pod in gone:
+        pit = c.pods.find(pod)
+        self._delete_pod_state(deref(pit).second, pod)
+        c.pods.erase(pit)
+    return 0

@@ -1,0 +1,139 @@
+# How the compiled table applies an event that has been read and checked (SPEC 1-3), in a section;
+# included by _core.pyx after _table.pxi. process_events runs several of these in one section.
+
+
+cdef int _apply_stored(SyncPrefixHashTable self, _Stored ev, double now, uint64_t* hashes, int mode,
+                       uint64_t* parent_io) except -1:
+    """SPEC 1, in a section. NOW: hash and place. DEFER: find the parent, and if the event can be
+    placed return 1 with *parent_io set, to be hashed without the GIL. HASHED: hashes were computed
+    from *parent_io; place them, or return 1 with the new parent if it changed meanwhile (D3)."""
+    cdef str model = ev.model, pod = ev.pod
+    lora = ev.lora
+    cdef Ctx* c
+    cdef PodState* ps = NULL
+    cdef uint32_t pid = NO_POD
+    cdef uint64_t parent
+    cdef EngineMap.iterator eit
+    cdef PodMap.iterator found
+    cdef size_t n = ev.n
+    if self.hot_ctx != NULL and model is self.hot_model and lora is self.hot_lora and pod is self.hot_pod:
+        c, ps, pid = self.hot_ctx, self.hot_ps, self.hot_pid
+        ps.last_seen = now
+    else:
+        c = self._find_ctx(model, lora)
+        if c != NULL:
+            pid = self._pod_id(pod)
+            if pid != NO_POD:
+                found = c.pods.find(pid)
+                if found != c.pods.end():
+                    ps = deref(found).second
+                    ps.last_seen = now  # any event from a pod shows it is alive here (D6)
+    parent = self.seed
+    if ev.has_parent:
+        if ps == NULL:
+            self.n[N_ORPHANS] += n
+            return 0
+        eit = ps.engine.find(ev.parent)
+        if eit == ps.engine.end() or not holds(c, deref(eit).second, pid):
+            # SPEC 1: an unknown parent cannot be placed; neither can anything chained after it
+            self.n[N_ORPHANS] += n
+            return 0
+        parent = deref(eit).second
+    if n == 0:
+        return 0
+    if mode == DEFER or (mode == HASHED and parent != parent_io[0]):
+        parent_io[0] = parent
+        return 1
+    if mode == NOW:
+        hash_chain(<const uint8_t*>cnp.PyArray_DATA(<cnp.ndarray>ev.tokens), n, self.block_bytes, self.seed,
+                   parent, hashes)
+    ps = self._context_and_pod(model, lora, pod, now, c, ps, pid, &c, &pid)
+    try:
+        _place(self, c, ps, pid, hashes, <const uint64_t*>cnp.PyArray_DATA(<cnp.ndarray>ev.hashes), n)
+    except BaseException:
+        self._repair(c, pid)
+        raise
+    self.n[N_BLOCKS_STORED] += n
+    if c.pods.count(pid):  # still there after a trim: remember where this pod's events go
+        if self.hot_model is not model:
+            self.hot_model = model
+        if self.hot_lora is not lora:
+            self.hot_lora = lora
+        if self.hot_pod is not pod:
+            self.hot_pod = pod
+        self.hot_ctx, self.hot_ps, self.hot_pid = c, ps, pid
+    return 0
+
+cdef int _apply_removed(SyncPrefixHashTable self, tuple fields, double now) except -1:
+    engine_arr, model, lora, pod_obj = fields
+    cdef str pod = pod_obj
+    cdef size_t n = <size_t>cnp.PyArray_DIM(<cnp.ndarray>engine_arr, 0)
+    cdef const uint64_t* engines = <const uint64_t*>cnp.PyArray_DATA(<cnp.ndarray>engine_arr)
+    cdef Ctx* c
+    cdef uint32_t pid
+    cdef vector[pair[uint32_t, PodStatePtr]] targets
+    cdef PodMap.iterator found
+    self.n[N_REMOVED_EVENTS] += 1
+    c = self._find_ctx(model, lora)
+    if c == NULL:
+        return 0
+    if len(pod):
+        pid = self._pod_id(pod)
+        if pid != NO_POD:
+            found = c.pods.find(pid)
+            if found != c.pods.end():
+                deref(found).second.last_seen = now
+                targets.push_back(pair[uint32_t, PodStatePtr](deref(found).first, deref(found).second))
+    else:  # SPEC 2: an empty source_pod removes the blocks for every pod that reported them
+        targets.reserve(c.pods.size())
+        found = c.pods.begin()
+        while found != c.pods.end():
+            targets.push_back(pair[uint32_t, PodStatePtr](deref(found).first, deref(found).second))
+            inc(found)
+    self.n[N_BLOCKS_REMOVED] += _remove_blocks(self, c, &targets, engines, n)
+    self._drop_if_empty(c)
+    return 0
+
+cdef uint64_t _remove_blocks(SyncPrefixHashTable self, Ctx* c, vector[pair[uint32_t, PodStatePtr]]* targets,
+                             const uint64_t* engines, size_t n) except? 0xFFFFFFFFFFFFFFFF:
+    cdef uint64_t p, removed = 0
+    cdef size_t i, t
+    cdef uint32_t pid
+    cdef PodState* ps
+    cdef EngineMap.iterator eit
+    for t in range(targets.size()):
+        pid = deref(targets)[t].first
+        ps = deref(targets)[t].second
+        for i in range(n):
+            eit = ps.engine.find(engines[i])
+            if eit == ps.engine.end():
+                continue
+            p = deref(eit).second
+            ps.engine.erase(eit)
+            if holds(c, p, pid):
+                _drop_entry(self, c, p, pid, ps)
+                removed += 1
+        if ps.held == 0:
+            c.pods.erase(pid)
+            self._delete_pod_state(ps, pid)
+    return removed
+
+cdef int _apply_cleared(SyncPrefixHashTable self, tuple fields) except -1:
+    pod, model, lora = fields
+    cdef uint32_t pid
+    cdef Ctx* c
+    cdef vector[CtxPtr] hit
+    self.n[N_CLEARED_EVENTS] += 1
+    pid = self._pod_id(pod)
+    if pid == NO_POD:
+        return 0
+    c = self.oldest
+    while c != NULL:
+        if c.pods.count(pid) and (model is None or (<tuple>c.key)[0] == model) \
+                and (lora is None or (<tuple>c.key)[1] == lora):
+            hit.push_back(c)
+        c = c.newer
+    for c in hit:
+        _drop_pod(self, c, pid)
+        self._drop_if_empty(c)
+    return 0

@@ -1,0 +1,563 @@
+"""Choosing a pod: prefill still to compute traded against load, with predicted entries for bursts.
+
+``Router(table).choose(model, lora_id, tokens, pods)`` asks the table once (``table.match``: the blocks
+each candidate holds from block 0 and the prompt's prefix hashes, one walk), adds what this router
+predicts its own recent choices have put in the pods' caches, and picks the candidate with the lowest
+cost. docs/routing.md explains the cost, the hot-spot guard, the predictions and every setting.
+
+The cost of sending the prompt to pod ``p``, in prefill tokens (lower wins)::
+
+    cost(p) = prefill_weight * still_to_compute(p)
+            + pending_weight * (pending_prefill(p) - shared_pending(p))
+            + request_tokens * requests(p)
+            + kv_usage_tokens * kv_usage(p)
+
+- ``still_to_compute``: the prompt's full-block tokens beyond the pod's matched-or-predicted run;
+- ``pending_prefill``: prompt tokens this router sent to the pod that are still being prefilled;
+- ``shared_pending``: the part of them that is this prompt's own predicted blocks (a burst's prefix
+  being prefilled there is what this request would wait for anyway: it is not charged twice);
+- ``requests``: requests in flight on the pod, this router's own plus the caller's ``running + waiting``;
+- ``kv_usage``: the caller's ``PodLoad.kv_usage`` (0 when unknown).
+
+Hot-spot guard: when the cheapest pod has at least ``guard_requests`` requests in flight and some
+candidate has none, the cheapest idle candidate is chosen instead.
+
+Thread safety: the table is queried outside this router's lock (the table has its own); everything the
+router keeps (in-flight work, predictions, counters) changes under one lock, so that concurrent
+``choose``/``prefill_done``/``finished``/``stats`` calls see and leave a consistent state.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Set, Tuple, TypeVar, Union, cast
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["Choice", "PodLoad", "Router"]
+
+def _type_name(value: Any) -> str:
+    return type(value).__name__
+
+
+@dataclass(frozen=True)
+class PodLoad:
+    """What the caller knows of a pod's load beyond this router's own requests (for example vLLM's
+    ``num_requests_running``, ``num_requests_waiting`` and ``kv_cache_usage_perc`` from /metrics)."""
+
+    running: int = 0
+    waiting: int = 0
+    kv_usage: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        for name in ("running", "waiting"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)):
+                raise TypeError(f"PodLoad.{name} must be an int, not {_type_name(value)}")
+            if value < 0:
+                raise ValueError(f"PodLoad.{name} must be >= 0, got {value}")
+            object.__setattr__(self, name, int(value))
+        usage = self.kv_usage
+        if usage is not None:
+            if not isinstance(usage, (int, float, np.integer, np.floating)) or isinstance(usage, (bool, np.bool_)):
+                raise TypeError(f"PodLoad.kv_usage must be a float in [0, 1] or None, not {_type_name(usage)}")
+            if not 0.0 <= float(usage) <= 1.0:  # NaN fails both comparisons
+                raise ValueError(f"PodLoad.kv_usage must be in [0, 1], got {usage}")
+            object.__setattr__(self, "kv_usage", float(usage))
+
+
+_NO_LOAD = PodLoad()
+_V = TypeVar("_V")
+
+
+class _CandidateView(Mapping[str, _V]):
+    """A read-only mapping of every candidate: ``values`` where given, ``default`` for the others.
+    Choice's mappings are views, so that a choice among 64 pods does not build three 64-entry dicts."""
+
+    __slots__ = ("_names", "_values", "_default")
+    _names: Mapping[str, int]
+    _values: Mapping[str, _V]
+    _default: _V
+
+    def __init__(self, names: Mapping[str, int], values: Mapping[str, _V], default: _V) -> None:
+        self._names = names  # the candidates, in order (never changed after the choice)
+        self._values = values
+        self._default = default
+
+    def __getitem__(self, pod: str) -> _V:
+        got = self._values.get(pod)
+        if got is not None:
+            return got
+        if pod in self._names:
+            return self._default
+        raise KeyError(pod)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __repr__(self) -> str:
+        return repr(dict(self))
+
+
+class _Ticket:
+    """A choice's request as this router tracks it (mutable; the Choice that carries it is not)."""
+
+    __slots__ = ("router", "pod", "tokens", "state")
+
+    def __init__(self, router: "Router", pod: str, tokens: int) -> None:
+        self.router = router
+        self.pod = pod
+        self.tokens = tokens  # prompt tokens still to prefill on the pod
+        self.state = 0  # 0 prefilling, 1 decoding, 2 finished
+
+
+@dataclass(frozen=True)
+class Choice:
+    """One routing decision. Its mappings are read-only and its array is not writeable."""
+
+    pod: str
+    n_blocks: int
+    matched: Mapping[str, int]
+    predicted: Mapping[str, int]
+    cost: Mapping[str, float]
+    reason: str
+    prefix_hashes: npt.NDArray[np.uint64] = field(repr=False)
+    _ticket: _Ticket = field(repr=False, compare=False)
+
+
+class _Prediction:
+    """The blocks [start, stop) of one prompt, assumed cached on one pod until ``expires``."""
+
+    __slots__ = ("key", "pod", "hashes", "base", "start", "stop", "expires", "confirmed", "seq")
+
+    def __init__(self, key: Tuple[str, int], pod: str, hashes: List[int], start: int, stop: int,
+                 expires: float, seq: int) -> None:
+        self.key = key
+        self.pod = pod
+        self.hashes = hashes  # the prompt's prefix hashes [start, stop) as they were predicted
+        self.base = start  # block index of hashes[0]
+        self.start = start
+        self.stop = stop
+        self.expires = expires
+        self.confirmed = False
+        self.seq = seq
+
+    def __lt__(self, other: "_Prediction") -> bool:  # heap order: soonest expiry, then oldest
+        return (self.expires, self.seq) < (other.expires, other.seq)
+
+
+# A setting's check returns the value to keep, or raises TypeError (wrong type) / ValueError (bad value).
+def _number(name: str, low: float, low_inclusive: bool = True) -> Callable[[Any], float]:
+    def check(value: Any) -> float:
+        if not isinstance(value, (int, float, np.integer, np.floating)) or isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"setting {name} must be a number, not {_type_name(value)}")
+        number = float(value)
+        if math.isnan(number) or math.isinf(number) or number < low or (number == low and not low_inclusive):
+            bound = ">=" if low_inclusive else ">"
+            raise ValueError(f"setting {name} must be a finite number {bound} {low:g}, got {number}")
+        return number
+    return check
+
+
+def _count(name: str, low: int) -> Callable[[Any], int]:
+    def check(value: Any) -> int:
+        if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"setting {name} must be an int, not {_type_name(value)}")
+        if value < low:
+            raise ValueError(f"setting {name} must be >= {low}, got {value}")
+        return int(value)
+    return check
+
+
+def _callable(value: Any) -> Callable[[], float]:
+    if not callable(value):
+        raise TypeError(f"setting clock must be a callable returning seconds, not {_type_name(value)}")
+    return cast(Callable[[], float], value)
+
+
+DEFAULTS: Dict[str, Any] = {
+    "prefill_weight": 1.0,
+    "pending_weight": 1.0,
+    "request_tokens": 64.0,
+    "load_exponent": 2.5,
+    "kv_usage_tokens": 0.0,
+    "guard_requests": 3,
+    "predicted_ttl_seconds": 5.0,
+    "max_predicted_entries": 100_000,
+    "clock": time.monotonic,
+}
+
+_CHECKS: Dict[str, Callable[[Any], Any]] = {
+    "prefill_weight": _number("prefill_weight", 0.0),
+    "pending_weight": _number("pending_weight", 0.0),
+    "request_tokens": _number("request_tokens", 0.0),
+    "load_exponent": _number("load_exponent", 1.0),
+    "kv_usage_tokens": _number("kv_usage_tokens", 0.0),
+    "guard_requests": _count("guard_requests", 1),
+    "predicted_ttl_seconds": _number("predicted_ttl_seconds", 0.0, low_inclusive=False),
+    "max_predicted_entries": _count("max_predicted_entries", 0),
+    "clock": _callable,
+}
+
+
+PodsArg = Union[Iterable[str], Mapping[str, PodLoad]]
+
+
+class Router:
+    """Routes prompts to pods with one ``SyncPrefixHashTable`` (either backend). See the module
+    docstring for the cost and docs/routing.md for the settings."""
+
+    def __init__(self, table: Any, **settings: Any) -> None:
+        if not callable(getattr(table, "match", None)) or not hasattr(table, "block_size"):
+            raise TypeError(f"table must be a SyncPrefixHashTable, not {_type_name(table)}")
+        unknown = sorted(set(settings) - set(DEFAULTS))
+        if unknown:
+            raise TypeError(f"unknown Router setting(s): {', '.join(unknown)} (known: {', '.join(DEFAULTS)})")
+        resolved = dict(DEFAULTS)
+        for name, value in settings.items():
+            resolved[name] = _CHECKS[name](value)
+        self._table = table
+        self._block_size = int(table.block_size)
+        self._settings = resolved
+        self._prefill_weight: float = resolved["prefill_weight"]
+        self._pending_weight: float = resolved["pending_weight"]
+        self._request_tokens: float = resolved["request_tokens"]
+        self._load_exponent: float = resolved["load_exponent"]
+        self._kv_usage_tokens: float = resolved["kv_usage_tokens"]
+        self._guard_requests: int = resolved["guard_requests"]
+        self._ttl: float = resolved["predicted_ttl_seconds"]
+        self._max_entries: int = resolved["max_predicted_entries"]
+        self._clock: Callable[[], float] = resolved["clock"]
+
+        self._lock = threading.Lock()
+        # in flight, per pod: requests (prefilling + decoding), prefilling requests, tokens to prefill
+        self._requests: Dict[str, int] = {}
+        self._prefilling: Dict[str, int] = {}
+        self._pending: Dict[str, int] = {}
+        # predicted index: (model, lora) -> prefix hash -> pod -> the prediction that owns the entry
+        self._predicted: Dict[Tuple[str, int], Dict[int, Dict[str, _Prediction]]] = {}
+        self._entries = 0
+        self._expiry: List[_Prediction] = []  # heap
+        self._seq = 0
+        self._decisions = 0
+        self._by_reason: Dict[str, int] = {}
+        self._made: Dict[str, List[int]] = {}  # pod -> [made, confirmed, expired]
+        self._candidate_cache: Dict[Tuple[Any, ...], Tuple[List[str], Dict[str, int]]] = {}
+
+    @property
+    def settings(self) -> Mapping[str, Any]:
+        """Every setting in force (defaults included), read-only."""
+        return MappingProxyType(self._settings)
+
+    # -- choosing ----------------------------------------------------------------------------------
+
+    def choose(self, model_name: str, lora_id: int, tokens: Any, pods: PodsArg) -> Choice:
+        """Choose one of ``pods`` for the prompt and record the request as in flight there."""
+        names, candidates, loads = self._candidates(pods)  # candidates: every name -> 0, in order
+        matched_some, hashes_array = self._table.match(model_name, lora_id, tokens, names)
+        hashes_array.flags.writeable = False
+        hashes: Optional[List[int]] = None  # as Python ints, made only when predictions need them
+        n = len(hashes_array)
+        bs = self._block_size
+        key = (model_name, int(lora_id))
+        with self._lock:
+            now = self._clock()
+            self._expire(now)
+            preds = self._predicted.get(key)
+            requests, pending = self._requests, self._pending
+            # Only pods with something to tell apart need a cost of their own; the others share
+            # `base` (nothing cached, nothing in flight) and the first of them in order stands for all.
+            interesting = set(matched_some)
+            if requests:
+                if len(requests) < len(names):
+                    interesting.update(p for p in requests if p in candidates)
+                else:
+                    interesting.update(p for p in names if p in requests)
+            if loads is not None:
+                interesting.update(p for p, load in loads.items() if load.running or load.waiting or load.kv_usage)
+            predicted_run: Dict[str, int] = {}
+            if preds:
+                hashes = hashes_array.tolist()
+                self._walk_predictions(preds, candidates, matched_some, hashes, predicted_run)
+                interesting.update(predicted_run)
+
+            base = self._prefill_weight * n * bs
+            matched = matched_some  # pods left out hold nothing: 0
+            predicted = {**matched_some, **predicted_run} if predicted_run else matched_some
+            cost: Dict[str, float] = {}  # pods left out cost `base`
+            # (cost, requests in flight, tokens pending, position) for each pod that can win
+            ranked: List[Tuple[float, int, int, int, str]] = []
+            plain = next((i for i, p in enumerate(names) if p not in interesting), -1)
+            if plain >= 0:
+                ranked.append((base, 0, 0, plain, names[plain]))
+            order = {p: i for i, p in enumerate(names)} if len(interesting) > 8 else None
+            for p in interesting:
+                got = predicted.get(p, 0)
+                m = matched.get(p, 0)
+                load = loads[p] if loads is not None else _NO_LOAD
+                reqs = requests.get(p, 0) + load.running + load.waiting
+                pend = pending.get(p, 0)
+                shared = min(pend, (got - m) * bs)
+                c = (self._prefill_weight * (n - got) * bs + self._pending_weight * (pend - shared)
+                     + self._request_tokens * reqs ** self._load_exponent + self._kv_usage_tokens * (load.kv_usage or 0.0))
+                cost[p] = c
+                ranked.append((c, reqs, pend, order[p] if order is not None else names.index(p), p))
+            best = min(ranked)
+            reason = "lowest cost"
+            if predicted.get(best[4], 0) > matched.get(best[4], 0) and pending.get(best[4], 0):
+                # A burst: the pod is prefilling this prefix right now. The guard leaves it alone, as
+                # the extra requests share that work (docs/routing.md, "The hot-spot guard").
+                reason = "lowest cost (predicted)"
+            elif best[1] >= self._guard_requests:
+                idle = [r for r in ranked if r[1] == 0]
+                if idle:
+                    best = min(idle)
+                    reason = "hot-spot guard"
+            pod = best[4]
+            got = predicted.get(pod, 0)
+            if got < n and self._max_entries > 0:
+                self._predict(key, pod, hashes_array.tolist() if hashes is None else hashes, got, n, now)
+            ticket = _Ticket(self, pod, (n - got) * bs)
+            requests[pod] = requests.get(pod, 0) + 1
+            self._prefilling[pod] = self._prefilling.get(pod, 0) + 1
+            pending[pod] = pending.get(pod, 0) + ticket.tokens
+            self._decisions += 1
+            self._by_reason[reason] = self._by_reason.get(reason, 0) + 1
+        return Choice(pod, n, _CandidateView(candidates, matched, 0), _CandidateView(candidates, predicted, 0),
+                      _CandidateView(candidates, cost, base), reason, hashes_array, ticket)
+
+    def _candidates(self, pods: Any) -> Tuple[List[str], Dict[str, int], Optional[Dict[str, PodLoad]]]:
+        """_candidates(pods), remembered for lists and tuples of names: a router usually sees the same
+        few candidate lists again and again, and checking 64 names each time is a good part of a choice.
+        The cached list and dict are shared by choices and never changed."""
+        kind = type(pods)
+        if kind is not list and kind is not tuple:
+            return _candidates(pods)
+        try:
+            key = tuple(pods)
+            hit = self._candidate_cache.get(key)
+        except TypeError:  # an unhashable item: not names; let the checks say what is wrong
+            return _candidates(pods)
+        if hit is None:
+            names, zeros, _ = _candidates(pods)
+            if len(self._candidate_cache) >= 64:  # bounded: many different lists are just not cached
+                self._candidate_cache.clear()
+            hit = self._candidate_cache[key] = (names, zeros)
+        return hit[0], hit[1], None
+
+    def _walk_predictions(self, preds: Dict[int, Dict[str, _Prediction]], nameset: Mapping[str, int],
+                          matched_some: Mapping[str, int], hashes: List[int], out: Dict[str, int]) -> None:
+        """Fill ``out`` with pod -> blocks held or predicted from block 0, for candidates whose
+        predictions extend their exact run; confirm the predictions that the exact run now covers."""
+        n = len(hashes)
+        if not n:
+            return
+        if matched_some:
+            self._confirm(preds, matched_some, hashes)
+        starts: List[Tuple[str, int]] = []
+        owners = preds.get(hashes[0])
+        if owners:  # candidates with nothing exact whose predictions start at block 0
+            starts.extend((p, 0) for p in owners if p in nameset and p not in matched_some)
+        for p, m in matched_some.items():
+            if m < n:
+                owners = preds.get(hashes[m])
+                if owners and p in owners:
+                    starts.append((p, m))
+        get = preds.get
+        for p, i in starts:
+            i += 1
+            while i < n:
+                owners = get(hashes[i])
+                if owners is None or p not in owners:
+                    break
+                i += 1
+            out[p] = i
+
+    def _confirm(self, preds: Dict[int, Dict[str, _Prediction]], matched_some: Mapping[str, int],
+                 hashes: List[int]) -> None:
+        """A prediction whose blocks the exact index now holds for its pod is confirmed: its entries
+        under the exact run are dropped (the index says it all there) and it counts as confirmed."""
+        for p, m in matched_some.items():
+            i = m - 1
+            while i >= 0:
+                owners = preds.get(hashes[i])
+                rec = owners.get(p) if owners else None
+                if rec is None:
+                    break
+                if not rec.confirmed:
+                    rec.confirmed = True
+                    self._made[p][1] += 1
+                low = rec.start  # rec owns entries only in [start, stop), and it owns block i
+                self._drop_entries(rec, low, min(rec.stop, m))
+                rec.start = min(rec.stop, m)
+                i = low - 1  # an older prediction of the same pod may own the blocks before it
+
+    def _predict(self, key: Tuple[str, int], pod: str, hashes: List[int], start: int, stop: int,
+                 now: float) -> None:
+        """Assume the prompt's blocks [start, stop) cached on pod until now + ttl (bounded)."""
+        room = self._max_entries
+        if stop - start > room:
+            stop = start + room  # a prompt longer than the whole bound: predict its head only
+        # Oldest first; the heap's length is held to the bound too (confirmed predictions that own no
+        # entries any more wait there for their TTL).
+        while self._expiry and (self._entries + (stop - start) > room or len(self._expiry) >= room):
+            self._retire(heapq.heappop(self._expiry))
+        self._seq += 1
+        rec = _Prediction(key, pod, hashes[start:stop], start, stop, now + self._ttl, self._seq)
+        preds = self._predicted.setdefault(key, {})
+        added = 0
+        for h in rec.hashes:
+            owners = preds.get(h)
+            if owners is None:
+                preds[h] = {pod: rec}
+                added += 1
+            else:
+                if pod not in owners:
+                    added += 1
+                owners[pod] = rec
+        self._entries += added
+        heapq.heappush(self._expiry, rec)
+        self._made.setdefault(pod, [0, 0, 0])[0] += 1
+
+    def _expire(self, now: float) -> None:
+        heap = self._expiry
+        while heap and heap[0].expires <= now:
+            self._retire(heapq.heappop(heap))
+
+    def _retire(self, rec: _Prediction) -> None:
+        """A prediction leaves the index (its TTL passed, or room was needed for a newer one)."""
+        self._drop_entries(rec, rec.start, rec.stop)
+        rec.start = rec.stop
+        if not rec.confirmed:
+            self._made[rec.pod][2] += 1
+
+    def _drop_entries(self, rec: _Prediction, start: int, stop: int) -> None:
+        preds = self._predicted.get(rec.key)
+        if preds is None:
+            return
+        pod = rec.pod
+        dropped = 0
+        for h in rec.hashes[start - rec.base:stop - rec.base]:
+            owners = preds.get(h)
+            if owners is not None and owners.get(pod) is rec:
+                del owners[pod]
+                dropped += 1
+                if not owners:
+                    del preds[h]
+        self._entries -= dropped
+        if not preds:
+            del self._predicted[rec.key]
+        if start == rec.start and stop >= rec.stop:
+            rec.hashes = []  # nothing left to drop: let the prompt's hashes go now
+
+    # -- in-flight accounting ----------------------------------------------------------------------
+
+    def prefill_done(self, choice: Choice) -> None:
+        """The chosen pod has prefilled the prompt: the request now decodes (its prefill tokens no
+        longer count as pending)."""
+        ticket = self._ticket(choice, "prefill_done")
+        with self._lock:
+            if ticket.state != 0:
+                raise ValueError("prefill_done: this choice has already "
+                                 + ("been through prefill_done" if ticket.state == 1 else "finished"))
+            ticket.state = 1
+            self._release_prefill(ticket)
+
+    def finished(self, choice: Choice) -> None:
+        """The request has ended (completed or aborted; prefill_done first is not required)."""
+        ticket = self._ticket(choice, "finished")
+        with self._lock:
+            if ticket.state == 2:
+                raise ValueError("finished: this choice has already finished")
+            if ticket.state == 0:
+                self._release_prefill(ticket)
+            ticket.state = 2
+            pod = ticket.pod
+            left = self._requests[pod] - 1
+            if left:
+                self._requests[pod] = left
+            else:
+                del self._requests[pod]
+
+    def _ticket(self, choice: Any, what: str) -> _Ticket:
+        if not isinstance(choice, Choice):
+            raise TypeError(f"{what} takes a Choice, not {_type_name(choice)}")
+        ticket = choice._ticket
+        if not isinstance(ticket, _Ticket) or ticket.router is not self:
+            raise ValueError(f"{what}: this choice was made by another router")
+        return ticket
+
+    def _release_prefill(self, ticket: _Ticket) -> None:
+        pod = ticket.pod
+        left = self._prefilling[pod] - 1
+        if left:
+            self._prefilling[pod] = left
+        else:
+            del self._prefilling[pod]
+        tokens = self._pending[pod] - ticket.tokens
+        if tokens or pod in self._prefilling:
+            self._pending[pod] = tokens
+        else:
+            del self._pending[pod]
+
+    # -- introspection -----------------------------------------------------------------------------
+
+    def stats(self) -> Dict[str, Any]:
+        """Decisions, in-flight work and predictions (see docs/routing.md for each key)."""
+        with self._lock:
+            self._expire(self._clock())
+            in_flight = {}
+            for pod, reqs in self._requests.items():
+                pre = self._prefilling.get(pod, 0)
+                in_flight[pod] = {"prefilling": pre, "decoding": reqs - pre}
+            return {
+                "decisions": self._decisions,
+                "decisions_by_reason": dict(self._by_reason),
+                "in_flight": in_flight,
+                "predictions": {pod: {"made": m, "confirmed": c, "expired": e}
+                                for pod, (m, c, e) in self._made.items()},
+                "predicted_entries": self._entries,
+            }
+
+
+def _candidates(pods: Any) -> Tuple[List[str], Dict[str, int], Optional[Dict[str, PodLoad]]]:
+    """The candidates' names in order, a dict of them -> 0 (in order), and their loads when given as a
+    mapping (all checked first)."""
+    loads: Optional[Dict[str, PodLoad]] = None
+    kind = type(pods)
+    if kind is list or kind is tuple:  # the common case, without the ABC checks below
+        names = list(pods)
+    elif isinstance(pods, Mapping):
+        names = list(pods)
+        loads = {}
+        for name in names:
+            load = pods[name]
+            if not isinstance(load, PodLoad):
+                raise TypeError(f"pods maps a pod name to a PodLoad, got {_type_name(load)} for {name!r}")
+            loads[name] = load
+    elif isinstance(pods, (str, bytes, bytearray, memoryview)) or not isinstance(pods, Iterable):
+        raise TypeError(f"pods must be an iterable of pod names or a mapping name -> PodLoad, "
+                        f"not {_type_name(pods)}")
+    else:
+        names = list(pods)
+    if set(map(type, names)) - {str}:
+        for name in names:
+            if not isinstance(name, str):
+                raise TypeError(f"pods must hold pod names (str), got {_type_name(name)}")
+    if not names:
+        raise ValueError("pods is empty: choose needs at least one candidate pod")
+    zeros = dict.fromkeys(names, 0)
+    if len(zeros) != len(names):
+        seen: Set[str] = set()
+        twice = next(p for p in names if p in seen or seen.add(p))  # type: ignore[func-returns-value]
+        raise ValueError(f"pods lists {twice!r} more than once")
+    return names, zeros, loads

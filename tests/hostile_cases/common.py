@@ -1,0 +1,169 @@
+"""What every hostile child shares: building tables and events, and the checks run after an attack.
+
+A child imports its backend module directly (``prefixindex._core`` or ``prefixindex._core_py``), so that
+the case runs on exactly that backend whatever the environment says. The checks are those of SPEC 8 and
+of issue 8: after any attack the index is consistent (stats agree with the snapshot) and usable (a store
+and a match give what a fresh table gives).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import struct
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
+
+import numpy as np
+import xxhash
+
+from prefixindex import AllBlocksCleared, BlockRemoved, BlockStored, Config
+
+__all__ = [
+    "AllBlocksCleared", "BlockRemoved", "BlockStored", "Config", "FakeClock", "REENTRY", "attempt", "chain",
+    "check_usable", "consistent", "force", "make_table", "state", "stored", "toks",
+]
+
+BS = 4
+U64 = 2**64
+# SPEC 7: a re-entrant call completes, or raises a RuntimeError "that says why" (issue 8, Deliver 1).
+REENTRY = re.compile(r"re-?enter", re.IGNORECASE)
+
+
+class FakeClock:
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def make_table(backend: Any, **overrides: Any) -> Any:
+    overrides.setdefault("seed", 0)
+    overrides.setdefault("block_size", BS)
+    overrides.setdefault("clock", FakeClock())
+    overrides.setdefault("background_eviction", False)
+    return backend.SyncPrefixHashTable(**overrides)
+
+
+def toks(*ks: int, block_size: int = BS) -> List[int]:
+    """Block k holds the token ids k*bs .. k*bs+bs-1."""
+    return [k * block_size + j for k in ks for j in range(block_size)]
+
+
+def chain(*ks: int, seed: int = 0, block_size: int = BS) -> List[int]:
+    """The prefix hashes of the blocks ks from the root, straight from SPEC with the xxhash package."""
+    data = struct.pack(f">{len(ks) * block_size}I", *toks(*ks, block_size=block_size))
+    h, out, width = seed, [], 4 * block_size
+    for i in range(len(ks)):
+        h = xxhash.xxh64_intdigest(struct.pack("<Q", h) + data[i * width:(i + 1) * width], seed)
+        out.append(h)
+    return out
+
+
+def stored(engine: Iterable[int], ks: Iterable[int], pod: str, model: str = "m", lora: int = -1,
+           parent: Optional[int] = None) -> BlockStored:
+    return BlockStored(list(engine), toks(*ks), model, lora, pod, parent)
+
+
+def state(table: Any) -> Tuple[Dict[Any, Any], Dict[str, int]]:
+    return table.snapshot(), table.stats()
+
+
+def consistent(table: Any) -> Dict[Any, Any]:
+    """Assert that stats() agrees with snapshot() and that every name is an exact str / int."""
+    snap: Dict[Any, Any] = table.snapshot()
+    stats = table.stats()
+    for key, prefixes in snap.items():
+        assert type(key[0]) is str and type(key[1]) is int, f"context key {key!r} is not (str, int)"
+        assert prefixes, f"empty context {key!r} kept"
+        for p, pods in prefixes.items():
+            assert type(p) is int and 0 <= p < U64, p
+            assert pods, f"prefix {p} of {key!r} has no pods"
+            assert all(type(pod) is str for pod in pods), f"pods {pods!r} are not all exact str"
+    assert stats["contexts"] == len(snap), (stats, len(snap))
+    assert stats["prefixes"] == sum(len(v) for v in snap.values()), stats
+    assert stats["entries"] == sum(len(pods) for v in snap.values() for pods in v.values()), stats
+    assert stats["pods"] == len({pod for v in snap.values() for pods in v.values() for pod in pods}), stats
+    return snap
+
+
+def check_usable(table: Any, backend: Any) -> None:
+    """A store and a match on the table give what they give on a fresh table with the same seed."""
+    consistent(table)
+    fresh = backend.SyncPrefixHashTable(seed=table.seed, block_size=table.block_size, background_eviction=False)
+    bs = table.block_size
+    event = BlockStored([901, 902, 903], toks(50, 51, 52, block_size=bs), "usable-check", 77, "usable-pod")
+    query = toks(50, 51, 53, block_size=bs)
+    for t in (table, fresh):
+        t.process_block_stored(event)
+    got = table.match_blocks("usable-check", 77, query)
+    assert got == fresh.match_blocks("usable-check", 77, query) == {"usable-pod": 2}, got
+    assert table.snapshot()[("usable-check", 77)] == fresh.snapshot()[("usable-check", 77)]
+    assert table.get_prefix_hashes(query).tolist() == fresh.get_prefix_hashes(query).tolist()
+    consistent(table)
+
+
+OUTCOMES: Dict[str, int] = {}
+
+
+def attempt(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call fn; a RuntimeError that says the table was re-entered is an accepted outcome (SPEC 7)."""
+    try:
+        result = fn(*args, **kwargs)
+    except RuntimeError as exc:
+        if not REENTRY.search(str(exc)):
+            raise
+        OUTCOMES["reentry-error"] = OUTCOMES.get("reentry-error", 0) + 1
+        return None
+    OUTCOMES["completed"] = OUTCOMES.get("completed", 0) + 1
+    return result
+
+
+def force(obj: Any, field: str, value: Any) -> bool:
+    """Put value into obj.field past any immutability (object.__setattr__, or the slot behind a
+    property). False when there is no way in from Python, which closes the attack."""
+    try:
+        object.__setattr__(obj, field, value)
+    except (AttributeError, TypeError):
+        current = getattr(obj, field)
+        for klass in type(obj).__mro__:
+            for slot in getattr(klass, "__slots__", ()):
+                descr = klass.__dict__.get(slot)
+                if descr is None or not hasattr(descr, "__set__"):
+                    continue
+                try:
+                    if descr.__get__(obj, type(obj)) is current:
+                        descr.__set__(obj, value)
+                        break
+                except AttributeError:
+                    continue
+            else:
+                continue
+            break
+    try:
+        return getattr(obj, field) is value
+    except AttributeError:
+        return False
+
+
+def _order(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+def to_jsonable(value: Any) -> Any:
+    """Outcomes of item children go to the parent as JSON; arrays keep dtype and bytes."""
+    if isinstance(value, np.ndarray):
+        return {"ndarray": str(value.dtype), "shape": list(value.shape), "hex": value.tobytes().hex()}
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"bytes": bytes(value).hex()}
+    if isinstance(value, dict):
+        return {"dict": sorted(([to_jsonable(k), to_jsonable(v)] for k, v in value.items()), key=_order)}
+    if isinstance(value, (set, frozenset)):
+        return {"set": sorted((to_jsonable(v) for v in value), key=_order)}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return {"repr": repr(value)}

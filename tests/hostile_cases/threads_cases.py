@@ -1,0 +1,271 @@
+"""Threads, floods and fork() (issue 8: "Writer starvation", "Context floods", "fork()"; SPEC 5, 7).
+
+Liveness, not speed: each scenario bounds how long a thread may wait (60 s) so that starvation or a
+deadlock is a failure; none measures throughput (the bench rows do). The context flood is differential:
+both backends get the same calls and must keep the same contexts.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import random
+import sys
+import threading
+import time
+import traceback
+from typing import Tuple, Any, Dict, List
+
+import numpy as np
+
+from common import BlockRemoved, BlockStored, FakeClock, chain, check_usable, consistent, make_table, stored, toks
+
+LIVENESS = 60.0
+
+
+def _prompt(n_tokens: int, offset: int = 0) -> np.ndarray:
+    return np.arange(offset, offset + n_tokens, dtype=np.uint32)
+
+
+def _fail(message: str) -> None:
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
+    os._exit(1)  # other threads may still be blocked inside the table: do not wait for them
+
+
+def _writer_not_starved(n_tokens: int) -> Any:
+    def run(backend: Any) -> None:
+        _writer_beside_readers(backend, n_tokens)
+    return run
+
+
+def _writer_beside_readers(backend: Any, n_tokens: int) -> None:
+    """Three threads match prompts in a tight loop; a fourth stores 200 ten-block events."""
+    t = make_table(backend, block_size=16, max_prefixes_per_context=10**6)
+    prompt = _prompt(n_tokens)
+    t.process_block_stored(BlockStored(list(range(1, n_tokens // 16 + 1)), prompt, "m", -1, "reader-pod"))
+    stop = threading.Event()
+    matches = [0, 0, 0]
+
+    def reader(i: int) -> None:
+        while not stop.is_set():
+            t.match_blocks("m", -1, prompt)
+            matches[i] += 1
+
+    def writer() -> None:
+        for e in range(200):
+            base = 10_000 + 10 * e
+            t.process_block_stored(BlockStored(list(range(base, base + 10)), _prompt(160, 7 * e), "m", -1,
+                                               f"writer-{e % 4}"))
+            done[0] = e + 1
+
+    done = [0]
+    readers = [threading.Thread(target=reader, args=(i,), daemon=True) for i in range(3)]
+    for r in readers:
+        r.start()
+    while min(matches) == 0:  # the readers are in their loops before the writer starts
+        time.sleep(0.001)
+    w = threading.Thread(target=writer, daemon=True)
+    started = time.monotonic()
+    w.start()
+    w.join(LIVENESS)
+    took = time.monotonic() - started
+    if w.is_alive():
+        _fail(f"WRITER STARVED: {done[0]} of 200 stores done after {took:.0f} s beside 3 matching threads "
+              f"({sum(matches)} matches)")
+    stop.set()
+    for r in readers:
+        r.join(LIVENESS)
+    print(f"200 stores in {took:.2f} s beside {sum(matches)} matches")
+    assert t.stats()["events_block_stored"] == 201
+    consistent(t)
+    check_usable(t, backend)
+
+
+# 1,024 tokens: hashed with the GIL held (short), the walk without it; 32,768 tokens: hashed without the
+# GIL too, so the readers overlap under the shared lock for longer (the case glibc's rwlock starves).
+writer_not_starved_by_1k_token_matches = _writer_not_starved(1024)
+writer_not_starved_by_32k_token_matches = _writer_not_starved(32768)
+
+
+def readers_not_starved(backend: Any) -> None:
+    """Two threads store in a tight loop; a matching thread must still get its 300 matches done."""
+    t = make_table(backend, block_size=16, max_prefixes_per_context=10**6)
+    prompt = _prompt(1024)
+    t.process_block_stored(BlockStored(list(range(1, 65)), prompt, "m", -1, "reader-pod"))
+    stop = threading.Event()
+
+    def writer(k: int) -> None:
+        e = 0
+        while not stop.is_set():
+            base = 10**6 * (k + 1) + 10 * (e % 500)  # 500 distinct events per writer, stored again and again
+            t.process_block_stored(BlockStored(list(range(base, base + 10)), _prompt(160, 3 * (e % 500)), "m",
+                                               -1, f"writer-{k}"))
+            e += 1
+
+    done = [0]
+
+    def reader() -> None:
+        for _ in range(300):
+            got = t.match_blocks("m", -1, prompt)
+            assert got.get("reader-pod", 0) == 64, got
+            done[0] += 1
+
+    writers = [threading.Thread(target=writer, args=(k,), daemon=True) for k in range(2)]
+    for w in writers:
+        w.start()
+    r = threading.Thread(target=reader, daemon=True)
+    r.start()
+    r.join(LIVENESS)
+    if r.is_alive():
+        _fail(f"READER STARVED: {done[0]} of 300 matches done in {LIVENESS:.0f} s beside 2 storing threads")
+    stop.set()
+    for w in writers:
+        w.join(LIVENESS)
+        if w.is_alive():
+            _fail("a writer did not finish its last store")
+    assert done[0] == 300
+    consistent(t)
+    check_usable(t, backend)
+
+
+def every_method_from_many_threads(backend: Any) -> None:
+    """Six threads call every method at random while the eviction thread runs; all finish, no error."""
+    t = make_table(backend, max_contexts=8, max_prefixes_per_context=64, background_eviction=True,
+                   eviction_interval_seconds=0.005)
+    errors: List[str] = []
+
+    def work(seed: int) -> None:
+        rng = random.Random(seed)
+        try:
+            for i in range(600):
+                m, k, pod = f"m{rng.randrange(12)}", rng.randrange(20), f"p{rng.randrange(5)}"
+                op = rng.randrange(10)
+                if op < 3:
+                    t.process_block_stored(stored([k, k + 1, k + 2], [k, k + 1, k + 2], pod, model=m))
+                elif op < 6:
+                    t.match_blocks(m, -1, toks(k, k + 1, k + 2), [pod] if op == 5 else None)
+                elif op == 6:
+                    t.process_events([stored([k], [k], pod, model=m), BlockRemoved([k + 1], m, -1, pod)])
+                elif op == 7:
+                    t.add_prefix(m, -1, pod, chain(k, k + 1))
+                elif op == 8:
+                    t.remove_prefix(m, -1, pod)
+                else:
+                    t.stats() if i % 2 else t.snapshot()
+        except Exception:
+            errors.append(traceback.format_exc())
+
+    threads = [threading.Thread(target=work, args=(s,), daemon=True) for s in range(6)]
+    for th in threads:
+        th.start()
+    deadline = time.monotonic() + LIVENESS
+    for th in threads:
+        th.join(max(0.0, deadline - time.monotonic()))
+        if th.is_alive():
+            _fail("DEADLOCK or starvation: a thread did not finish 600 calls in 60 s")
+    assert not errors, errors[0]
+    t.close()
+    consistent(t)
+    check_usable(t, backend)
+
+
+def fork_while_hammering(backend: Any) -> None:
+    """fork() while another thread (and the eviction thread) is inside calls on the table: in the child
+    the table works and answers right, or raises a RuntimeError saying it cannot be used after fork."""
+    t = make_table(backend, background_eviction=True, eviction_interval_seconds=0.001)
+    stop = threading.Event()
+
+    def hammer() -> None:
+        i = 0
+        while not stop.is_set():
+            k = i % 30
+            t.process_block_stored(stored([k, k + 1], [k, k + 1], f"p{i % 3}", model=f"m{i % 5}"))
+            t.match_blocks(f"m{i % 5}", -1, toks(k, k + 1))
+            i += 1
+
+    th = threading.Thread(target=hammer, daemon=True)
+    th.start()
+    outcomes: Dict[str, int] = {}
+    rng = random.Random(3)
+    for attempt in range(10):
+        time.sleep(rng.uniform(0.001, 0.02))
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                t.process_block_stored(stored([500, 501], [40, 41], "after-fork", model="fork"))
+                got = t.match_blocks("fork", -1, toks(40, 41, 42))
+                assert got == {"after-fork": 2}, got
+                code = 0
+            except RuntimeError as exc:
+                if "fork" in str(exc):
+                    code = 3
+                else:
+                    traceback.print_exc()
+            except BaseException:
+                traceback.print_exc()
+            sys.stderr.flush()
+            os._exit(code)
+        deadline = time.monotonic() + 20.0
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+                _fail(f"FORK CHILD HUNG: child {attempt} made no progress in 20 s (killed)")
+            time.sleep(0.01)
+        if os.WIFSIGNALED(status):
+            _fail(f"FORK CHILD CRASHED: child {attempt} killed by signal {os.WTERMSIG(status)}")
+        code = os.WEXITSTATUS(status)
+        assert code in (0, 3), f"fork child {attempt} failed (exit {code}); its traceback is above"
+        outcomes["works" if code == 0 else "runtime-error"] = outcomes.get("works" if code == 0 else "runtime-error",
+                                                                           0) + 1
+    stop.set()
+    th.join(LIVENESS)
+    t.close()
+    print("fork children:", outcomes)
+    check_usable(t, backend)
+
+
+def context_flood_differential(backend: Any) -> None:
+    """max_contexts=1,000 and 5,000 new contexts among matches and stores on older ones: both backends
+    keep the same contexts (SPEC 5, 9). Runs both backends in this one child (``backend`` is the compiled
+    one), compared every 100 steps."""
+    reference = importlib.import_module("prefixindex._core_py")
+    tables = {"python": make_table(reference, max_contexts=1000, max_prefixes_per_context=50, clock=FakeClock()),
+              "cython": make_table(backend, max_contexts=1000, max_prefixes_per_context=50, clock=FakeClock())}
+    rng = random.Random(8)
+    keys: List[Tuple[Any, ...]] = []
+    for i in range(5000):
+        key = (f"model-{i}", i % 3 - 1)
+        keys.append(key)
+        k = rng.randrange(40)
+        ops = [("store", key, k, f"p{rng.randrange(4)}")]
+        for _ in range(rng.randrange(4)):
+            old = keys[rng.randrange(len(keys))]
+            ops.append((rng.choice(["store", "match", "match", "add"]), old, rng.randrange(40),
+                        f"p{rng.randrange(4)}"))
+        for op, (model, lora), k, pod in ops:
+            results = {}
+            for name, t in tables.items():
+                if op == "store":
+                    results[name] = t.process_block_stored(stored([k, k + 1], [k, k + 1], pod, model, lora))
+                elif op == "add":
+                    results[name] = t.add_prefix(model, lora, pod, chain(k))
+                else:
+                    results[name] = t.match_blocks(model, lora, toks(k, k + 1))
+            assert results["python"] == results["cython"], (i, op, model, results)
+        if i % 100 == 99 or i == 4999:
+            snaps = {name: t.snapshot() for name, t in tables.items()}
+            if set(snaps["python"]) != set(snaps["cython"]):
+                only_py = sorted(set(snaps["python"]) - set(snaps["cython"]))[:5]
+                only_cy = sorted(set(snaps["cython"]) - set(snaps["python"]))[:5]
+                raise AssertionError(f"step {i}: the backends keep different contexts: python only {only_py}, "
+                                     f"cython only {only_cy}")
+            assert snaps["python"] == snaps["cython"], f"step {i}: same contexts, different prefixes"
+            assert tables["python"].stats() == tables["cython"].stats(), i
+    assert tables["cython"].stats()["contexts"] == 1000
+    assert tables["cython"].stats()["evicted_contexts"] >= 4000

@@ -20,6 +20,7 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
     "bench": ("prefixindex._tools.bench", "time both backends on the standard workloads, one table of medians"),
     "subscribe": ("prefixindex._tools.subscribe", "subscribe to vLLM pods' KV-event publishers and print index stats"),
     "vllm-bench": ("prefixindex._tools.vllm_bench", "time the vLLM subscriber: ingestion, pods, idle CPU, floods"),
+    "snapshot-info": ("prefixindex._tools.snapshot_info", "check a snapshot file and print what it holds"),
 }
 VERSION_WORDS = ("version", "--version", "-V")
 HELP_WORDS = ("-h", "--help")
@@ -43,9 +44,10 @@ def command_prog(command: str) -> str:
 def _usage(prog: str) -> str:
     lines = [f"usage: {prog} {{{','.join(COMMANDS)}}} [options]", f"       {prog} --version", "",
              "commands:"]
+    width = max(len(name) for name in COMMANDS)  # "snapshot-info" is longer than the rest
     for name, (_, help_text) in COMMANDS.items():
-        lines.append(f"  {name:<10} {help_text}")
-    lines += [f"  {'version':<10} print the version and the backend in use (also --version, -V)", "",
+        lines.append(f"  {name:<{width}} {help_text}")
+    lines += [f"  {'version':<{width}} print the version and the backend in use (also --version, -V)", "",
               f"{prog} COMMAND --help describes a command's options."]
     return "\n".join(lines)
 

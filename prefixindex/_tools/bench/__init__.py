@@ -8,7 +8,7 @@ noisy machine.
 Modules: ``common`` (constants, backends, tables, result rows), ``timing`` (Op, measure, summarize,
 loop overhead), ``memory`` (the bytes-per-entry probe), ``machine`` (what the figures ran on),
 ``report`` (the sections in order, the table, ``--json``, ``--strict`` and ``main``), and one module
-per section of rows: ``core`` (the original rows), ``threads``, ``inputs``.
+per section of rows: ``core`` (the original rows), ``threads``, ``inputs``, ``routing``, ``snapshot``.
 
 Adding a section
 ----------------

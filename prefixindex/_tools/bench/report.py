@@ -14,7 +14,7 @@ from .machine import machine_info
 from .timing import BATCH_NS, MAX_BATCHES, loop_overhead_ns
 
 # the sections, in the order of the table: each a module of this package (see the package docstring)
-SECTIONS = ("core", "threads", "inputs", "routing")
+SECTIONS = ("core", "threads", "inputs", "routing", "snapshot")
 
 
 def section_module(name: str) -> Any:

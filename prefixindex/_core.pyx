@@ -29,7 +29,7 @@ from libcpp.vector cimport vector
 cimport numpy as cnp
 
 from prefixindex._native cimport (Ctx, CtxPtr, EngineMap, Entry, EntryVec, NodePool, PodMap, PodRun, PodState,
-                                  NO_POD, PodStatePtr, PodVec, PrefixMap, RunVec, gc_pause, gc_resume, kMulti,
+                                  NO_POD, EntryPtr, PodStatePtr, PodVec, PrefixMap, RunVec, gc_pause, gc_resume, kMulti,
                                   kNodeSize,
                                   monotonic_seconds, nth_element, sort)
 from prefixindex._entries cimport (entry_add, entry_has, entry_remove, holds, is_multi, pod_list,

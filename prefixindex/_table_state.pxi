@@ -3,14 +3,53 @@
 
 
 cdef dict _export_state(SyncPrefixHashTable self, double now):
-    """SyncPrefixHashTable._export_state: the table's state at `now`, in one critical section."""
+    """SyncPrefixHashTable._export_state: the table's state at `now`.
+
+    Each context is copied in a critical section of its own, and other threads get the GIL between two
+    (a million entries take ~0.15 s to copy): matches and events go on during a save, and every
+    context is saved as one consistent moment (never half an event). The contexts come in the
+    recency order of the save's start; one evicted meanwhile is left out, one made meanwhile is not
+    in it yet (docs/snapshot.md, "Saving while the table is in use")."""
     cdef Ctx* c
+    cdef vector[uint32_t] index_of  # pod id -> its index in a context's sorted pod names (NO_POD after)
+    self._begin()
+    try:
+        keys = []
+        c = self.oldest
+        while c != NULL:
+            keys.append(<object>c.key)
+            c = c.newer
+    finally:
+        self._end()
+    contexts = []
+    for model, lora in keys:
+        self._begin()
+        try:
+            c = self._find_ctx(model, lora)
+            if c != NULL:
+                if index_of.size() < <size_t>len(self._pod_names):
+                    index_of.resize(len(self._pod_names), NO_POD)
+                contexts.append(_export_context(self, c, now, &index_of))
+        finally:
+            self._end()
+        with nogil:
+            pass  # let other threads have the GIL between contexts
+    self._begin()
+    try:
+        counters = {COUNTER_KEYS[i]: self.n[i] for i in range(N_COUNTERS)}
+    finally:
+        self._end()
+    return {"config": self.config, "counters": counters, "contexts": contexts}
+
+
+cdef dict _export_context(SyncPrefixHashTable self, Ctx* c, double now, vector[uint32_t]* index_of):
+    """One context's part of the state, in the caller's section."""
     cdef PrefixMap.iterator it
     cdef PodMap.iterator pit
     cdef EngineMap.iterator eit
-    cdef vector[pair[uint32_t, uint64_t]] order
+    # (tick, (prefix hash, entry)), sorted: the recency order, with each entry at hand (never probed)
+    cdef vector[pair[uint32_t, pair[uint64_t, EntryPtr]]] order
     cdef vector[pair[uint64_t, uint64_t]] engine
-    cdef vector[uint32_t] index_of  # pod id -> its index in the context's sorted pod names
     cdef vector[uint32_t] members
     cdef size_t i, j, k, total
     cdef Entry* e
@@ -19,84 +58,75 @@ cdef dict _export_state(SyncPrefixHashTable self, double now):
     cdef uint64_t[::1] prefix_out, keys_out, values_out
     cdef uint32_t[::1] count_out, pods_out
     cdef double[::1] idle_out
-    contexts = []
-    self._begin()
-    try:
-        index_of.assign(len(self._pod_names), NO_POD)
-        c = self.oldest
-        while c != NULL:
-            order.clear()
-            it = c.prefixes.begin()
-            while it != c.prefixes.end():
-                order.push_back(pair[uint32_t, uint64_t](deref(it).second.tick, deref(it).first))
-                inc(it)
-            sort(order.begin(), order.end())
-            ids = []
-            pit = c.pods.begin()
-            while pit != c.pods.end():
-                ids.append(deref(pit).first)
-                inc(pit)
-            ids.sort(key=lambda pid: self._pod_names[pid])
-            names = [self._pod_names[pid] for pid in ids]
-            for i in range(len(ids)):
-                index_of[<uint32_t>ids[i]] = <uint32_t>i
-            dim = order.size()
-            prefixes = np.empty(dim, dtype=np.uint64)
-            counts = np.empty(dim, dtype=np.uint32)
-            prefix_out, count_out = prefixes, counts
-            total = 0
-            for i in range(order.size()):
-                e = &deref(c.prefixes.find(order[i].second)).second
-                prefix_out[i] = order[i].second
-                count_out[i] = <uint32_t>pod_list(c, e.pods).size() if is_multi(e.pods) else 1
-                total += count_out[i]
-            entry_pods = np.empty(total, dtype=np.uint32)
-            pods_out = entry_pods
-            k = 0
-            for i in range(order.size()):
-                e = &deref(c.prefixes.find(order[i].second)).second
-                members.clear()
-                if is_multi(e.pods):
-                    v = pod_list(c, e.pods)
-                    for j in range(v.size()):
-                        members.push_back(index_of[deref(v)[j]])
-                else:
-                    members.push_back(index_of[e.pods])
-                sort(members.begin(), members.end())
-                for j in range(members.size()):
-                    pods_out[k] = members[j]
-                    k += 1
-            pod_idle = np.empty(len(ids), dtype=np.float64)
-            idle_out = pod_idle
-            engines = []
-            for i in range(len(ids)):
-                pit = c.pods.find(<uint32_t>ids[i])
-                idle_out[i] = now - deref(pit).second.last_seen
-                engine.clear()
-                eit = deref(pit).second.engine.begin()
-                while eit != deref(pit).second.engine.end():
-                    engine.push_back(pair[uint64_t, uint64_t](deref(eit).first, deref(eit).second))
-                    inc(eit)
-                sort(engine.begin(), engine.end())
-                dim = engine.size()
-                keys = np.empty(dim, dtype=np.uint64)
-                values = np.empty(dim, dtype=np.uint64)
-                keys_out, values_out = keys, values
-                for j in range(engine.size()):
-                    keys_out[j] = engine[j].first
-                    values_out[j] = engine[j].second
-                engines.append((keys, values))
-            for i in range(len(ids)):
-                index_of[<uint32_t>ids[i]] = NO_POD
-            model, lora = <object>c.key
-            contexts.append({"model": model, "lora": lora, "idle": now - c.last_access, "prefixes": prefixes,
-                             "pods": names, "pod_idle": pod_idle, "entry_pod_counts": counts,
-                             "entry_pods": entry_pods, "engine": engines})
-            c = c.newer
-        counters = {COUNTER_KEYS[i]: self.n[i] for i in range(N_COUNTERS)}
-    finally:
-        self._end()
-    return {"config": self.config, "counters": counters, "contexts": contexts}
+    order.clear()
+    order.reserve(c.prefixes.size())
+    it = c.prefixes.begin()
+    while it != c.prefixes.end():  # ticks are unique in a context: the sort is by tick alone
+        order.push_back(pair[uint32_t, pair[uint64_t, EntryPtr]](
+            deref(it).second.tick, pair[uint64_t, EntryPtr](deref(it).first, &deref(it).second)))
+        inc(it)
+    sort(order.begin(), order.end())
+    ids = []
+    pit = c.pods.begin()
+    while pit != c.pods.end():
+        ids.append(deref(pit).first)
+        inc(pit)
+    ids.sort(key=lambda pid: self._pod_names[pid])
+    names = [self._pod_names[pid] for pid in ids]
+    for i in range(len(ids)):
+        deref(index_of)[<uint32_t>ids[i]] = <uint32_t>i
+    dim = order.size()
+    prefixes = np.empty(dim, dtype=np.uint64)
+    counts = np.empty(dim, dtype=np.uint32)
+    prefix_out, count_out = prefixes, counts
+    total = 0
+    for i in range(order.size()):
+        e = order[i].second.second
+        prefix_out[i] = order[i].second.first
+        count_out[i] = <uint32_t>pod_list(c, e.pods).size() if is_multi(e.pods) else 1
+        total += count_out[i]
+    entry_pods = np.empty(total, dtype=np.uint32)
+    pods_out = entry_pods
+    k = 0
+    for i in range(order.size()):
+        e = order[i].second.second
+        members.clear()
+        if is_multi(e.pods):
+            v = pod_list(c, e.pods)
+            for j in range(v.size()):
+                members.push_back(deref(index_of)[deref(v)[j]])
+        else:
+            members.push_back(deref(index_of)[e.pods])
+        sort(members.begin(), members.end())
+        for j in range(members.size()):
+            pods_out[k] = members[j]
+            k += 1
+    pod_idle = np.empty(len(ids), dtype=np.float64)
+    idle_out = pod_idle
+    engines = []
+    for i in range(len(ids)):
+        pit = c.pods.find(<uint32_t>ids[i])
+        idle_out[i] = now - deref(pit).second.last_seen
+        engine.clear()
+        eit = deref(pit).second.engine.begin()
+        while eit != deref(pit).second.engine.end():
+            engine.push_back(pair[uint64_t, uint64_t](deref(eit).first, deref(eit).second))
+            inc(eit)
+        sort(engine.begin(), engine.end())
+        dim = engine.size()
+        keys = np.empty(dim, dtype=np.uint64)
+        values = np.empty(dim, dtype=np.uint64)
+        keys_out, values_out = keys, values
+        for j in range(engine.size()):
+            keys_out[j] = engine[j].first
+            values_out[j] = engine[j].second
+        engines.append((keys, values))
+    for i in range(len(ids)):
+        deref(index_of)[<uint32_t>ids[i]] = NO_POD
+    model, lora = <object>c.key
+    return {"model": model, "lora": lora, "idle": now - c.last_access, "prefixes": prefixes,
+            "pods": names, "pod_idle": pod_idle, "entry_pod_counts": counts,
+            "entry_pods": entry_pods, "engine": engines}
 
 
 cdef int _load_state(SyncPrefixHashTable self, dict state, double now) except -1:

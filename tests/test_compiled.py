@@ -143,6 +143,16 @@ def test_short_calls_keep_the_gil(call):
     assert not main_thread_saw_a_call_in_progress(work), f"{call} released the GIL for short work"
 
 
+def test_a_save_lets_other_threads_run_between_contexts():
+    # issue 12, Deliver 2: a save does not stop matches. Each context is copied in its own critical
+    # section and the GIL is offered between two, so another thread runs while a save is under way.
+    table = COMPILED.SyncPrefixHashTable(seed=1, block_size=4, background_eviction=False)
+    for c in range(8):
+        table.add_prefix(f"m{c}", -1, "p", list(range(100)))
+    assert main_thread_saw_a_call_in_progress(lambda i: table._export_state())
+    assert len(table._export_state()["contexts"]) == 8
+
+
 def test_the_gil_check_detects_a_call_that_keeps_the_gil():
     # the pure-Python backend hashes with the GIL held: the check above must say so
     table = _core_py.SyncPrefixHashTable(seed=1, block_size=16, background_eviction=False)

@@ -27,6 +27,7 @@ import prefixindex
 from prefixindex._subscriber_snapshot import load_subscriber_snapshot
 from prefixindex.vllm import VLLMSubscriber
 
+from helpers import BACKENDS
 from test_vllm_decode import batch, removed, stored
 from test_vllm_zmq import (BS, MODEL, connect, ctx, pod_stats, prompt, publishers,  # noqa: F401
                            subscribers, wait_applied, wait_for)
@@ -365,3 +366,19 @@ def test_subscriber_save_to_a_stream_and_bad_arguments(make_table, backend, tmp_
     bad.write_bytes(b"garbage")
     with pytest.raises(ValueError):
         VLLMSubscriber.from_snapshot(str(bad), table_class=backend.SyncPrefixHashTable, model=MODEL)
+
+
+# -- the warm-restart bench row (its figure is docs/snapshot.md's; here only that it runs and checks) ----
+
+
+@pytest.mark.parametrize("backend_name", sorted(BACKENDS))
+def test_vllm_bench_warm_resumes_every_pod_and_loses_nothing(backend_name):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run([sys.executable, "-m", "prefixindex", "vllm-bench", "warm", "--backend", backend_name,
+                          "--pods", "2", "--missed", "50", "--json"],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT, env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    r = json.loads(out.stdout)["warm"]
+    assert (r["pods"], r["missed_batches"], r["resumes"], r["resume_refills"], r["lost"]) == (2, 50, 2, 0, False)
+    assert r["current_seconds"] is not None and r["current_seconds"] >= r["load_seconds"]
+    assert r["entries_at_stop"] == 2 * 100 * 32

@@ -382,3 +382,24 @@ def test_vllm_bench_warm_resumes_every_pod_and_loses_nothing(backend_name):
     assert (r["pods"], r["missed_batches"], r["resumes"], r["resume_refills"], r["lost"]) == (2, 50, 2, 0, False)
     assert r["current_seconds"] is not None and r["current_seconds"] >= r["load_seconds"]
     assert r["entries_at_stop"] == 2 * 100 * 32
+
+
+@pytest.mark.parametrize("how", ["duration", "ctrl-c"])
+def test_the_save_on_exit_after_duration_or_ctrl_c(tmp_path, publishers, how):
+    pub = publishers(replay=True)
+    path = tmp_path / "router.pisnap"
+    cmd = Command(_args(pub, path, "--json", *(["--duration", "4"] if how == "duration" else [])))
+    try:
+        cmd.join(pub)
+        last = pub.publish(batch([stored([100], prompt([0]), BS)]))
+        cmd.wait_json(_caught_up(last), "the store")
+        if how == "ctrl-c":
+            cmd.proc.send_signal(signal.SIGINT)
+        assert cmd.proc.wait(LIVENESS) == 0
+    finally:
+        cmd.finish()
+    assert any("saved the snapshot to" in line for line in cmd.err_lines), cmd.err_lines
+    table, positions = load_subscriber_snapshot(prefixindex.SyncPrefixHashTable, str(path))
+    assert positions["pod-a"]["seq"] >= last
+    assert table.match_blocks(MODEL, -1, prompt([0])) == {"pod-a": 1}
+    table.close()

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import pytest
 
-# the backends and the clock live in helpers (test modules import them from there, never from here);
-# compiled_source_hash and the rest stay importable from conftest for branches written before the move
-from helpers import BACKENDS, COMPILED, PKG, ROOT, FakeClock, compiled_source_hash  # noqa: F401
+# the backends and the clock live in helpers; test modules import them from there, never from here
+from helpers import BACKENDS, FakeClock
 
 
 @pytest.fixture(params=sorted(BACKENDS))

@@ -13,7 +13,7 @@ import pytest
 
 from prefixindex import AllBlocksCleared, BlockRemoved, BlockStored
 
-from conftest import BACKENDS
+from helpers import BACKENDS
 from hostile_cases import runner
 
 import events_cases  # noqa: E402  (on sys.path through runner)

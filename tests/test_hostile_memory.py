@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from conftest import BACKENDS
+from helpers import BACKENDS
 from hostile_cases import runner
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),

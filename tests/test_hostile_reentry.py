@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import BACKENDS
+from helpers import BACKENDS
 from hostile_cases import runner
 
 import reentry_cases  # noqa: E402  (on sys.path through runner)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import BACKENDS
+from helpers import BACKENDS
 from hostile_cases import runner
 
 import rejected_cases  # noqa: E402  (on sys.path through runner)

@@ -14,7 +14,7 @@ import os
 
 import pytest
 
-from conftest import BACKENDS, COMPILED
+from helpers import BACKENDS, COMPILED
 from hostile_cases import runner
 
 LIVENESS = ["threads_cases:writer_not_starved_by_1k_token_matches",

@@ -13,7 +13,7 @@ def test_readme_usage_example_runs():
     assert example, "README.md has no Usage example"
     proc = subprocess.run([sys.executable, "-c", example.group(1)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    assert "'blocks_stored': 3" in proc.stdout  # its closing stats() line
+    assert "'blocks_stored': 4" in proc.stdout  # its closing stats() line: 3 blocks, then a batch's 1
 
 
 def test_readme_starts_with_the_two_commands_ci_runs():

@@ -241,7 +241,7 @@ def test_same_calls_same_choices(make_table, clock, backend):
 
 
 def test_both_backends_choose_alike(clock):
-    from conftest import BACKENDS
+    from helpers import BACKENDS
     runs = []
     for name in sorted(BACKENDS):
         table = BACKENDS[name].SyncPrefixHashTable(seed=0, block_size=BS, clock=clock, background_eviction=False)

@@ -45,7 +45,7 @@ print(json.dumps({"warm": warm, "end": proc.memory_info().rss, "entries": stats[
 
 @pytest.mark.parametrize("backend_name", ["prefixindex._core_py", "prefixindex._core"])
 def test_a_million_predictions_leave_memory_flat(backend_name):
-    from conftest import BACKENDS
+    from helpers import BACKENDS
     if backend_name == "prefixindex._core" and "cython" not in BACKENDS:
         pytest.skip("the compiled core is not built in this run (PREFIXINDEX_NO_EXTENSIONS or no build)")
     proc = subprocess.run([sys.executable, "-c", SCRIPT, backend_name], cwd=ROOT, capture_output=True,

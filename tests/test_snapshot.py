@@ -15,7 +15,7 @@ import io
 import numpy as np
 import pytest
 
-from conftest import FakeClock
+from helpers import FakeClock
 from helpers import STAT_KEYS, chain, removed, stored, toks
 from prefixindex import AllBlocksCleared, BlockRemoved
 from prefixindex import _snapshot

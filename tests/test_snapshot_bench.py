@@ -5,7 +5,7 @@ checked here (benchmarks are, by the bench itself): only that the rows say what 
 
 from __future__ import annotations
 
-from conftest import BACKENDS
+from helpers import BACKENDS
 from prefixindex._tools.bench import snapshot as section
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FakeClock
+from helpers import FakeClock
 from test_snapshot import TABLE_ARGS, populate
 from prefixindex import _core_py, _snapshot
 

@@ -11,7 +11,7 @@ import io
 
 import pytest
 
-from conftest import COMPILED, FakeClock
+from helpers import COMPILED, FakeClock
 from test_snapshot import TABLE_ARGS, followup, has_snapshots, populate, state_equal
 from prefixindex import _core_py, _snapshot
 

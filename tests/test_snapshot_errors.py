@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import xxhash
 
-from conftest import FakeClock
+from helpers import FakeClock
 from test_snapshot import TABLE_ARGS, populate, save_bytes, skip_without_snapshots
 from prefixindex import _core_py, _snapshot
 from prefixindex._snapshot import SnapshotError

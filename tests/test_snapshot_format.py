@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import xxhash
 
-from conftest import FakeClock
+from helpers import FakeClock
 from helpers import removed, stored
 from test_snapshot import TABLE_ARGS, populate, save_bytes, snap_make  # noqa: F401 (fixture)
 from prefixindex import BlockStored, _snapshot

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import FakeClock
+from helpers import FakeClock
 from helpers import chain, stored, toks
 from test_snapshot import TABLE_ARGS, populate, save_bytes, snap_make, state_equal  # noqa: F401 (fixture)
 from prefixindex import Config, _core_py, _snapshot
@@ -123,7 +123,7 @@ def test_an_interrupt_mid_write_leaves_the_old_file(table, tmp_path, monkeypatch
 FSIZE = """
 import os, resource, signal, sys
 sys.path.insert(0, "tests")
-from conftest import FakeClock
+from helpers import FakeClock
 from test_snapshot import TABLE_ARGS, populate
 import importlib
 module = importlib.import_module(sys.argv[1])

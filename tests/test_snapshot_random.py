@@ -12,7 +12,7 @@ import io
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import BACKENDS, FakeClock
+from helpers import BACKENDS, FakeClock
 from helpers import toks
 from test_snapshot import has_snapshots
 from prefixindex import AllBlocksCleared, BlockRemoved, BlockStored, _snapshot

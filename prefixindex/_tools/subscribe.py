@@ -3,6 +3,10 @@
 
 The argument parser needs neither pyzmq nor msgspec, so that ``--help`` works on a machine without the
 ``vllm`` extra; the subscriber is imported once the arguments are read.
+
+``--snapshot PATH [--snapshot-every SECONDS]`` loads the index and each pod's position from PATH at start
+and saves them periodically and on exit (docs/snapshot.md, "The subscribe command");
+``--metrics-port PORT`` serves prefixindex.metrics for the table and the subscriber (docs/metrics.md).
 """
 
 from __future__ import annotations
@@ -15,6 +19,10 @@ import sys
 import threading
 import time
 from typing import Any, List, Optional, Tuple
+
+from .._subscriber_snapshot import PeriodicSaver, open_table
+from .._subscriber_snapshot import add_arguments as add_snapshot_arguments
+from .._subscriber_snapshot import check_arguments as check_snapshot_arguments
 
 __all__ = ["build_parser", "main"]
 
@@ -58,11 +66,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     parser.add_argument("--per-pod", action="store_true", help="also print one line per pod")
     parser.add_argument("--json", action="store_true", help="print one JSON object per line")
+    add_snapshot_arguments(parser)
+    parser.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                        help="serve Prometheus metrics of the index and the subscriber on "
+                             "http://127.0.0.1:PORT/metrics (0: a free port; the URL is printed to stderr; "
+                             "needs the 'metrics' extra, prometheus_client)")
+    parser.add_argument("--metrics-addr", default="127.0.0.1", metavar="ADDR",
+                        help="address the metrics server binds (default 127.0.0.1; 0.0.0.0 for every interface)")
     return parser
 
 
 _SUMMARY_KEYS = ("batches", "events", "blocks_stored", "blocks_removed", "gaps", "lost_batches", "replays",
-                 "restarts", "malformed")
+                 "restarts", "resumes", "resume_refills", "malformed")
 _INDEX_KEYS = ("contexts", "prefixes", "entries", "pods", "orphan_blocks")
 
 
@@ -92,6 +107,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error("--interval must be positive")
     if args.duration is not None and args.duration < 0:
         parser.error("--duration must not be negative")
+    check_snapshot_arguments(parser, args)
+    if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
+        parser.error("--metrics-port must be in [0, 65535]")
+    metrics: Any = None
+    if args.metrics_port is not None:
+        try:
+            from .. import metrics
+        except ImportError as exc:
+            parser.error(f"--metrics-port needs prometheus_client: run  python -m pip install -e '.[metrics]'  "
+                         f"in a checkout of the prefixindex repository ({exc})")
     try:
         import zmq
 
@@ -116,19 +141,36 @@ def main(argv: Optional[List[str]] = None) -> int:
     import prefixindex
 
     overrides = {k: v for k, v in (("block_size", args.block_size), ("seed", args.seed)) if v is not None}
-    try:
-        table = prefixindex.SyncPrefixHashTable(**overrides)
+    try:  # a snapshot that cannot be read (or disagrees with --block-size/--seed) stops here, untouched
+        table, resume, opened = open_table(prefixindex.SyncPrefixHashTable, args.snapshot, overrides)
     except (TypeError, ValueError) as exc:
         parser.error(str(exc))
+    except OSError as exc:
+        print(f"error: cannot read the snapshot {args.snapshot}: {exc}", file=sys.stderr)
+        return 1
+    if opened:
+        print(opened, file=sys.stderr, flush=True)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     stop = threading.Event()
     sub = VLLMSubscriber(table, pods, model=args.model, lora_map=dict(args.lora_map), mediums=mediums,
-                         replay_on_connect=args.replay_on_connect)
+                         replay_on_connect=args.replay_on_connect, resume=resume)
+    server: Any = None
+    if metrics is not None:
+        try:
+            server = metrics.serve(args.metrics_port, addr=args.metrics_addr, table=table, subscriber=sub)
+        except (OSError, ValueError, TypeError) as exc:
+            print(f"error: cannot serve metrics on {args.metrics_addr}:{args.metrics_port}: {exc}",
+                  file=sys.stderr)
+            table.close()
+            return 1
+        print(f"metrics on {server.url}", file=sys.stderr, flush=True)
     try:
         sub.start()
     except (ValueError, zmq.ZMQError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        if server is not None:
+            server.close()
         table.close()
         return 1
     if not args.json:
@@ -136,30 +178,45 @@ def main(argv: Optional[List[str]] = None) -> int:
               f"{sub.block_size}: subscribed to " + ", ".join(f"{p.name}={p.endpoint}" for p in pods), flush=True)
     started = time.monotonic()
     deadline = None if args.duration is None else started + args.duration
+    saver = None if args.snapshot is None else PeriodicSaver(sub, args.snapshot, args.snapshot_every, started)
     previous_handler: Any = None
     try:  # SIGTERM (kubectl delete, docker stop) ends the run like Ctrl-C: stop, print, exit 0
         previous_handler = signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     except ValueError:  # not the main thread
         pass
+    next_line = started + args.interval
     try:
         while not stop.is_set():
             now = time.monotonic()
-            wait = args.interval if deadline is None else min(args.interval, deadline - now)
+            wait = min(next_line, deadline if deadline is not None else next_line,
+                       saver.next_at if saver is not None and saver.next_at is not None else next_line) - now
             if wait > 0 and stop.wait(wait):
                 break
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 break
-            print(_stats_line(now - started, sub, table, args.per_pod, args.json), flush=True)
+            if saver is not None and saver.due(now):
+                saver.save(now)
+            if now >= next_line:
+                next_line = now + args.interval
+                print(_stats_line(now - started, sub, table, args.per_pod, args.json), flush=True)
     except KeyboardInterrupt:
         pass
     finally:
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
         sub.stop()
+        saved = True
+        if saver is not None:  # after stop(): the positions and the table are exact
+            saved = saver.save()
+            if saved:
+                print(f"saved the snapshot to {args.snapshot} ({saver.saves} save(s), {saver.failures} failed)",
+                      file=sys.stderr, flush=True)
         print(_stats_line(time.monotonic() - started, sub, table, args.per_pod, args.json), flush=True)
+        if server is not None:
+            server.close()
         table.close()
-    return 0
+    return 0 if saved else 1
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,6 +1,6 @@
 """``python -m prefixindex vllm-bench``: the vLLM subscriber's targets (issue 10), measured over loopback.
 
-    python -m prefixindex vllm-bench [ingest|multi|add-pods|idle|flood|all] [--backend python|cython|auto]
+    python -m prefixindex vllm-bench [ingest|multi|add-pods|idle|flood|warm|all] [--backend python|cython|auto]
 
 - ``ingest``: one publisher, pre-encoded batches (8 BlockStored events of 16 blocks, block size 16) as
   fast as it sends them; blocks per second from "go" to the last batch applied, and whether anything was
@@ -10,6 +10,8 @@
   all, and the loop thread's CPU time per call.
 - ``idle``: 10,000 pods subscribed and idle; the loop thread's CPU use (percent of one core).
 - ``flood``: 2 MB garbage frames for 10 s; growth of resident memory, and how long ``stop()`` takes.
+- ``warm``: a router restarted from a snapshot after 1,000 missed batches per pod on 8 pods; the time
+  from start to every pod current again (``warm_bench.py`` says how).
 
 Publishers run in a child process (``--publisher-child``, not for direct use), so that they do not
 share the subscriber's interpreter lock; their payloads are made before the clock starts.
@@ -469,6 +471,10 @@ def _backend_factory(name: str, block_size: int, capacity: int) -> Callable[[], 
 
 
 def _line(name: str, r: Dict[str, Any]) -> str:
+    if name == "warm":
+        from .warm_bench import line
+
+        return line(r)
     if name in ("ingest", "multi"):
         rate = r["blocks_per_second"]
         return (f"{name:<8} {r['backend']:<22} {r['publishers']} publisher(s), {r['blocks_sent']} blocks: "
@@ -491,15 +497,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         return _publisher_child(json.loads(args_in[1]))
     parser = argparse.ArgumentParser(prog="python -m prefixindex vllm-bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("scenario", nargs="?", default="all", choices=("ingest", "multi", "add-pods", "idle",
-                                                                        "flood", "all"))
+                                                                        "flood", "warm", "all"))
     parser.add_argument("--backend", choices=("auto", "python", "cython"), default="auto")
     parser.add_argument("--batches", type=int, default=2000, help="ingest: batches (default 2000)")
     parser.add_argument("--publishers", type=int, default=100, help="multi: publishers (default 100)")
     parser.add_argument("--batches-each", type=int, default=40, help="multi: batches per publisher (default 40)")
     parser.add_argument("--encoding", choices=("map", "array"), default="map")
-    parser.add_argument("--pods", type=int, default=None, help="add-pods: 1000, idle: 10000 (default)")
+    parser.add_argument("--pods", type=int, default=None, help="add-pods: 1000, idle: 10000, warm: 8 (default)")
     parser.add_argument("--seconds", type=float, default=10.0, help="idle and flood: duration (default 10)")
     parser.add_argument("--repeat", type=int, default=1, help="ingest, multi: runs (the median is reported)")
+    parser.add_argument("--missed", type=int, default=1000, help="warm: batches missed per pod (default 1000)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(args_in)
     try:
@@ -508,7 +515,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ImportError as exc:
         print(f"error: the vLLM benchmarks need pyzmq and msgspec: python -m pip install -e '.[vllm]' ({exc})")
         return 1
-    scenarios = ["ingest", "multi", "add-pods", "idle", "flood"] if args.scenario == "all" else [args.scenario]
+    scenarios = (["ingest", "multi", "add-pods", "idle", "flood", "warm"] if args.scenario == "all"
+                 else [args.scenario])
     results: Dict[str, Any] = {}
     failed = False
     for name in scenarios:
@@ -526,10 +534,18 @@ def main(argv: Optional[List[str]] = None) -> int:
             runs = [add_pods_benchmark(args.pods or 1000)]
         elif name == "idle":
             runs = [idle_benchmark(args.pods or 10_000, args.seconds)]
+        elif name == "warm":
+            from .warm_bench import warm_restart_benchmark
+
+            probe = _backend_factory(args.backend, 16, 1)()  # only for its class
+            cls = type(probe)
+            probe.close()
+            runs = [warm_restart_benchmark(cls, pods=args.pods or 8, missed=args.missed) for _ in range(args.repeat)]
+            runs.sort(key=lambda r: float("inf") if r["current_seconds"] is None else r["current_seconds"])
         else:
             runs = [flood_benchmark(args.seconds)]
         failed = failed or any(r.get("lost") for r in runs)
-        if len(runs) > 1:
+        if len(runs) > 1 and name != "warm":
             runs.sort(key=lambda r: r["blocks_per_second"] or 0)
         result = runs[len(runs) // 2]  # the median run
         results[name] = result if len(runs) == 1 else {"median": result, "runs": runs}

@@ -301,6 +301,42 @@ class VLLMSubscriber:
                 out[stream.name] = position
         return out
 
+    def save(self, file: Any) -> Dict[str, Dict[str, Any]]:
+        """Save the table with each pod's position, for a warm restart (docs/snapshot.md, "Subscriber
+        positions"), and return the positions saved.
+
+        ``file``: a path (written atomically: a temporary file, fsync, rename, so the old file stays
+        whole if the save fails) or a binary stream. The positions are read before the table is copied,
+        so a save while running is consistent (the few batches applied in between are applied again
+        after a restart, which changes nothing); a save after ``stop()`` is exact. Load it with
+        ``VLLMSubscriber.from_snapshot(file, pods, ...)``.
+        """
+        from .._subscriber_snapshot import save_subscriber
+
+        return save_subscriber(self, file)
+
+    @classmethod
+    def from_snapshot(cls, file: Any, pods: Iterable[Pod] = (), *, table_class: Any = None,
+                      overrides: Optional[Mapping[str, Any]] = None, **kwargs: Any) -> "VLLMSubscriber":
+        """A subscriber over the table saved by ``save(file)``, that resumes each pod from its saved
+        position at ``start()`` (V12). ``file``: a path or a binary stream. ``table_class``: the table
+        class to load into (default ``prefixindex.SyncPrefixHashTable``); ``overrides``: as for its
+        ``load`` (block_size, seed must agree with the saved table's). ``kwargs``: as for
+        ``VLLMSubscriber(...)`` except ``resume``. A plain table snapshot gives no positions. The table
+        is ``subscriber.table``."""
+        from .._subscriber_snapshot import load_subscriber_snapshot
+
+        if "resume" in kwargs:
+            raise TypeError("from_snapshot() takes the positions from the snapshot: do not pass resume=")
+        if table_class is None:
+            from .. import SyncPrefixHashTable as table_class
+        table, positions = load_subscriber_snapshot(table_class, file, overrides)
+        try:
+            return cls(table, pods, resume=positions, **kwargs)
+        except BaseException:
+            table.close()
+            raise
+
     @staticmethod
     def _check_positions(positions: Any) -> Dict[str, Dict[str, Any]]:
         if not isinstance(positions, Mapping):

@@ -20,6 +20,7 @@ cimport cython
 from cpython.dict cimport PyDict_GetItem
 from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_AsVoidPtr, PyLong_FromVoidPtr
 from cpython.ref cimport Py_DECREF, Py_INCREF, PyObject
+from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cython.operator cimport dereference as deref, preincrement as inc
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
@@ -142,13 +143,30 @@ def token_bytes_from_msgpack(raw):
     Well-formed arrays of ids are parsed here; anything else goes to _core_py's version, which raises
     the error, so both backends give the same results and the same errors.
     """
-    cdef const uint8_t[::1] view = memoryview(raw).cast("B")
-    cdef size_t n = view.shape[0], pos = 0, count = 0, i, width
-    cdef const uint8_t* p = &view[0] if n else NULL
+    cdef Py_buffer buf
+    try:
+        PyObject_GetBuffer(raw, &buf, PyBUF_SIMPLE)
+    except (TypeError, BufferError):
+        memoryview(raw).cast("B")  # raises what the fallback raises for this input (a str, None ...)
+        return _msgpack_error(raw)
+    try:
+        out = _parse_token_ids(<const uint8_t*>buf.buf, <size_t>buf.len)
+    finally:
+        PyBuffer_Release(&buf)
+    return _msgpack_error(raw) if out is None else out
+
+
+cdef object _parse_token_ids(const uint8_t* p, size_t n):
+    """The token bytes of a well-formed msgpack array of ids at p[0:n], or None (then the fallback
+    parses it and raises). Written through raw pointers: a typed memoryview would cost more than the
+    parsing of a 256-token event."""
+    cdef size_t pos = 0, count = 0, i, width
     cdef uint8_t tag
     cdef uint64_t value
+    cdef cnp.npy_intp dim
+    cdef uint8_t* dst
     if n == 0:
-        return _msgpack_error(raw)
+        return None
     tag = p[0]
     if 0x90 <= tag <= 0x9f:
         count, pos = tag & 0x0f, 1
@@ -156,33 +174,34 @@ def token_bytes_from_msgpack(raw):
         width = 2 if tag == 0xdc else 4
         count, pos = _be(p + 1, <int>width), 1 + width
     else:
-        return _msgpack_error(raw)
+        return None
     if count > n - pos:  # every element takes at least one byte: do not trust a forged length
-        return _msgpack_error(raw)
-    out = np.empty(count * 4, dtype=np.uint8)
-    cdef uint8_t[::1] dst = out
+        return None
+    dim = <cnp.npy_intp>(count * 4)
+    out = cnp.PyArray_EMPTY(1, &dim, cnp.NPY_UINT8, 0)
+    dst = <uint8_t*>cnp.PyArray_DATA(<cnp.ndarray>out)
     for i in range(count):
         if pos >= n:
-            return _msgpack_error(raw)
+            return None
         tag = p[pos]
         if tag <= 0x7f:  # positive fixint
             value, pos = tag, pos + 1
         elif 0xcc <= tag <= 0xce or 0xd0 <= tag <= 0xd2:  # uint8/16/32, int8/16/32
             width = <size_t>1 << (tag & 0x03)
             if pos + 1 + width > n:
-                return _msgpack_error(raw)
+                return None
             value = _be(p + pos + 1, <int>width)
             if tag >= 0xd0 and (value >> (8 * width - 1)):  # a negative signed int
-                return _msgpack_error(raw)
+                return None
             pos += 1 + width
         else:  # uint64/int64 (too wide for a token id), negative fixint, or not an int at all
-            return _msgpack_error(raw)
+            return None
         dst[4 * i] = (value >> 24) & 0xff
         dst[4 * i + 1] = (value >> 16) & 0xff
         dst[4 * i + 2] = (value >> 8) & 0xff
         dst[4 * i + 3] = value & 0xff
     if pos != n:
-        return _msgpack_error(raw)
+        return None
     return out
 
 

@@ -263,6 +263,21 @@ cdef class SyncPrefixHashTable:
         self._clear_ctx(c)
         self._unlink_ctx(c)
 
+    cdef list _context_keys(self):
+        """The (model, lora_id) of every context, least recently used first, in a section of its own:
+        passes that visit the contexts one section each (evict_now, a save) look each one up again."""
+        cdef Ctx* c
+        self._begin()
+        try:
+            keys = []
+            c = self.oldest
+            while c != NULL:
+                keys.append(<object>c.key)
+                c = c.newer
+        finally:
+            self._end()
+        return keys
+
     cdef inline void _drop_if_empty(self, Ctx* c) noexcept:
         if c.prefixes.size() == 0:  # a context lives while it holds something (D2)
             self._drop_ctx(c)
@@ -597,15 +612,7 @@ cdef class SyncPrefixHashTable:
         cdef vector[uint32_t] stale
         cdef PodMap.iterator it
         cdef uint32_t pid
-        self._begin()
-        try:
-            keys = []
-            c = self.oldest
-            while c != NULL:
-                keys.append(<object>c.key)
-                c = c.newer
-        finally:
-            self._end()
+        keys = self._context_keys()
         for model, lora in keys:
             self._begin()
             try:

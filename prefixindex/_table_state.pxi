@@ -12,17 +12,8 @@ cdef dict _export_state(SyncPrefixHashTable self, double now):
     in it yet (docs/snapshot.md, "Saving while the table is in use")."""
     cdef Ctx* c
     cdef vector[uint32_t] index_of  # pod id -> its index in a context's sorted pod names (NO_POD after)
-    self._begin()
-    try:
-        keys = []
-        c = self.oldest
-        while c != NULL:
-            keys.append(<object>c.key)
-            c = c.newer
-    finally:
-        self._end()
     contexts = []
-    for model, lora in keys:
+    for model, lora in self._context_keys():
         self._begin()
         try:
             c = self._find_ctx(model, lora)

@@ -442,15 +442,6 @@ def _check_source_pod(value: Any, why: str) -> str:
     return pod
 
 
-def check_event_width(event: BlockStored, block_size: int) -> None:
-    """Each block must hold exactly block_size tokens (SPEC 1)."""
-    width = event.tokens.shape[1]
-    if len(event.block_hashes) and width != 4 * block_size:
-        have = f"{width // 4} tokens" if width % 4 == 0 else f"{width} token bytes"
-        raise ValueError(f"each block must hold block_size={block_size} tokens ({4 * block_size} token "
-                         f"bytes), but this event's blocks hold {have}")
-
-
 def ready_set(ready_pods: Any) -> Optional[frozenset[str]]:
     """``None`` (every pod) or the frozenset of ready pod names."""
     if ready_pods is None:

@@ -9,7 +9,7 @@ import dataclasses
 import math
 import os
 import secrets
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, NamedTuple, Optional
 
 __all__ = ["COUNTER_KEYS", "Config", "ENV_VARS", "STAT_KEYS", "TableSettings", "resolve_config", "table_settings"]
 
@@ -116,19 +116,15 @@ def _validate(values: Mapping[str, Any], from_env: bool) -> None:
             raise ValueError(f"{_name(field, from_env)} must be at most {limit:,}, got {value!r}")
 
 
-class TableSettings:
+class TableSettings(NamedTuple):
     """What a table runs with, read once from its Config and checked whatever the Config's class."""
 
-    __slots__ = ("max_contexts", "max_prefixes", "interval", "stale_after", "block_size", "seed")
-
-    def __init__(self, max_contexts: int, max_prefixes: int, interval: float, stale_after: float,
-                 block_size: int, seed: int) -> None:
-        self.max_contexts = max_contexts
-        self.max_prefixes = max_prefixes
-        self.interval = interval
-        self.stale_after = stale_after
-        self.block_size = block_size
-        self.seed = seed
+    max_contexts: int
+    max_prefixes: int
+    interval: float
+    stale_after: float  # seconds
+    block_size: int
+    seed: int
 
 
 def table_settings(config: Config) -> TableSettings:

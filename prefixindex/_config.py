@@ -11,7 +11,8 @@ import os
 import secrets
 from typing import Any, Mapping, NamedTuple, Optional
 
-__all__ = ["COUNTER_KEYS", "Config", "ENV_VARS", "STAT_KEYS", "TableSettings", "resolve_config", "table_settings"]
+__all__ = ["COUNTER_KEYS", "Config", "ENV_VARS", "REINIT_MESSAGE", "STAT_KEYS", "TableSettings", "UNBUILT_MESSAGE",
+           "resolve_config", "table_settings"]
 
 # The keys of SyncPrefixHashTable.stats(), in order, for both backends: four sizes, then running totals.
 STAT_KEYS = (
@@ -21,6 +22,11 @@ STAT_KEYS = (
     "evicted_contexts", "evicted_pods", "evicted_prefixes",
 )
 COUNTER_KEYS = STAT_KEYS[4:]
+
+# The errors of a table's lifecycle, the same on both backends (D14).
+REINIT_MESSAGE = ("SyncPrefixHashTable.__init__ was called on a table that is already built; "
+                  "make a new table instead")
+UNBUILT_MESSAGE = "this SyncPrefixHashTable was never initialised (SyncPrefixHashTable.__new__ without __init__)"
 
 # field name -> environment variable, in the order of the SPEC table
 ENV_VARS = {

@@ -42,7 +42,7 @@ import time
 
 import numpy as np
 
-from ._config import COUNTER_KEYS, STAT_KEYS, resolve_config, table_settings
+from ._config import COUNTER_KEYS, REINIT_MESSAGE, UNBUILT_MESSAGE, resolve_config, table_settings
 from ._eviction import EvictionThread
 from ._events import (AllBlocksCleared, BlockRemoved, BlockStored, batch_event_fields, batch_list, check_chain_args,
                       check_lora_id, check_pod, check_str, check_u64, cleared_fields, hash_array, query_token_bytes,
@@ -103,9 +103,6 @@ if len(COUNTER_KEYS) != N_COUNTERS or COUNTER_KEYS[N_ORPHANS] != "orphan_blocks"
         or COUNTER_KEYS[N_EVICTED_PREFIXES] != "evicted_prefixes":
     raise ImportError("prefixindex._core: the counters do not match _config.COUNTER_KEYS; rebuild the extension")
 
-_REINIT = ("SyncPrefixHashTable.__init__ was called on a table that is already built; "
-           "make a new table instead")
-_UNBUILT = "this SyncPrefixHashTable was never initialised (SyncPrefixHashTable.__new__ without __init__)"
 
 
 # --- module functions --------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from typing import Any, Callable, Dict, FrozenSet, List, Optional, Set, Tuple
 import numpy as np
 import xxhash
 
-from ._config import COUNTER_KEYS, STAT_KEYS, Config, resolve_config, table_settings
+from ._config import COUNTER_KEYS, REINIT_MESSAGE, UNBUILT_MESSAGE, Config, resolve_config, table_settings
 from ._eviction import EvictionThread
 from ._events import (AllBlocksCleared, BlockRemoved, BlockStored, batch_event_fields, batch_list, check_chain_args,
                       check_lora_id, check_pod, check_str, check_u64, cleared_fields, hash_array, query_token_bytes,
@@ -42,9 +42,6 @@ SOURCE_HASH = None  # the compiled core's records the sources it was built from
 _pack_u64 = struct.Struct("<Q").pack
 _xxh64 = xxhash.xxh64_intdigest
 
-_REINIT = ("SyncPrefixHashTable.__init__ was called on a table that is already built; "
-           "make a new table instead")
-_UNBUILT = "this SyncPrefixHashTable was never initialised (SyncPrefixHashTable.__new__ without __init__)"
 _REENTERED = ("the table was re-entered from Python code that ran during one of its own calls (a finalizer, "
               "a __hash__ or __eq__): that call cannot be served")
 _FORKED = ("the process forked while another thread was inside this table, which may be half-changed in the "
@@ -152,7 +149,7 @@ class _Unbuilt:
     """The class-level lock of a table whose __init__ never ran."""
 
     def __enter__(self) -> None:
-        raise RuntimeError(_UNBUILT)
+        raise RuntimeError(UNBUILT_MESSAGE)
 
     def __exit__(self, *exc: Any) -> None:  # pragma: no cover - __enter__ always raises
         pass
@@ -206,7 +203,7 @@ class SyncPrefixHashTable:
     def __init__(self, config: Optional[Config] = None, *, clock: Optional[Callable[[], float]] = None,
                  background_eviction: bool = True, **overrides: Any) -> None:
         if self._building or "_contexts" in self.__dict__:
-            raise RuntimeError(_REINIT)
+            raise RuntimeError(REINIT_MESSAGE)
         self._building = True  # a re-entrant __init__ (from a callback of the config) sees it
         try:
             config = resolve_config(config, overrides)

@@ -57,11 +57,11 @@ cdef class SyncPrefixHashTable:
 
     def __init__(self, config=None, *, clock=None, background_eviction=True, **overrides):
         if self.built or self.block_bytes:  # block_bytes is set first: a re-entrant __init__ sees it
-            raise RuntimeError(_REINIT)
+            raise RuntimeError(REINIT_MESSAGE)
         config = resolve_config(config, overrides)
         settings = table_settings(config)  # whatever the config's class: it may have skipped validation
         if self.block_bytes:
-            raise RuntimeError(_REINIT)  # a callback of the config re-initialised this table meanwhile
+            raise RuntimeError(REINIT_MESSAGE)  # a callback of the config re-initialised this table meanwhile
         self.block_bytes = 4 * <size_t>settings.block_size
         self.config = config
         self.seed = settings.seed
@@ -99,7 +99,7 @@ cdef class SyncPrefixHashTable:
     cdef inline int _begin(self) except -1:
         """Start a critical section: the GIL is held, and no finalizer may run until _end (SPEC 7)."""
         if not self.built:
-            raise RuntimeError(_UNBUILT)
+            raise RuntimeError(UNBUILT_MESSAGE)
         self.gc_was = gc_pause()
         return 0
 
@@ -327,7 +327,7 @@ cdef class SyncPrefixHashTable:
     cdef object _token_bytes(self, tokens, const uint8_t** data, size_t* nbytes):
         """Point data at the query's token bytes; returns the object that owns them (keep it alive)."""
         if not self.built:
-            raise RuntimeError(_UNBUILT)
+            raise RuntimeError(UNBUILT_MESSAGE)
         if type(tokens) is bytes:
             data[0] = <const uint8_t*>PyBytes_AS_STRING(tokens)
             nbytes[0] = PyBytes_GET_SIZE(tokens)

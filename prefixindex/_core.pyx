@@ -81,7 +81,8 @@ cdef size_t PROBE_CHUNK = 8
 
 
 def _debug_set_probe_chunk(size_t chunk):
-    """Benchmarks only: change how many blocks a query hashes before it probes them."""
+    """Benchmarks and tests only: how many blocks a query hashes before its first probes (later chunks
+    are 64); the answers do not change (tests/test_compiled.py)."""
     global PROBE_CHUNK
     PROBE_CHUNK = chunk if chunk else 1
 

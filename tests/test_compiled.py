@@ -143,6 +143,29 @@ def test_short_calls_keep_the_gil(call):
     assert not main_thread_saw_a_call_in_progress(work), f"{call} released the GIL for short work"
 
 
+@pytest.mark.parametrize("chunk", [1, 3, 8, 64])
+def test_the_walk_gives_the_same_answer_whatever_its_chunk(chunk):
+    # the walk hashes a chunk of blocks, then probes it (docs/performance.md); the chunk's size, a
+    # benchmark knob, must change nothing but speed: a run ending at every block position, any pod mix
+    rng = np.random.default_rng(chunk)
+    tokens = rng.integers(0, 256, 100 * 16, dtype=np.uint8)  # 100 blocks of block_size 4
+    tables = [COMPILED.SyncPrefixHashTable(seed=3, block_size=4, background_eviction=False) for _ in range(2)]
+    for t in tables:
+        for pod, blocks in (("a", 100), ("b", 37), ("c", 64), ("d", 1), ("e", 65)):
+            t.process_block_stored(BlockStored(np.arange(blocks, dtype=np.uint64), tokens[:blocks * 16].reshape(blocks, 16),
+                                               "m", source_pod=pod))
+    try:
+        COMPILED._debug_set_probe_chunk(chunk)
+        got = [tables[0].match("m", -1, tokens[:k * 16 + 5], ready) for k in range(0, 101, 7)
+               for ready in (None, ["b", "e"], ["zz"])]
+    finally:
+        COMPILED._debug_set_probe_chunk(8)
+    expected = [(tables[1].match_blocks("m", -1, tokens[:k * 16 + 5], ready),
+                 tables[1].get_prefix_hashes(tokens[:k * 16 + 5])) for k in range(0, 101, 7)
+                for ready in (None, ["b", "e"], ["zz"])]
+    assert [(b, h.tolist()) for b, h in got] == [(b, h.tolist()) for b, h in expected]
+
+
 def test_a_save_lets_other_threads_run_between_contexts():
     # issue 12, Deliver 2: a save does not stop matches. Each context is copied in its own critical
     # section and the GIL is offered between two, so another thread runs while a save is under way.

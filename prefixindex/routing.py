@@ -9,18 +9,25 @@ The cost of sending the prompt to pod ``p``, in prefill tokens (lower wins)::
 
     cost(p) = prefill_weight * still_to_compute(p)
             + pending_weight * (pending_prefill(p) - shared_pending(p))
-            + request_tokens * requests(p)
+            + load(p)
             + kv_usage_tokens * kv_usage(p)
+    load(p) = 0                                        if requests(p) < concurrency
+            = request_tokens * requests(p) ** load_exponent   otherwise
 
 - ``still_to_compute``: the prompt's full-block tokens beyond the pod's matched-or-predicted run;
 - ``pending_prefill``: prompt tokens this router sent to the pod that are still being prefilled;
 - ``shared_pending``: the part of them that is this prompt's own predicted blocks (a burst's prefix
   being prefilled there is what this request would wait for anyway: it is not charged twice);
 - ``requests``: requests in flight on the pod, this router's own plus the caller's ``running + waiting``;
-- ``kv_usage``: the caller's ``PodLoad.kv_usage`` (0 when unknown).
+- ``kv_usage``: the caller's ``PodLoad.kv_usage`` (0 when unknown);
+- ``concurrency``: the most of this router's requests it has seen decoding at once on one pod
+  (between ``prefill_done`` and ``finished``), learned as it goes (``learn_concurrency``; 0 before the
+  first ``prefill_done`` or with the setting off). A pod with fewer requests in flight than that has a
+  free place in its batch: one more request starts at once, so load costs nothing there.
 
-Hot-spot guard: when the cheapest pod has at least ``guard_requests`` requests in flight and some
-candidate has none, the cheapest idle candidate is chosen instead.
+Hot-spot guard: when the cheapest pod has at least ``guard_requests`` requests in flight and at least
+``guard_idle_pods`` candidates have none (fewer when there are fewer other candidates), the cheapest
+idle candidate is chosen instead.
 
 Thread safety: the table is queried outside this router's lock (the table has its own); everything the
 router keeps (in-flight work, predictions, counters) changes under one lock, so that concurrent
@@ -178,6 +185,14 @@ def _count(name: str, low: int) -> Callable[[Any], int]:
     return check
 
 
+def _flag(name: str) -> Callable[[Any], bool]:
+    def check(value: Any) -> bool:
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"setting {name} must be a bool, not {_type_name(value)}")
+        return bool(value)
+    return check
+
+
 def _callable(value: Any) -> Callable[[], float]:
     if not callable(value):
         raise TypeError(f"setting clock must be a callable returning seconds, not {_type_name(value)}")
@@ -186,11 +201,13 @@ def _callable(value: Any) -> Callable[[], float]:
 
 DEFAULTS: Dict[str, Any] = {
     "prefill_weight": 1.0,
-    "pending_weight": 1.0,
+    "pending_weight": 0.0,
     "request_tokens": 64.0,
     "load_exponent": 2.5,
     "kv_usage_tokens": 0.0,
-    "guard_requests": 3,
+    "guard_requests": 2,
+    "guard_idle_pods": 2,
+    "learn_concurrency": True,
     "predicted_ttl_seconds": 5.0,
     "max_predicted_entries": 100_000,
     "clock": time.monotonic,
@@ -203,6 +220,8 @@ _CHECKS: Dict[str, Callable[[Any], Any]] = {
     "load_exponent": _number("load_exponent", 1.0),
     "kv_usage_tokens": _number("kv_usage_tokens", 0.0),
     "guard_requests": _count("guard_requests", 1),
+    "guard_idle_pods": _count("guard_idle_pods", 1),
+    "learn_concurrency": _flag("learn_concurrency"),
     "predicted_ttl_seconds": _number("predicted_ttl_seconds", 0.0, low_inclusive=False),
     "max_predicted_entries": _count("max_predicted_entries", 0),
     "clock": _callable,
@@ -234,6 +253,8 @@ class Router:
         self._load_exponent: float = resolved["load_exponent"]
         self._kv_usage_tokens: float = resolved["kv_usage_tokens"]
         self._guard_requests: int = resolved["guard_requests"]
+        self._guard_idle_pods: int = resolved["guard_idle_pods"]
+        self._learn_concurrency: bool = resolved["learn_concurrency"]
         self._ttl: float = resolved["predicted_ttl_seconds"]
         self._max_entries: int = resolved["max_predicted_entries"]
         self._clock: Callable[[], float] = resolved["clock"]
@@ -251,6 +272,8 @@ class Router:
         self._decisions = 0
         self._by_reason: Dict[str, int] = {}
         self._made: Dict[str, List[int]] = {}  # pod -> [made, confirmed, expired]
+        # the most of this router's requests seen decoding at once on one pod (see the docstring)
+        self._concurrency = 0
         self._candidate_cache: Dict[Tuple[Any, ...], Tuple[List[str], Dict[str, int]]] = {}
 
     @property
@@ -300,6 +323,8 @@ class Router:
             if plain >= 0:
                 ranked.append((base, 0, 0, plain, names[plain]))
             order = {p: i for i, p in enumerate(names)} if len(interesting) > 8 else None
+            free_below = self._concurrency  # requests in flight below which load costs nothing
+            idle_count = len(names) - len(interesting)  # the plain pods have nothing in flight
             for p in interesting:
                 got = predicted.get(p, 0)
                 m = matched.get(p, 0)
@@ -307,8 +332,13 @@ class Router:
                 reqs = requests.get(p, 0) + load.running + load.waiting
                 pend = pending.get(p, 0)
                 shared = min(pend, (got - m) * bs)
-                c = (self._prefill_weight * (n - got) * bs + self._pending_weight * (pend - shared)
-                     + self._request_tokens * reqs ** self._load_exponent + self._kv_usage_tokens * (load.kv_usage or 0.0))
+                c = self._prefill_weight * (n - got) * bs + self._pending_weight * (pend - shared)
+                if reqs >= free_below:
+                    c += self._request_tokens * reqs ** self._load_exponent
+                if not reqs:
+                    idle_count += 1
+                if load.kv_usage:
+                    c += self._kv_usage_tokens * load.kv_usage
                 cost[p] = c
                 ranked.append((c, reqs, pend, order[p] if order is not None else names.index(p), p))
             best = min(ranked)
@@ -317,7 +347,9 @@ class Router:
                 # A burst: the pod is prefilling this prefix right now. The guard leaves it alone, as
                 # the extra requests share that work (docs/routing.md, "The hot-spot guard").
                 reason = "lowest cost (predicted)"
-            elif best[1] >= self._guard_requests:
+            elif best[1] >= self._guard_requests and idle_count >= min(self._guard_idle_pods, len(names) - 1):
+                # Spread only when the cluster has room to spare: with one idle pod among a few busy
+                # ones, moving a session loses its cached prefix for little (docs/routing.md).
                 idle = [r for r in ranked if r[1] == 0]
                 if idle:
                     best = min(idle)
@@ -471,6 +503,11 @@ class Router:
                                  + ("been through prefill_done" if ticket.state == 1 else "finished"))
             ticket.state = 1
             self._release_prefill(ticket)
+            if self._learn_concurrency:
+                pod = ticket.pod
+                decoding = self._requests[pod] - self._prefilling.get(pod, 0)
+                if decoding > self._concurrency:
+                    self._concurrency = decoding
 
     def finished(self, choice: Choice) -> None:
         """The request has ended (completed or aborted; prefill_done first is not required)."""

@@ -164,7 +164,7 @@ def test_command_line_demo():
 @pytest.mark.parametrize("pods", [8, 64])
 def test_router_against_the_other_policies(pods):
     """The figures docs/routing.md reports, held (the default demo, seed 0). The issue's targets are met
-    except the hit rate at 8 pods: 89 % of prefix-only's against 95 % asked (docs/routing.md says why);
+    except the hit rate at 8 pods: 94 % of prefix-only's against 95 % asked (docs/routing.md says why);
     this holds it where it is, so that a change that loses more hits fails here."""
     result = _demo.run(_demo.DemoConfig(pods=pods))
     try:
@@ -176,5 +176,5 @@ def test_router_against_the_other_policies(pods):
     assert router["busiest_pod_share"] <= 1.25
     assert all(router["ttft_mean_s"] < o["ttft_mean_s"] for o in others)
     assert all(router["ttft_p99_s"] < o["ttft_p99_s"] for o in others)
-    assert router["hit_rate"] >= (0.95 if pods == 64 else 0.88) * p["prefix-only"]["hit_rate"]
+    assert router["hit_rate"] >= (0.95 if pods == 64 else 0.93) * p["prefix-only"]["hit_rate"]
     assert p["prefix-only"]["busiest_pod_share"] > 1.4  # what the router is there to avoid

@@ -88,6 +88,9 @@ def test_unknown_setting_is_a_type_error(make_table):
     ("request_tokens", "1", TypeError),
     ("kv_usage_tokens", -1, ValueError),
     ("clock", 3, TypeError),
+    ("guard_idle_pods", 0, ValueError),
+    ("guard_idle_pods", 1.0, TypeError),
+    ("learn_concurrency", 1, TypeError),
 ])
 def test_bad_setting_names_itself(make_table, name, value, error):
     with pytest.raises(error, match=name):
@@ -200,6 +203,79 @@ def test_hot_spot_guard_sends_to_an_idle_pod(make_table, router_for):
     # without the guard (a threshold never reached) the hot pod keeps everything
     unguarded = router_for(table, guard_requests=10**6, request_tokens=1.0, load_exponent=1.0)
     assert {unguarded.choose(MODEL, -1, prompt, ["hot", "cold1"]).pod for _ in range(6)} == {"hot"}
+
+
+def test_guard_waits_for_enough_idle_candidates(make_table, router_for):
+    """With guard_idle_pods idle candidates asked for, one idle pod among busy ones is not enough; with
+    fewer other candidates than that, all of them idle is."""
+    table = make_table()
+    store(table, "hot", [0, 1, 2, 3])
+    prompt = toks(0, 1, 2, 3)
+    settings = dict(guard_requests=2, guard_idle_pods=2, request_tokens=1.0, load_exponent=1.0,
+                    max_predicted_entries=0)
+    router = router_for(table, **settings)
+    one_idle = {"hot": PodLoad(running=2), "busy": PodLoad(running=1), "cold": PodLoad()}
+    c = router.choose(MODEL, -1, prompt, one_idle)
+    assert c.pod == "hot" and c.reason == "lowest cost"
+    two_idle = {"hot": PodLoad(running=2), "cold1": PodLoad(), "cold2": PodLoad()}
+    c = router.choose(MODEL, -1, prompt, two_idle)
+    assert c.pod == "cold1" and c.reason == "hot-spot guard"
+    # one other candidate only: it being idle is enough
+    c = router_for(table, **settings).choose(MODEL, -1, prompt, {"hot": PodLoad(running=2), "cold": PodLoad()})
+    assert c.pod == "cold" and c.reason == "hot-spot guard"
+    # guard_idle_pods=1: the single idle pod of the first case is enough
+    c = router_for(table, **{**settings, "guard_idle_pods": 1}).choose(MODEL, -1, prompt, one_idle)
+    assert c.pod == "cold" and c.reason == "hot-spot guard"
+
+
+def decode_on(router, pod, k):
+    """k requests chosen for pod (the only candidate) and through prefill_done: k decoding there."""
+    choices = [router.choose(MODEL, -1, toks(100 + i), [pod]) for i in range(k)]
+    for c in choices:
+        router.prefill_done(c)
+    return choices
+
+
+def test_load_is_free_below_the_learned_concurrency(make_table, router_for):
+    """Once the router has seen k requests decoding at once on a pod, a pod with fewer than k in flight
+    is charged no load (it has a free place in its batch); from k on the load term is back."""
+    table = make_table()
+    store(table, "a", [0, 1])
+    settings = dict(request_tokens=10.0, load_exponent=1.0, max_predicted_entries=0, guard_requests=10**6)
+    router = router_for(table, **settings)
+    seen = decode_on(router, "x", 3)  # learned: 3 at once
+    prompt = toks(0, 1, 2, 3)
+    c = router.choose(MODEL, -1, prompt, {"a": PodLoad(running=2), "b": PodLoad()})
+    assert c.cost["a"] == 2 * BS and c.cost["b"] == 4 * BS  # a's 2 requests cost nothing
+    router.finished(c)
+    c = router.choose(MODEL, -1, prompt, {"a": PodLoad(running=3), "b": PodLoad()})
+    assert c.cost["a"] == 2 * BS + 10.0 * 3  # at the learned concurrency: charged
+    router.finished(c)
+    for choice in seen:
+        router.finished(choice)
+    # what was learned stays learned after those requests end
+    c = router.choose(MODEL, -1, prompt, {"a": PodLoad(running=2), "b": PodLoad()})
+    assert c.cost["a"] == 2 * BS
+    # without prefill_done nothing is learned, and with the setting off nothing either
+    for fresh in (router_for(table, **settings), router_for(table, learn_concurrency=False, **settings)):
+        if not fresh.settings["learn_concurrency"]:
+            decode_on(fresh, "x", 3)
+        c = fresh.choose(MODEL, -1, prompt, {"a": PodLoad(running=2), "b": PodLoad()})
+        assert c.cost["a"] == 2 * BS + 10.0 * 2
+
+
+def test_learned_concurrency_keeps_a_session_where_it_is_cached(make_table, router_for):
+    """The rule the demo's hit rate rests on: a pod holding the prompt with room in its batch keeps
+    it, where the convex load term alone would send it to an emptier pod."""
+    table = make_table()
+    store(table, "holder", [0, 1, 2])
+    prompt = toks(0, 1, 2, 3)
+    pods = {"holder": PodLoad(running=3), "other": PodLoad(running=1)}
+    learned = router_for(table, guard_requests=10**6)
+    decode_on(learned, "x", 4)
+    assert learned.choose(MODEL, -1, prompt, pods).pod == "holder"
+    unlearned = router_for(table, guard_requests=10**6, learn_concurrency=False)
+    assert unlearned.choose(MODEL, -1, prompt, pods).pod == "other"
 
 
 def test_ties_go_to_least_in_flight_then_candidate_order(router_for):

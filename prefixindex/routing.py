@@ -11,8 +11,9 @@ The cost of sending the prompt to pod ``p``, in prefill tokens (lower wins)::
             + pending_weight * (pending_prefill(p) - shared_pending(p))
             + load(p)
             + kv_usage_tokens * kv_usage(p)
-    load(p) = 0                                        if requests(p) < concurrency
-            = request_tokens * requests(p) ** load_exponent   otherwise
+    load(p) = request_tokens * requests(p)                    below the learned concurrency
+            + queue_tokens * (requests(p) + 1 - concurrency)  from it on (the request would queue)
+            = request_tokens * requests(p) ** load_exponent   while no concurrency is learned
 
 - ``still_to_compute``: the prompt's full-block tokens beyond the pod's matched-or-predicted run;
 - ``pending_prefill``: prompt tokens this router sent to the pod that are still being prefilled;
@@ -23,7 +24,8 @@ The cost of sending the prompt to pod ``p``, in prefill tokens (lower wins)::
 - ``concurrency``: the most of this router's requests it has seen decoding at once on one pod
   (between ``prefill_done`` and ``finished``), learned as it goes (``learn_concurrency``; 0 before the
   first ``prefill_done`` or with the setting off). A pod with fewer requests in flight than that has a
-  free place in its batch: one more request starts at once, so load costs nothing there.
+  free place in its batch: one more request starts at once, so load costs little there; from it on
+  each request waits for another to end, and ``queue_tokens`` charges that wait.
 
 Hot-spot guard: when the cheapest pod has at least ``guard_requests`` requests in flight and at least
 ``guard_idle_pods`` candidates have none (fewer when there are fewer other candidates), the cheapest
@@ -206,8 +208,9 @@ DEFAULTS: Dict[str, Any] = {
     "load_exponent": 2.5,
     "kv_usage_tokens": 0.0,
     "guard_requests": 2,
-    "guard_idle_pods": 2,
+    "guard_idle_pods": 3,
     "learn_concurrency": True,
+    "queue_tokens": 1500.0,
     "predicted_ttl_seconds": 5.0,
     "max_predicted_entries": 100_000,
     "clock": time.monotonic,
@@ -222,6 +225,7 @@ _CHECKS: Dict[str, Callable[[Any], Any]] = {
     "guard_requests": _count("guard_requests", 1),
     "guard_idle_pods": _count("guard_idle_pods", 1),
     "learn_concurrency": _flag("learn_concurrency"),
+    "queue_tokens": _number("queue_tokens", 0.0),
     "predicted_ttl_seconds": _number("predicted_ttl_seconds", 0.0, low_inclusive=False),
     "max_predicted_entries": _count("max_predicted_entries", 0),
     "clock": _callable,
@@ -255,6 +259,7 @@ class Router:
         self._guard_requests: int = resolved["guard_requests"]
         self._guard_idle_pods: int = resolved["guard_idle_pods"]
         self._learn_concurrency: bool = resolved["learn_concurrency"]
+        self._queue_tokens: float = resolved["queue_tokens"]
         self._ttl: float = resolved["predicted_ttl_seconds"]
         self._max_entries: int = resolved["max_predicted_entries"]
         self._clock: Callable[[], float] = resolved["clock"]
@@ -323,7 +328,7 @@ class Router:
             if plain >= 0:
                 ranked.append((base, 0, 0, plain, names[plain]))
             order = {p: i for i, p in enumerate(names)} if len(interesting) > 8 else None
-            free_below = self._concurrency  # requests in flight below which load costs nothing
+            concurrency = self._concurrency  # 0: not learned (yet)
             idle_count = len(names) - len(interesting)  # the plain pods have nothing in flight
             for p in interesting:
                 got = predicted.get(p, 0)
@@ -333,8 +338,12 @@ class Router:
                 pend = pending.get(p, 0)
                 shared = min(pend, (got - m) * bs)
                 c = self._prefill_weight * (n - got) * bs + self._pending_weight * (pend - shared)
-                if reqs >= free_below:
+                if not concurrency:
                     c += self._request_tokens * reqs ** self._load_exponent
+                elif reqs < concurrency:
+                    c += self._request_tokens * reqs
+                else:
+                    c += self._request_tokens * reqs + self._queue_tokens * (reqs + 1 - concurrency)
                 if not reqs:
                     idle_count += 1
                 if load.kv_usage:

@@ -163,9 +163,10 @@ def test_command_line_demo():
 
 @pytest.mark.parametrize("pods", [8, 64])
 def test_router_against_the_other_policies(pods):
-    """The figures docs/routing.md reports, held (the default demo, seed 0). The issue's targets are met
-    except the hit rate at 8 pods: 94 % of prefix-only's against 95 % asked (docs/routing.md says why);
-    this holds it where it is, so that a change that loses more hits fails here."""
+    """The issue's targets, on the figures docs/routing.md reports (the default demo, seed 0): at least
+    95 % of prefix-only's hit rate, the busiest pod within 1.25x its fair share, and the lowest mean
+    and p99 modelled TTFT of the four policies. Other seeds and loads are a sweep in docs/routing.md,
+    where not every target holds."""
     result = _demo.run(_demo.DemoConfig(pods=pods))
     try:
         p = result.summary()["policies"]
@@ -176,5 +177,5 @@ def test_router_against_the_other_policies(pods):
     assert router["busiest_pod_share"] <= 1.25
     assert all(router["ttft_mean_s"] < o["ttft_mean_s"] for o in others)
     assert all(router["ttft_p99_s"] < o["ttft_p99_s"] for o in others)
-    assert router["hit_rate"] >= (0.95 if pods == 64 else 0.93) * p["prefix-only"]["hit_rate"]
+    assert router["hit_rate"] >= 0.95 * p["prefix-only"]["hit_rate"]
     assert p["prefix-only"]["busiest_pod_share"] > 1.4  # what the router is there to avoid

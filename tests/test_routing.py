@@ -91,6 +91,8 @@ def test_unknown_setting_is_a_type_error(make_table):
     ("guard_idle_pods", 0, ValueError),
     ("guard_idle_pods", 1.0, TypeError),
     ("learn_concurrency", 1, TypeError),
+    ("queue_tokens", -1.0, ValueError),
+    ("queue_tokens", "1", TypeError),
 ])
 def test_bad_setting_names_itself(make_table, name, value, error):
     with pytest.raises(error, match=name):
@@ -139,8 +141,10 @@ def test_choice_is_immutable(router_for):
 def test_cost_is_the_documented_formula(make_table, router_for):
     table = make_table()
     store(table, "a", [0, 1])
+    # learn_concurrency off: the load term stays request_tokens * requests ** load_exponent (the
+    # learned-concurrency shape has its own test below)
     router = router_for(table, prefill_weight=2.0, pending_weight=0.5, request_tokens=7.0, kv_usage_tokens=100.0,
-                        load_exponent=1.0, max_predicted_entries=0)
+                        load_exponent=1.0, max_predicted_entries=0, learn_concurrency=False)
     n = 4
     first = router.choose(MODEL, -1, toks(0, 1, 2, 3), {"a": PodLoad(), "b": PodLoad()})
     assert first.pod == "a"
@@ -236,46 +240,53 @@ def decode_on(router, pod, k):
     return choices
 
 
-def test_load_is_free_below_the_learned_concurrency(make_table, router_for):
+def test_load_below_and_beyond_the_learned_concurrency(make_table, router_for):
     """Once the router has seen k requests decoding at once on a pod, a pod with fewer than k in flight
-    is charged no load (it has a free place in its batch); from k on the load term is back."""
+    pays request_tokens per request (it has a free place in its batch), and from k on queue_tokens per
+    request that would wait as well; before anything is learned, the convex term applies."""
     table = make_table()
     store(table, "a", [0, 1])
-    settings = dict(request_tokens=10.0, load_exponent=1.0, max_predicted_entries=0, guard_requests=10**6)
+    settings = dict(request_tokens=10.0, load_exponent=2.5, queue_tokens=1000.0, max_predicted_entries=0,
+                    guard_requests=10**6)
     router = router_for(table, **settings)
     seen = decode_on(router, "x", 3)  # learned: 3 at once
     prompt = toks(0, 1, 2, 3)
-    c = router.choose(MODEL, -1, prompt, {"a": PodLoad(running=2), "b": PodLoad()})
-    assert c.cost["a"] == 2 * BS and c.cost["b"] == 4 * BS  # a's 2 requests cost nothing
-    router.finished(c)
-    c = router.choose(MODEL, -1, prompt, {"a": PodLoad(running=3), "b": PodLoad()})
-    assert c.cost["a"] == 2 * BS + 10.0 * 3  # at the learned concurrency: charged
-    router.finished(c)
+
+    def cost_of_a(running, r=router):
+        c = r.choose(MODEL, -1, prompt, {"a": PodLoad(running=running), "b": PodLoad()})
+        r.finished(c)
+        assert c.cost["b"] == 4 * BS
+        return c.cost["a"]
+
+    assert cost_of_a(2) == 2 * BS + 10.0 * 2  # below the learned concurrency: linear
+    assert cost_of_a(3) == 2 * BS + 10.0 * 3 + 1000.0 * 1  # at it: the request would queue
+    assert cost_of_a(5) == 2 * BS + 10.0 * 5 + 1000.0 * 3
     for choice in seen:
         router.finished(choice)
-    # what was learned stays learned after those requests end
-    c = router.choose(MODEL, -1, prompt, {"a": PodLoad(running=2), "b": PodLoad()})
-    assert c.cost["a"] == 2 * BS
+    assert cost_of_a(2) == 2 * BS + 10.0 * 2  # what was learned stays learned after those requests end
     # without prefill_done nothing is learned, and with the setting off nothing either
-    for fresh in (router_for(table, **settings), router_for(table, learn_concurrency=False, **settings)):
-        if not fresh.settings["learn_concurrency"]:
-            decode_on(fresh, "x", 3)
-        c = fresh.choose(MODEL, -1, prompt, {"a": PodLoad(running=2), "b": PodLoad()})
-        assert c.cost["a"] == 2 * BS + 10.0 * 2
+    fresh, off = router_for(table, **settings), router_for(table, learn_concurrency=False, **settings)
+    decode_on(off, "x", 3)
+    for r in (fresh, off):
+        assert cost_of_a(2, r) == pytest.approx(2 * BS + 10.0 * 2 ** 2.5)
 
 
 def test_learned_concurrency_keeps_a_session_where_it_is_cached(make_table, router_for):
-    """The rule the demo's hit rate rests on: a pod holding the prompt with room in its batch keeps
-    it, where the convex load term alone would send it to an emptier pod."""
-    table = make_table()
-    store(table, "holder", [0, 1, 2])
-    prompt = toks(0, 1, 2, 3)
-    pods = {"holder": PodLoad(running=3), "other": PodLoad(running=1)}
+    """The rule the demo's hit rate rests on: a pod holding most of the prompt with room in its batch
+    keeps it, where the convex load term alone sends it to an emptier pod."""
+    table = make_table(block_size=16)
+    prompt = list(range(1_024))
+    engine = [hash(("holder", i)) % 2**63 for i in range(60)]
+    table.process_block_stored(BlockStored(engine, prompt[:60 * 16], MODEL, -1, "holder", None))
+    pods = {"holder": PodLoad(running=4), "other": PodLoad(running=1)}
     learned = router_for(table, guard_requests=10**6)
-    decode_on(learned, "x", 4)
+    decode_on(learned, "x", 5)
     assert learned.choose(MODEL, -1, prompt, pods).pod == "holder"
     unlearned = router_for(table, guard_requests=10**6, learn_concurrency=False)
     assert unlearned.choose(MODEL, -1, prompt, pods).pod == "other"
+    # and one at the learned concurrency (it would queue) goes elsewhere
+    full = {"holder": PodLoad(running=5), "other": PodLoad(running=1)}
+    assert learned.choose(MODEL, -1, prompt, full).pod == "other"
 
 
 def test_ties_go_to_least_in_flight_then_candidate_order(router_for):
@@ -444,7 +455,9 @@ def test_burst_of_identical_prompts_lands_on_one_pod(make_table, router_for, blo
 
 def test_the_guard_leaves_a_burst_together(make_table, router_for):
     """Requests sharing a prefix that the pod is prefilling now are not moved by the guard."""
-    router = router_for(make_table(block_size=16), guard_requests=1, request_tokens=1.0)
+    # learn_concurrency off: after prefill_done the pod's 4 decoding requests would otherwise be a
+    # learned concurrency, and the queue term, not the guard, would move the next request
+    router = router_for(make_table(block_size=16), guard_requests=1, request_tokens=1.0, learn_concurrency=False)
     picks = burst(router, n=4)
     assert len({c.pod for c in picks}) == 1
     assert router.stats()["decisions_by_reason"] == {"lowest cost": 1, "lowest cost (predicted)": 3}

@@ -4,6 +4,7 @@
 // types and one-line helpers. XXH64 has its own header, _xxh64.h.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -11,6 +12,8 @@
 #include <ctime>
 #include <functional>
 #include <new>
+#include <pthread.h>
+#include <sched.h>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -173,6 +176,11 @@ class SmallVec {
   bool empty() const { return size_ == 0; }
   void clear() { size_ = 0; }
   void resize_down(size_t n) { size_ = n; }
+  // After reserve(n), the next pushes up to n elements cannot throw: the walk that runs without the
+  // GIL (docs/architecture.md, "Long walks") reserves everything it may push before it starts.
+  void reserve(size_t n) {
+    while (cap_ < n) grow();
+  }
 
  private:
   void grow() {
@@ -197,6 +205,23 @@ struct PodRun {  // a pod and the number of leading blocks it holds
 using PodVec = SmallVec<uint32_t, 16>;
 using RunVec = SmallVec<PodRun, 16>;
 using EntryVec = SmallVec<Entry*, 128>;
+
+// One query's walk: what its section, the walk (maybe outside the GIL) and its closing section share.
+struct Walk {
+  Ctx* c = nullptr;
+  uint64_t* h = nullptr;
+  size_t n = 0;
+  size_t prehashed = 0;
+  size_t hashed = 0;
+  size_t depth = 0;
+  bool filter_ready = false;
+  bool outside = false;       // the walk ran outside the GIL, in the table's WalkGate
+  uint64_t generation = 0;    // the gate's generation in the query's first section
+  PodVec ready_ids;
+  PodVec alive;
+  RunVec found;
+  EntryVec touched;
+};
 
 // Pointer aliases: Cython cannot spell a pointer type as a template argument.
 using EntryPtr = Entry*;
@@ -234,6 +259,91 @@ static inline void gc_resume(int was) {
   }
   PyErr_Clear();
 #endif
+}
+
+// The gate of the walks that run without the GIL (docs/architecture.md, "Long walks"). A long query
+// leaves its first critical section and the GIL, hashes, then tries to enter the gate; if it gets in,
+// it walks and leaves the gate *before* it takes the GIL back. A section that changes the index bumps
+// `generation` and waits, GIL held, until no walker is inside: walkers need nothing to finish, so the
+// wait is short and cannot deadlock. A walk enters only if `generation` is what it was in the walk's
+// first section: no change began since, so the context it found is still there. That is the Dekker
+// pattern (the walker increments the count, then reads the generation; the writer bumps the
+// generation, then reads the count; all sequentially consistent), so one of the two always sees the
+// other: either the writer waits for the walk, or the walk stays out. A walk that came while a writer
+// waits stays out, so writers are never starved. The query's closing section compares the generation
+// again, and walks again inside the section if anything changed since.
+struct WalkGate {
+  std::atomic<uint32_t> walkers{0};
+  std::atomic<uint64_t> generation{0};
+  WalkGate* older = nullptr;  // every live gate is on one list, for the fork handler
+  WalkGate* newer = nullptr;
+};
+
+// Every live gate, newest first; changed with the GIL held (a table's creation and deallocation).
+static WalkGate* walk_gates = nullptr;
+
+static inline WalkGate* walk_gate_new() {
+  WalkGate* g = new WalkGate();
+  g->older = walk_gates;
+  if (walk_gates != nullptr) walk_gates->newer = g;
+  walk_gates = g;
+  return g;
+}
+
+static inline void walk_gate_delete(WalkGate* g) noexcept {
+  if (g->newer != nullptr) g->newer->older = g->older; else walk_gates = g->older;
+  if (g->older != nullptr) g->older->newer = g->newer;
+  delete g;
+}
+
+// In a child process after fork(), before anything else runs there: a thread that was walking in the
+// parent does not exist in the child, so every gate is emptied (issue 8, Deliver 8).
+static void walk_gate_on_fork_child() {
+  for (WalkGate* g = walk_gates; g != nullptr; g = g->older) g->walkers.store(0, std::memory_order_relaxed);
+}
+
+static inline int walk_gate_install_fork_handler() {
+  return pthread_atfork(nullptr, nullptr, walk_gate_on_fork_child);
+}
+
+static inline uint64_t walk_gate_generation(WalkGate* g) noexcept {  // in a section
+  return g->generation.load(std::memory_order_relaxed);
+}
+
+// Without the GIL: enter if no change began since `generation` was read (in a section).
+static inline bool walk_gate_try_enter(WalkGate* g, uint64_t generation) noexcept {
+  g->walkers.fetch_add(1, std::memory_order_seq_cst);
+  if (g->generation.load(std::memory_order_seq_cst) == generation) return true;
+  g->walkers.fetch_sub(1, std::memory_order_release);
+  return false;
+}
+
+static inline void walk_gate_enter(WalkGate* g) noexcept {  // tests only: a walker that surely enters
+  g->walkers.fetch_add(1, std::memory_order_seq_cst);
+}
+
+static inline void walk_gate_leave(WalkGate* g) noexcept {  // without the GIL, before taking it back
+  g->walkers.fetch_sub(1, std::memory_order_release);
+}
+
+static inline unsigned walk_gate_walkers(WalkGate* g) noexcept {  // tests only
+  return g->walkers.load(std::memory_order_acquire);
+}
+
+// The start of a changing section (GIL held): from here to its end no walk runs (a walk that tries to
+// enter sees the new generation).
+static inline void walk_gate_wait(WalkGate* g) noexcept {
+  g->generation.fetch_add(1, std::memory_order_seq_cst);
+  if (g->walkers.load(std::memory_order_seq_cst) == 0) return;
+  for (unsigned spins = 0; g->walkers.load(std::memory_order_acquire) != 0; ++spins) {
+    if (spins < 256) {
+#if defined(__x86_64__) || defined(__i386__)
+      __builtin_ia32_pause();
+#endif
+    } else {
+      sched_yield();  // a walker preempted by the scheduler: give it the core
+    }
+  }
 }
 
 // The clock of time.monotonic(), readable without the GIL. On Linux the coarse variant of the same

@@ -101,16 +101,49 @@ cdef extern from "_native.h" namespace "pi" nogil:
         bint empty()
         void clear()
         void resize_down(size_t)
+        void reserve(size_t) except +
 
     cdef cppclass RunVec:
         void push_back(PodRun) except +
+        void reserve(size_t) except +
+        void clear()
         PodRun& operator[](size_t)
         size_t size()
 
     cdef cppclass EntryVec:
         void push_back(Entry*) except +
+        void reserve(size_t) except +
+        void clear()
         Entry*& operator[](size_t)
         size_t size()
+
+    cdef cppclass Walk:
+        Ctx* c
+        uint64_t* h
+        size_t n
+        size_t prehashed
+        size_t hashed
+        size_t depth
+        bint filter_ready
+        bint outside
+        uint64_t generation
+        PodVec ready_ids
+        PodVec alive
+        RunVec found
+        EntryVec touched
+
+    cdef cppclass WalkGate:
+        pass
+
+    WalkGate* walk_gate_new() except +
+    void walk_gate_delete(WalkGate*)
+    int walk_gate_install_fork_handler()
+    uint64_t walk_gate_generation(WalkGate*)
+    bint walk_gate_try_enter(WalkGate*, uint64_t generation)
+    void walk_gate_enter(WalkGate*)
+    void walk_gate_leave(WalkGate*)
+    void walk_gate_wait(WalkGate*)
+    unsigned walk_gate_walkers(WalkGate*)
 
     int gc_pause()
     void gc_resume(int was)

@@ -1,0 +1,145 @@
+# Queries of the compiled table (SPEC 4), included by _core.pyx after _table.pxi: the one section of a
+# match, or for a long query two sections with its hashing and walk between them, outside the GIL
+# (docs/architecture.md, "Long walks"). The methods match_prefix, match_blocks and match call _query.
+
+cdef object _query(SyncPrefixHashTable self, model_name, lora_id, tokens, ready_pods, int kind):
+    # Everything that may run Python code comes first: names, the tokens' conversion, the ready_pods
+    # iterator, the clock. Then one section, or for a long query two (_long_query).
+    model, lora = _check_context(model_name, lora_id)
+    cdef const uint8_t* data = NULL
+    cdef size_t nbytes = 0
+    tokens = self._token_bytes(tokens, &data, &nbytes)  # the object that owns the bytes stays referenced
+    ready = _ready_names(ready_pods)
+    cdef double now = self._now()
+    cdef cnp.npy_intp n = nbytes // self.block_bytes
+    cdef cnp.ndarray out = None
+    cdef vector[uint64_t] scratch
+    cdef uint64_t* h
+    cdef Walk w
+    if kind == BLOCKS:
+        scratch.resize(n)
+        h = scratch.data()
+    else:
+        out = cnp.PyArray_EMPTY(1, &n, cnp.NPY_UINT64, 0)
+        h = <uint64_t*>cnp.PyArray_DATA(out)
+    w.h = h
+    w.n = n
+    if nbytes >= NOGIL_BYTES:
+        result = _long_query(self, model, lora, data, ready, kind, now, &w)
+    else:
+        self._begin_read()
+        try:
+            self.n[N_MATCHES] += 1
+            result = _walk_here(self, model, lora, data, ready, kind, now, &w)
+        finally:
+            self._end()
+        if kind != BLOCKS and w.hashed < <size_t>n:  # the walk stopped early; every hash is returned
+            hash_chain(data + w.hashed * self.block_bytes, n - w.hashed, self.block_bytes, self.seed,
+                       h[w.hashed - 1] if w.hashed else self.seed, h + w.hashed)
+    if kind == BLOCKS:
+        return result
+    return result, out
+
+
+cdef dict _walk_here(SyncPrefixHashTable self, str model, lora, const uint8_t* data, ready, int kind,
+                     double now, Walk* w):
+    """SPEC 4's walk and its result, all in the caller's section (hashing as it goes, past w.hashed)."""
+    w.c = self._find_ctx(model, lora)
+    if w.c == NULL:
+        return {}
+    _ready_ids(self, ready, w)
+    w.depth = walk(w.c, w.h, w.n, data, self.block_bytes, self.seed, w.hashed, PROBE_CHUNK,
+                   &w.ready_ids if w.filter_ready else NULL, &w.alive, &w.found, &w.touched, &w.hashed)
+    return _matched(self, w, kind == PERCENT, now)
+
+
+cdef dict _long_query(SyncPrefixHashTable self, str model, lora, const uint8_t* data, ready, int kind,
+                      double now, Walk* w):
+    """A query of NOGIL_BYTES or more (docs/architecture.md, "Long walks"): a first section finds the
+    context and reserves all that the walk may push; without the GIL the query is hashed, and walked if
+    it gets into the walk gate (no change began since the first section); it leaves the gate before it
+    takes the GIL back. A closing section then builds the result, or walks again if it could not enter
+    or anything changed since. One handover of the GIL per query, however long."""
+    cdef bint want = False
+    cdef size_t pods
+    self._begin_read()
+    try:
+        self.n[N_MATCHES] += 1
+        w.c = self._find_ctx(model, lora)
+        if w.c != NULL:
+            _ready_ids(self, ready, w)
+            # every pod of an entry has a pod state in the context: the walk pushes at most this many
+            # pods, and an entry per block; reserved, the pushes cannot fail (or need the GIL)
+            pods = w.c.pods.size()
+            w.alive.reserve(pods)
+            w.found.reserve(pods)
+            w.touched.reserve(w.n)
+            w.generation = walk_gate_generation(self.gate)
+            want = True
+    finally:
+        self._end()
+    if not want and kind == BLOCKS:
+        return {}  # nothing to walk, no hashes to return
+    with nogil:
+        hash_chain(data, w.n, self.block_bytes, self.seed, self.seed, w.h)
+        w.hashed = w.n
+        if want and walk_gate_try_enter(self.gate, w.generation):
+            # prehashed == n and everything reserved: this cannot fail
+            w.depth = walk(w.c, w.h, w.n, data, self.block_bytes, self.seed, w.n, PROBE_CHUNK,
+                           &w.ready_ids if w.filter_ready else NULL, &w.alive, &w.found, &w.touched,
+                           &w.hashed)
+            walk_gate_leave(self.gate)
+            w.outside = True
+    if not want:
+        return {}
+    if _after_walk_hook is not None and w.outside:
+        _after_walk_hook()
+    self._begin_read()
+    try:
+        if w.outside and walk_gate_generation(self.gate) == w.generation:
+            return _matched(self, w, kind == PERCENT, now)
+        # it could not walk outside, or the index changed since the walk (its entries may be gone):
+        # walk here, inside this section, as of now
+        w.alive.clear()
+        w.found.clear()
+        w.touched.clear()
+        w.ready_ids.clear()
+        return _walk_here(self, model, lora, data, ready, kind, now, w)
+    finally:
+        self._end()
+
+
+cdef int _ready_ids(SyncPrefixHashTable self, ready, Walk* w) except -1:
+    """The ids of the ready pods the table knows, sorted (in a section)."""
+    cdef PyObject* known
+    w.filter_ready = ready is not None
+    if w.filter_ready:
+        for name in ready:
+            known = PyDict_GetItem(self._pod_ids, name)
+            if known is not NULL:
+                w.ready_ids.push_back(<uint32_t>(<object>known))
+        sort(w.ready_ids.begin(), w.ready_ids.end())
+    return 0
+
+
+cdef dict _matched(SyncPrefixHashTable self, Walk* w, bint percent, double now):
+    """The end of SPEC 4's walk, in a section: the recency update and the result, built while the pod
+    ids it names cannot be recycled (the collector is paused: building it runs no Python code)."""
+    cdef Ctx* c = w.c
+    cdef size_t depth = w.depth, i
+    cdef uint64_t tick
+    cdef dict result = {}
+    # the matched blocks were used just now; block 0 gets the newest tick (D4)
+    if c.next_tick + depth >= RENUMBER_AT:
+        renumber(c)
+    tick = c.next_tick
+    c.next_tick += depth
+    for i in range(depth):
+        w.touched[i].tick = <uint32_t>(tick + depth - 1 - i)
+    self._touch(c)
+    c.last_access = now
+    if w.found.size() > 5:  # one allocation instead of a resize at 6, 11, 22, 43 ... pods
+        result = _PyDict_NewPresized(w.found.size())
+    for i in range(w.found.size()):
+        result[self._pod_names[w.found[i].pod]] = w.found[i].blocks * 100 // w.n if percent else w.found[i].blocks
+    return result

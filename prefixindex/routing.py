@@ -11,9 +11,9 @@ The cost of sending the prompt to pod ``p``, in prefill tokens (lower wins)::
             + pending_weight * (pending_prefill(p) - shared_pending(p))
             + load(p)
             + kv_usage_tokens * kv_usage(p)
-    load(p) = request_tokens * requests(p)                    below the learned concurrency
-            + queue_tokens * (requests(p) + 1 - concurrency)  from it on (the request would queue)
-            = request_tokens * requests(p) ** load_exponent   while no concurrency is learned
+    load(p) = request_tokens * requests(p)                                  below the concurrency
+            = request_tokens * requests(p) + queue_tokens * (requests(p) + 1 - concurrency)  from it on
+            = request_tokens * requests(p) ** load_exponent                 while none is learned
 
 - ``still_to_compute``: the prompt's full-block tokens beyond the pod's matched-or-predicted run;
 - ``pending_prefill``: prompt tokens this router sent to the pod that are still being prefilled;
@@ -21,11 +21,9 @@ The cost of sending the prompt to pod ``p``, in prefill tokens (lower wins)::
   being prefilled there is what this request would wait for anyway: it is not charged twice);
 - ``requests``: requests in flight on the pod, this router's own plus the caller's ``running + waiting``;
 - ``kv_usage``: the caller's ``PodLoad.kv_usage`` (0 when unknown);
-- ``concurrency``: the most of this router's requests it has seen decoding at once on one pod
-  (between ``prefill_done`` and ``finished``), learned as it goes (``learn_concurrency``; 0 before the
-  first ``prefill_done`` or with the setting off). A pod with fewer requests in flight than that has a
-  free place in its batch: one more request starts at once, so load costs little there; from it on
-  each request waits for another to end, and ``queue_tokens`` charges that wait.
+- ``concurrency``: the most of this router's requests seen decoding at once on one pod (learned at
+  ``prefill_done``; none before or with ``learn_concurrency=False``). Below it a pod has a free place
+  in its batch and a new request starts at once; from it on it would queue (``queue_tokens``).
 
 Hot-spot guard: when the cheapest pod has at least ``guard_requests`` requests in flight and at least
 ``guard_idle_pods`` candidates have none (fewer when there are fewer other candidates), the cheapest

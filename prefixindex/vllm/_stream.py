@@ -118,9 +118,13 @@ class PodStream:
     # -- live messages -------------------------------------------------------------------------------
 
     def on_live(self, frames: List[Any]) -> None:
+        """A live message of any shape (the loop hands the 3-frame ones to ``on_live_batch``)."""
         if len(frames) != 3:
             return self.malformed(f"expected 3 frames (topic, seq, payload), got {len(frames)}")
-        topic, seq_frame, payload = frames
+        return self.on_live_batch(*frames)
+
+    def on_live_batch(self, topic: bytes, seq_frame: bytes, payload: Any) -> None:
+        """A live message of the right shape: topic, seq and payload (bytes or a buffer)."""
         if topic != self.topic:
             self.stats["other_topic"] += 1  # the SUB filter is a prefix match; vLLM's topic is exact
             return None

@@ -19,7 +19,7 @@ import time
 from collections import deque
 from typing import Any, Deque, Dict, List, Optional, Protocol, Tuple
 
-from .._events import AllBlocksCleared
+from .._events import AllBlocksCleared, BlockRemoved, BlockStored
 from ._convert import PodConverter
 from ._pod import Pod
 from ._wire import END_OF_REPLAY, WireError, decode_event, read_batch, read_batch_fast, read_seq
@@ -370,9 +370,16 @@ class PodStream:
             self._note(("rank", rank), "pod %r (data-parallel rank %d): skipping batches of rank %r",
                        self.name, own_rank, rank)
             return None
-        convert = self.converter.convert
+        converter = self.converter
+        convert = converter.convert
+        plain = converter.plain_stored if fast is not None else None
         events: List[Any] = []
         for raw in raws:
+            if plain is not None:
+                event = plain(raw)
+                if event is not None:
+                    events.append(event)
+                    continue
             try:
                 kind, item = convert(raw if fast is not None else decode_event(raw))
             except (WireError, TypeError, ValueError) as exc:
@@ -407,16 +414,28 @@ class PodStream:
                     continue
                 self._count(event)
             return
+        stats = self.stats
+        stats["events"] += len(events)
+        stored = removed = clears = 0
         for event in events:
-            self._count(event)
+            t = type(event)
+            if t is BlockStored:
+                stored += len(event.block_hashes)
+            elif t is BlockRemoved:
+                removed += len(event.block_hashes)
+            else:
+                clears += 1
+        stats["blocks_stored"] += stored
+        stats["blocks_removed"] += removed
+        stats["clears"] += clears
 
     def _count(self, event: Any) -> None:
         stats = self.stats
         stats["events"] += 1
-        name = type(event).__name__
-        if name == "BlockStored":
+        t = type(event)
+        if t is BlockStored:
             stats["blocks_stored"] += len(event.block_hashes)
-        elif name == "BlockRemoved":
+        elif t is BlockRemoved:
             stats["blocks_removed"] += len(event.block_hashes)
         else:
             stats["clears"] += 1

@@ -121,14 +121,16 @@ class _ClearedM(msgspec.Struct, tag_field="type", tag="AllBlocksCleared"):
 
 # The same stores with int hashes only (what vLLM sends): a batch that decodes with these needs no
 # per-hash type check, and its stores can take the converter's plain path (PodConverter.plain_stored).
+# A subclass keeps the field order and is still one of STORED_TYPES; the narrower field types are
+# what msgspec checks (mypy sees a list type changed in a subclass, hence the ignores).
 
 class _StoredIntA(_StoredA, tag="BlockStored"):
-    block_hashes: List[int]
+    block_hashes: List[int]  # type: ignore[assignment]
     parent_block_hash: Optional[int]
 
 
 class _StoredIntM(_StoredM, tag="BlockStored"):
-    block_hashes: List[int]
+    block_hashes: List[int]  # type: ignore[assignment]
     parent_block_hash: Optional[int] = None
 
 

@@ -39,6 +39,11 @@ COUNTERS = (
 _LOG_FIRST = 10       # malformed input: log the first few per pod ...
 _LOG_EVERY = 1000     # ... and then every n-th, so that a flood of garbage does not flood the log
 _HELD_OVERHEAD = 64   # bytes counted per held batch on top of its payload (the tuple and list slot)
+# A live payload is a view of ZeroMQ's frame (not copied, issue 10 Deliver 4). Held, a view keeps the
+# frame and its Python objects, about 600 bytes: small payloads are copied when held (holding is rare:
+# only during a replay), large ones stay views and count that much more.
+_COPY_HELD_BELOW = 1 << 16
+_VIEW_OVERHEAD = 640
 _MAX_NOTED = 100      # distinct unknown tags / unmapped adapters / ranks logged per pod
 
 
@@ -140,6 +145,9 @@ class PodStream:
         if self.replay is not None:
             return self._hold(seq, payload)
         applied = self.applied
+        if applied is not None and seq == applied + 1:  # in order: the usual case
+            self.apply(seq, payload)
+            return None
         if applied is None:  # the first batch from this publisher: the starting point (V5)
             if seq > 0 and self.replay_on_connect and self.spec.replay_endpoint:
                 self.applied = -1
@@ -159,8 +167,10 @@ class PodStream:
         self.accept_in_order(seq, payload, replayed=False)
         return None
 
-    def _hold(self, seq: int, payload: bytes) -> None:
-        size = len(payload) + _HELD_OVERHEAD
+    def _hold(self, seq: int, payload: Any) -> None:
+        n = len(payload)
+        copy = n <= _COPY_HELD_BELOW and type(payload) is not bytes
+        size = n + _HELD_OVERHEAD + (0 if copy or type(payload) is bytes else _VIEW_OVERHEAD)
         budget = self.budget
         if budget.used + size > budget.limit:
             # over the byte budget: not held. It is a hole when the held batches are applied, or a
@@ -170,7 +180,7 @@ class PodStream:
         budget.used += size
         self.held_bytes += size
         self.stats["held_bytes"] = self.held_bytes
-        self.held.append((seq, payload))
+        self.held.append((seq, bytes(payload) if copy else payload))
 
     def _drop_held(self) -> List[Tuple[int, bytes]]:
         held = list(self.held)

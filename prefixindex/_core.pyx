@@ -13,7 +13,9 @@ user object is called or released: names are exact str/int (the shared validator
 callbacks (the clock, a ready_pods iterator, a name's conversion) run before the section starts. So no
 Python code can run in a section, and no other thread or callback can see a half-made change; a writer
 waits for the GIL like any thread, never behind a stream of readers. Work long enough to be worth it
-(hashing past NOGIL_BYTES) runs without the GIL, outside any section, on memory no other call writes.
+(hashing past NOGIL_BYTES) runs without the GIL, outside any section, on memory no other call writes;
+so does a long walk, in the table's walk gate, which every changing section waits to be empty
+(docs/architecture.md, "Long walks").
 """
 
 cimport cython
@@ -24,16 +26,21 @@ from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cython.operator cimport dereference as deref, preincrement as inc
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
+from posix.unistd cimport usleep
 from libcpp.pair cimport pair
 from libcpp.vector cimport vector
+
+cdef extern from "<sched.h>" nogil:
+    int sched_yield()
 
 cimport numpy as cnp
 
 from prefixindex._native cimport (Ctx, CtxPtr, EngineMap, Entry, EntryVec, NodePool, PodMap, PodRun, PodState,
                                   NO_POD, EntryPtr, PodStatePtr, PodVec, PrefixMap, RunVec, gc_pause, gc_resume, kMulti,
-                                  kNodeSize,
-                                  monotonic_seconds, nth_element, sort)
-from prefixindex._entries cimport (entry_add, entry_has, entry_remove, holds, is_multi, pod_list,
+                                  kNodeSize, Walk, WalkGate, monotonic_seconds, nth_element, sort,
+                                  walk_gate_enter, walk_gate_install_fork_handler, walk_gate_leave,
+                                  walk_gate_wait, walk_gate_walkers)
+from prefixindex._entries cimport (entry_add, entry_has, entry_remove, first_holders, holds, is_multi, pod_list,
                                    release_list, renumber, walk)
 from prefixindex._xxh64 cimport hash_chain, xxh64
 from prefixindex._convert cimport c_token_bytes
@@ -85,6 +92,25 @@ def _debug_set_probe_chunk(size_t chunk):
     are 64); the answers do not change (tests/test_compiled.py)."""
     global PROBE_CHUNK
     PROBE_CHUNK = chunk if chunk else 1
+
+# A query hashed without the GIL (NOGIL_BYTES) whose walk will be at least this many blocks also walks
+# without it (_table.pxi, _walk_outside; docs/architecture.md, "Long walks"): a second thread then
+# matches meanwhile instead of waiting for the GIL.
+cdef size_t WALK_NOGIL_BLOCKS = 256
+
+# Tests only: called (outside any section) between a walk outside the GIL and its closing section.
+_after_walk_hook = None
+
+
+def _debug_set_after_walk(hook):
+    """Tests only: a callable run after every walk outside the GIL, before its result is built (to
+    change the index there, as another thread could; tests/test_long_walks.py). None removes it."""
+    global _after_walk_hook
+    _after_walk_hook = hook
+
+
+if walk_gate_install_fork_handler() != 0:
+    raise ImportError("prefixindex._core: pthread_atfork failed")
 
 # evict_now lets other threads in (releases the GIL) after this many contexts.
 cdef size_t EVICT_YIELD_EVERY = 64
@@ -331,6 +357,8 @@ cdef object _ready_names(ready_pods):
 
 
 include "_table.pxi"
+include "_table_query.pxi"
+include "_table_passes.pxi"
 include "_table_entries.pxi"
 include "_table_events.pxi"
 include "_table_state.pxi"

@@ -115,7 +115,7 @@ cdef inline int renumber(Ctx* c) except -1:
     return 0
 
 
-cdef inline int keep_holders(Ctx* c, const Entry* e, PodVec* alive, RunVec* found, uint32_t depth) except -1:
+cdef inline int keep_holders(Ctx* c, const Entry* e, PodVec* alive, RunVec* found, uint32_t depth) except -1 nogil:
     """Keep the alive pods (sorted) that hold e; a pod that does not has matched `depth` blocks.
 
     One merge of two sorted lists instead of a binary search per pod: the common case is that every
@@ -148,9 +148,20 @@ cdef inline int keep_holders(Ctx* c, const Entry* e, PodVec* alive, RunVec* foun
     return 0
 
 
+cdef inline size_t first_holders(Ctx* c, uint64_t h0) noexcept nogil:
+    """How many pods hold the prefix h0 (0 if none): what a walk from it may push to `alive` and
+    `found`, for a walk that reserves them before it runs without the GIL."""
+    cdef PrefixMap.iterator it = c.prefixes.find(h0)
+    if it == c.prefixes.end():
+        return 0
+    if is_multi(deref(it).second.pods):
+        return pod_list(c, deref(it).second.pods).size()
+    return 1
+
+
 cdef inline Py_ssize_t walk(Ctx* c, uint64_t* h, size_t n, const uint8_t* data, size_t width, uint64_t seed,
-                            size_t prehashed, size_t chunk, PodVec* ready, RunVec* found, EntryVec* touched,
-                            size_t* hashed) except -1:
+                            size_t prehashed, size_t chunk, PodVec* ready, PodVec* alive, RunVec* found,
+                            EntryVec* touched, size_t* hashed) except -1 nogil:
     """SPEC 4: each ready pod's run of blocks held from block 0. Returns the longest run.
 
     h[0:prehashed] are given. Past them the blocks are hashed a chunk at a time (`chunk` blocks first,
@@ -158,8 +169,11 @@ cdef inline Py_ssize_t walk(Ctx* c, uint64_t* h, size_t n, const uint8_t* data, 
     overlaps their cache misses (at a million entries a probe misses the caches; interleaved with the
     serial hash chain they would each stall it). The first chunk is small because the most common
     miss is at block 0 (a new prompt). Hashing stops with the chunk where matching does; *hashed
-    says how many of h are valid on return. `ready` is sorted, or NULL for every pod."""
-    cdef PodVec alive
+    says how many of h are valid on return. `ready` is sorted, or NULL for every pod; `alive` is
+    empty scratch space.
+
+    It allocates only by pushing to alive, found and touched: with prehashed == n and those reserved
+    (first_holders pods, n entries), it cannot fail, so it can run without the GIL (_table.pxi)."""
     cdef size_t i = 0, j, start, end, depth = 0
     cdef PrefixMap.iterator it
     cdef Entry* e
@@ -193,7 +207,7 @@ cdef inline Py_ssize_t walk(Ctx* c, uint64_t* h, size_t n, const uint8_t* data, 
                 elif ready == NULL or binary_search(ready.begin(), ready.end(), e.pods):
                     alive.push_back(e.pods)
             else:
-                keep_holders(c, e, &alive, found, <uint32_t>i)
+                keep_holders(c, e, alive, found, <uint32_t>i)
             if alive.empty():
                 break
             touched.push_back(e)
@@ -203,6 +217,6 @@ cdef inline Py_ssize_t walk(Ctx* c, uint64_t* h, size_t n, const uint8_t* data, 
             break
     run.blocks = <uint32_t>depth
     for j in range(alive.size()):
-        run.pod = alive[j]
+        run.pod = deref(alive)[j]
         found.push_back(run)
     return depth

@@ -4,6 +4,7 @@
 // types and one-line helpers. XXH64 has its own header, _xxh64.h.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -11,6 +12,8 @@
 #include <ctime>
 #include <functional>
 #include <new>
+#include <pthread.h>
+#include <sched.h>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -173,6 +176,11 @@ class SmallVec {
   bool empty() const { return size_ == 0; }
   void clear() { size_ = 0; }
   void resize_down(size_t n) { size_ = n; }
+  // After reserve(n), the next pushes up to n elements cannot throw: the walk that runs without the
+  // GIL (docs/architecture.md, "Long walks") reserves everything it may push before it starts.
+  void reserve(size_t n) {
+    while (cap_ < n) grow();
+  }
 
  private:
   void grow() {
@@ -197,6 +205,23 @@ struct PodRun {  // a pod and the number of leading blocks it holds
 using PodVec = SmallVec<uint32_t, 16>;
 using RunVec = SmallVec<PodRun, 16>;
 using EntryVec = SmallVec<Entry*, 128>;
+
+// One query's walk: what its section, the walk (maybe outside the GIL) and its closing section share.
+struct Walk {
+  Ctx* c = nullptr;
+  uint64_t* h = nullptr;
+  size_t n = 0;
+  size_t prehashed = 0;
+  size_t hashed = 0;
+  size_t depth = 0;
+  bool filter_ready = false;
+  bool outside = false;       // the walk runs outside the GIL, in the table's WalkGate
+  uint64_t generation = 0;    // the gate's generation when it entered
+  PodVec ready_ids;
+  PodVec alive;
+  RunVec found;
+  EntryVec touched;
+};
 
 // Pointer aliases: Cython cannot spell a pointer type as a template argument.
 using EntryPtr = Entry*;
@@ -234,6 +259,64 @@ static inline void gc_resume(int was) {
   }
   PyErr_Clear();
 #endif
+}
+
+// The gate of the walks that run without the GIL (docs/architecture.md, "Long walks"). A query whose
+// walk is long enters the gate inside a critical section, leaves the section and the GIL, walks, and
+// leaves the gate *before* it takes the GIL back. A section that changes the index waits, GIL held,
+// until no walker is inside: walkers need nothing to finish, so the wait is short and cannot deadlock,
+// and no new walker can enter meanwhile (entering needs the GIL), so writers are never starved.
+// `generation` counts the sections that may have changed the index (GIL held, no atomics needed): a
+// walker compares it when it is back, and walks again inside a section if anything changed.
+struct WalkGate {
+  std::atomic<uint32_t> walkers{0};
+  unsigned fork_epoch = 0;
+  uint64_t generation = 0;
+};
+
+// Bumped in a child process after fork(): a thread that was walking in the parent does not exist in
+// the child, so the child's gates are reset instead of waited on (issue 8, Deliver 8).
+static std::atomic<unsigned> walk_fork_epoch{0};
+static void walk_gate_on_fork_child() { walk_fork_epoch.fetch_add(1, std::memory_order_relaxed); }
+static inline int walk_gate_install_fork_handler() {
+  return pthread_atfork(nullptr, nullptr, walk_gate_on_fork_child);
+}
+
+static inline void walk_gate_forked(WalkGate* g) noexcept {
+  unsigned now = walk_fork_epoch.load(std::memory_order_relaxed);
+  if (g->fork_epoch != now) {
+    g->walkers.store(0, std::memory_order_relaxed);
+    g->fork_epoch = now;
+  }
+}
+
+static inline void walk_gate_enter(WalkGate* g) noexcept {  // in a section
+  walk_gate_forked(g);
+  g->walkers.fetch_add(1, std::memory_order_acquire);
+}
+
+static inline void walk_gate_leave(WalkGate* g) noexcept {  // without the GIL, before taking it back
+  g->walkers.fetch_sub(1, std::memory_order_release);
+}
+
+static inline unsigned walk_gate_walkers(WalkGate* g) noexcept {  // tests only
+  walk_gate_forked(g);
+  return g->walkers.load(std::memory_order_acquire);
+}
+
+static inline void walk_gate_wait(WalkGate* g) noexcept {  // at the start of a changing section
+  ++g->generation;
+  if (g->walkers.load(std::memory_order_acquire) == 0) return;
+  walk_gate_forked(g);
+  for (unsigned spins = 0; g->walkers.load(std::memory_order_acquire) != 0; ++spins) {
+    if (spins < 256) {
+#if defined(__x86_64__) || defined(__i386__)
+      __builtin_ia32_pause();
+#endif
+    } else {
+      sched_yield();  // a walker preempted by the scheduler: give it the core
+    }
+  }
 }
 
 // The clock of time.monotonic(), readable without the GIL. On Linux the coarse variant of the same

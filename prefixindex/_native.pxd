@@ -101,16 +101,45 @@ cdef extern from "_native.h" namespace "pi" nogil:
         bint empty()
         void clear()
         void resize_down(size_t)
+        void reserve(size_t) except +
 
     cdef cppclass RunVec:
         void push_back(PodRun) except +
+        void reserve(size_t) except +
+        void clear()
         PodRun& operator[](size_t)
         size_t size()
 
     cdef cppclass EntryVec:
         void push_back(Entry*) except +
+        void reserve(size_t) except +
+        void clear()
         Entry*& operator[](size_t)
         size_t size()
+
+    cdef cppclass Walk:
+        Ctx* c
+        uint64_t* h
+        size_t n
+        size_t prehashed
+        size_t hashed
+        size_t depth
+        bint filter_ready
+        bint outside
+        uint64_t generation
+        PodVec ready_ids
+        PodVec alive
+        RunVec found
+        EntryVec touched
+
+    cdef cppclass WalkGate:
+        uint64_t generation
+
+    int walk_gate_install_fork_handler()
+    void walk_gate_enter(WalkGate*)
+    void walk_gate_leave(WalkGate*)
+    void walk_gate_wait(WalkGate*)
+    unsigned walk_gate_walkers(WalkGate*)
 
     int gc_pause()
     void gc_resume(int was)

@@ -28,6 +28,7 @@ cdef class SyncPrefixHashTable:
     cdef size_t live_pods
     cdef uint64_t n[N_COUNTERS]
     cdef int gc_was
+    cdef WalkGate* gate           # the long walks outside the GIL, waited for by changing sections
     # The last (model, lora_id, pod) an event was stored for, by object identity, and where it went.
     # A subscriber streams one pod's events with the same str and int objects, so most events skip
     # three dict lookups. The objects are held (an address can be reused by another object once freed);
@@ -40,6 +41,7 @@ cdef class SyncPrefixHashTable:
 
     def __cinit__(self, *args, **kwargs):
         self.pool = new NodePool(kNodeSize)
+        self.gate = new WalkGate()
         self._contexts = {}
         self._pod_ids = {}
         self._pod_names = []
@@ -54,6 +56,7 @@ cdef class SyncPrefixHashTable:
             del c
             c = nxt
         del self.pool
+        del self.gate
 
     def __init__(self, config=None, *, clock=None, background_eviction=True, **overrides):
         if self.built or self.block_bytes:  # block_bytes is set first: a re-entrant __init__ sees it
@@ -97,7 +100,17 @@ cdef class SyncPrefixHashTable:
     # -- critical sections and time ----------------------------------------------------------------
 
     cdef inline int _begin(self) except -1:
-        """Start a critical section: the GIL is held, and no finalizer may run until _end (SPEC 7)."""
+        """Start a critical section that may change the index: the GIL is held, no finalizer may run
+        until _end (SPEC 7), and no long walk is running outside the GIL (walk_gate_wait)."""
+        if not self.built:
+            raise RuntimeError(UNBUILT_MESSAGE)
+        self.gc_was = gc_pause()
+        walk_gate_wait(self.gate)
+        return 0
+
+    cdef inline int _begin_read(self) except -1:
+        """Start a critical section that changes no map, pod list or pod id (reads, and a query's
+        recency update): long walks outside the GIL may go on meanwhile, as they only read those."""
         if not self.built:
             raise RuntimeError(UNBUILT_MESSAGE)
         self.gc_was = gc_pause()
@@ -267,7 +280,7 @@ cdef class SyncPrefixHashTable:
         """The (model, lora_id) of every context, least recently used first, in a section of its own:
         passes that visit the contexts one section each (evict_now, a save) look each one up again."""
         cdef Ctx* c
-        self._begin()
+        self._begin_read()
         try:
             keys = []
             c = self.oldest
@@ -512,92 +525,16 @@ cdef class SyncPrefixHashTable:
 
     def match_prefix(self, model_name, lora_id, tokens, ready_pods=None):
         """pod -> percent of the query's blocks it holds from block 0 on, and the query's prefix hashes."""
-        return self._query(model_name, lora_id, tokens, ready_pods, PERCENT)
+        return _query(self, model_name, lora_id, tokens, ready_pods, PERCENT)
 
     def match_blocks(self, model_name, lora_id, tokens, ready_pods=None):
         """pod -> number of the query's blocks it holds from block 0 on."""
-        return self._query(model_name, lora_id, tokens, ready_pods, BLOCKS)
+        return _query(self, model_name, lora_id, tokens, ready_pods, BLOCKS)
 
     def match(self, model_name, lora_id, tokens, ready_pods=None):
         """pod -> number of the query's blocks it holds from block 0 on, and the query's prefix hashes:
         what match_blocks and match_prefix say, from one walk and one recency update."""
-        return self._query(model_name, lora_id, tokens, ready_pods, BLOCKS_AND_HASHES)
-
-    cdef object _query(self, model_name, lora_id, tokens, ready_pods, int kind):
-        # Everything that may run Python code comes first: names, the tokens' conversion, the ready_pods
-        # iterator, the clock. Then one section.
-        model, lora = _check_context(model_name, lora_id)
-        cdef const uint8_t* data = NULL
-        cdef size_t nbytes = 0, hashed = 0, prehashed = 0
-        tokens = self._token_bytes(tokens, &data, &nbytes)  # the object that owns the bytes stays referenced
-        ready = _ready_names(ready_pods)
-        cdef double now = self._now()
-        cdef cnp.npy_intp n = nbytes // self.block_bytes
-        cdef cnp.ndarray out = None
-        cdef vector[uint64_t] scratch
-        cdef uint64_t* h
-        if kind == BLOCKS:
-            scratch.resize(n)
-            h = scratch.data()
-        else:
-            out = cnp.PyArray_EMPTY(1, &n, cnp.NPY_UINT64, 0)
-            h = <uint64_t*>cnp.PyArray_DATA(out)
-        if nbytes >= NOGIL_BYTES:
-            # Long: hash it all without the GIL first (the query's memory is ours), then walk.
-            self._hash_chain(data, n, self.seed, h)
-            prehashed = n
-        self._begin()
-        try:
-            result = self._match(model, lora, data, h, n, prehashed, ready, kind == PERCENT, now, &hashed)
-        finally:
-            self._end()
-        if kind == BLOCKS:
-            return result
-        if hashed < <size_t>n:  # the walk stopped early; every hash is returned
-            self._hash_chain(data + hashed * self.block_bytes, n - hashed, h[hashed - 1] if hashed else self.seed,
-                             h + hashed)
-        return result, out
-
-    cdef dict _match(self, str model, lora, const uint8_t* data, uint64_t* h, size_t n, size_t prehashed, ready,
-                     bint percent, double now, size_t* hashed):
-        """The walk of SPEC 4, in a section. The result is built here, while the pod ids it names
-        cannot be recycled (the collector is paused: building it runs no Python code)."""
-        cdef Ctx* c
-        cdef PodVec ready_ids
-        cdef bint filter_ready = ready is not None
-        cdef RunVec found
-        cdef EntryVec touched
-        cdef size_t depth, i
-        cdef uint64_t tick
-        cdef PyObject* known
-        cdef dict result = {}
-        self.n[N_MATCHES] += 1
-        hashed[0] = prehashed
-        c = self._find_ctx(model, lora)
-        if c == NULL:
-            return result
-        if filter_ready:
-            for name in ready:
-                known = PyDict_GetItem(self._pod_ids, name)
-                if known is not NULL:
-                    ready_ids.push_back(<uint32_t>(<object>known))
-            sort(ready_ids.begin(), ready_ids.end())
-        depth = walk(c, h, n, data, self.block_bytes, self.seed, prehashed, PROBE_CHUNK,
-                     &ready_ids if filter_ready else NULL, &found, &touched, hashed)
-        # the matched blocks were used just now; block 0 gets the newest tick (D4)
-        if c.next_tick + depth >= RENUMBER_AT:
-            renumber(c)
-        tick = c.next_tick
-        c.next_tick += depth
-        for i in range(depth):
-            touched[i].tick = <uint32_t>(tick + depth - 1 - i)
-        self._touch(c)
-        c.last_access = now
-        if found.size() > 5:  # one allocation instead of a resize at 6, 11, 22, 43 ... pods
-            result = _PyDict_NewPresized(found.size())
-        for i in range(found.size()):
-            result[self._pod_names[found[i].pod]] = found[i].blocks * 100 // n if percent else found[i].blocks
-        return result
+        return _query(self, model_name, lora_id, tokens, ready_pods, BLOCKS_AND_HASHES)
 
     # -- maintenance -------------------------------------------------------------------------------
 
@@ -606,92 +543,16 @@ cdef class SyncPrefixHashTable:
 
         Each context is its own section, and other threads get the GIL every EVICT_YIELD_EVERY
         contexts, so a long pass does not stall the request path."""
-        cdef double now = self._now()
-        cdef Ctx* c
-        cdef size_t n_contexts = 0, n_pods = 0, done = 0
-        cdef vector[uint32_t] stale
-        cdef PodMap.iterator it
-        cdef uint32_t pid
-        keys = self._context_keys()
-        for model, lora in keys:
-            self._begin()
-            try:
-                c = self._find_ctx(model, lora)
-                if c == NULL:
-                    continue
-                if now - c.last_access > self.stale_after:
-                    self._drop_ctx(c)
-                    self.n[N_EVICTED_CONTEXTS] += 1
-                    n_contexts += 1
-                    continue
-                stale.clear()
-                it = c.pods.begin()
-                while it != c.pods.end():
-                    if now - deref(it).second.last_seen > self.stale_after:
-                        stale.push_back(deref(it).first)
-                    inc(it)
-                for pid in stale:
-                    _drop_pod(self, c, pid)
-                self.n[N_EVICTED_PODS] += stale.size()
-                n_pods += stale.size()
-                self._drop_if_empty(c)
-            finally:
-                self._end()
-            done += 1
-            if done % EVICT_YIELD_EVERY == 0:
-                with nogil:
-                    pass  # let other threads have the GIL between contexts
-        return {"contexts": n_contexts, "pods": n_pods}
+        return _evict_now(self)
 
     def stats(self):
         """Sizes and running totals (STAT_KEYS): contexts, prefixes, entries, pods, events by kind, blocks
         stored/removed, orphan blocks, matches, and evicted contexts, pods and prefixes."""
-        cdef size_t prefixes = 0, entries = 0
-        cdef Ctx* c
-        cdef PodMap.iterator it
-        cdef int i
-        self._begin()
-        try:
-            c = self.oldest
-            while c != NULL:
-                prefixes += c.prefixes.size()
-                it = c.pods.begin()
-                while it != c.pods.end():
-                    entries += deref(it).second.held
-                    inc(it)
-                c = c.newer
-            out = {"contexts": self.n_contexts, "prefixes": prefixes, "entries": entries, "pods": self.live_pods}
-            for i in range(N_COUNTERS):
-                out[COUNTER_KEYS[i]] = self.n[i]
-        finally:
-            self._end()
-        return out
+        return _stats(self)
 
     def snapshot(self):
         """Everything the index holds: {(model, lora_id): {prefix hash: frozenset(pods)}}."""
-        cdef Ctx* c
-        cdef PrefixMap.iterator it
-        cdef Entry* e
-        out = {}
-        self._begin()
-        try:
-            c = self.oldest
-            while c != NULL:
-                prefixes = {}
-                it = c.prefixes.begin()
-                while it != c.prefixes.end():
-                    e = &deref(it).second
-                    if is_multi(e.pods):
-                        prefixes[deref(it).first] = frozenset([self._pod_names[pod]
-                                                               for pod in deref(pod_list(c, e.pods))])
-                    else:
-                        prefixes[deref(it).first] = frozenset([self._pod_names[e.pods]])
-                    inc(it)
-                out[<object>c.key] = prefixes
-                c = c.newer
-        finally:
-            self._end()
-        return out
+        return _snapshot(self)
 
     def _debug_set_next_tick(self, model_name, lora_id, uint64_t value):
         """Tests only: move a context's tick counter (to exercise the 32-bit renumbering)."""
@@ -705,26 +566,24 @@ cdef class SyncPrefixHashTable:
         finally:
             self._end()
 
+    def _debug_walk_in_gate(self, double seconds):
+        """Tests only: be a walk outside the GIL that takes `seconds` (enter the gate, release the GIL,
+        sleep, leave the gate, take the GIL back), to show what waits for one and what does not
+        (tests/hostile_cases/long_walk_cases.py)."""
+        self._begin_read()
+        walk_gate_enter(self.gate)
+        self._end()
+        with nogil:
+            usleep(<unsigned int>(seconds * 1e6))
+            walk_gate_leave(self.gate)
+
+    def _debug_walkers(self):
+        """Tests only: how many walks are in the gate now."""
+        return walk_gate_walkers(self.gate)
+
     def _debug_memory(self):
         """Bytes the node pool has reserved and nodes in use, and bucket bytes (for the memory tests)."""
-        cdef Ctx* c
-        cdef size_t buckets = 0
-        cdef PodMap.iterator it
-        self._begin()
-        try:
-            c = self.oldest
-            while c != NULL:
-                buckets += c.prefixes.bucket_count()
-                it = c.pods.begin()
-                while it != c.pods.end():
-                    buckets += deref(it).second.engine.bucket_count()
-                    inc(it)
-                c = c.newer
-            return {"pool_bytes": self.pool.reserved_bytes(), "pool_nodes": self.pool.live(),
-                    "bucket_bytes": buckets * sizeof(void*), "pod_ids": len(self._pod_names),
-                    "free_pod_ids": self.free_ids.size()}
-        finally:
-            self._end()
+        return _debug_memory(self)
 
     # -- snapshots ---------------------------------------------------------------------------------
     # The state exchanged with _snapshot.py (docs/snapshot.md): canonical, so that both backends give

@@ -14,7 +14,7 @@ cdef dict _export_state(SyncPrefixHashTable self, double now):
     cdef vector[uint32_t] index_of  # pod id -> its index in a context's sorted pod names (NO_POD after)
     contexts = []
     for model, lora in self._context_keys():
-        self._begin()
+        self._begin_read()
         try:
             c = self._find_ctx(model, lora)
             if c != NULL:
@@ -24,8 +24,9 @@ cdef dict _export_state(SyncPrefixHashTable self, double now):
         finally:
             self._end()
         with nogil:
-            pass  # let other threads have the GIL between contexts
-    self._begin()
+            sched_yield()  # let other threads have the GIL between contexts (the yield gives a waiting
+            # thread the moment to take it; a bare release is most often taken back at once)
+    self._begin_read()
     try:
         counters = {COUNTER_KEYS[i]: self.n[i] for i in range(N_COUNTERS)}
     finally:

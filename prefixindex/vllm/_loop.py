@@ -38,7 +38,7 @@ _RETRY_MAX = 1.0             # ... doubling up to this
 _IDLE_WAIT_MS = 1000         # an idle loop still looks at its stop flag this often (a lost wake-up)
 _RECONNECT_IVL_MAX_MS = 2000  # ZeroMQ's reconnect backoff for publishers that are down
 _NOBLOCK = zmq.NOBLOCK
-_RCVMORE = zmq.RCVMORE
+_SMALL_FRAME = 256           # topic and seq frames up to this size are handed on as bytes
 
 
 class LoopSettings:
@@ -446,34 +446,35 @@ class Loop:
         socks = self._socks.get(stream.name)
         if socks is not None:
             socks.last_rx = time.monotonic()
-        # Frame by frame rather than recv_multipart(copy=False): the topic and seq frames come as bytes
-        # (a Frame object costs more than copying a few bytes), the payload as a Frame whose buffer is
-        # handed on without a copy, whatever its size; so a flood of big frames costs the loop little,
-        # it keeps up, and they do not pile up in ZeroMQ's queue (issue 10, Deliver 4). A message's
-        # frames arrive together, so only the first recv of a message can find nothing.
+        # Frame by frame rather than recv_multipart(copy=False), and never a copy of a large frame:
+        # each frame comes as a zmq.Frame, whose `more` ZeroMQ fills in C (asking the socket for
+        # RCVMORE from Python costs more than the Frame); the topic and seq go on as bytes when small,
+        # everything else as a view of ZeroMQ's buffer. So a flood of big frames, wherever they sit in
+        # the message, costs the loop little, it keeps up, and they do not pile up in ZeroMQ's queue
+        # (issue 10, Deliver 4). A message's frames arrive together: only its first recv can find none.
         recv = sock.recv
-        more = sock.get
         on_batch = stream.on_live_batch
         for i in range(_DRAIN_LIMIT):
             try:
-                topic = recv(_NOBLOCK)
+                topic = recv(_NOBLOCK, copy=False)
             except zmq.Again:
-                if more(zmq.EVENTS) & zmq.POLLIN:  # (libzmq's advice before waiting on ZMQ_FD)
+                if sock.get(zmq.EVENTS) & zmq.POLLIN:  # (libzmq's advice before waiting on ZMQ_FD)
                     self._hot.add(sock)
                 return None
             try:
-                if not more(_RCVMORE):
+                if not topic.more:
                     stream.on_live([topic])
                     continue
-                seq = recv(_NOBLOCK)
-                if not more(_RCVMORE):
+                seq = recv(_NOBLOCK, copy=False)
+                if not seq.more:
                     stream.on_live([topic, seq])
                     continue
                 last = recv(_NOBLOCK, copy=False)
                 if last.more:
                     stream.on_live([topic, seq, last] + _rest(recv))
                     continue
-                on_batch(topic, seq, last.buffer)
+                on_batch(topic.bytes if len(topic) <= _SMALL_FRAME else topic.buffer,
+                         seq.bytes if len(seq) <= _SMALL_FRAME else seq.buffer, last.buffer)
             except zmq.ContextTerminated:
                 raise
             except Exception as exc:  # whatever the input, the subscriber goes on

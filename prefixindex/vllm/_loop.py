@@ -493,8 +493,9 @@ class Loop:
                 if sock.get(zmq.EVENTS) & zmq.POLLIN:
                     self._hot.add(sock)
                 return
-            frames: List[Any] = [p.bytes for p in parts[:-1]]
-            frames.append(parts[-1].buffer)  # the payload without a copy, as live (Deliver 4)
+            # as live: small frames as bytes, the payload and anything large as views (Deliver 4)
+            frames: List[Any] = [p.bytes if len(p) <= _SMALL_FRAME else p.buffer for p in parts[:-1]]
+            frames.append(parts[-1].buffer)
             try:
                 stream.on_replay(frames)
                 if sock not in self._owner:

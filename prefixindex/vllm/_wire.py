@@ -248,7 +248,8 @@ def read_batch(payload: Any) -> Batch:
 def read_batch_fast(payload: Any) -> Optional[Tuple[Optional[float], List[Any], Optional[int]]]:
     """The batch with its events decoded in one go, when they are all known and well formed in one
     encoding (the usual case: one decoder call instead of one per event); None otherwise, and the
-    caller takes ``read_batch`` and ``decode_event`` (which say what is wrong with which event)."""
+    caller takes ``read_batch`` and ``decode_event`` (which say what is wrong with which event).
+    Stores whose hashes are all ints come back as INT_STORED_TYPES, others as the general store types."""
     for decode in _TYPED_BATCH_DECODERS:
         try:
             b: Any = decode(payload)

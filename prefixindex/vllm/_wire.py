@@ -184,7 +184,8 @@ class _IntArrayBatch(msgspec.Struct, array_like=True):
     data_parallel_rank: Optional[int] = None
 
 
-# read_batch_fast tries these in turn; a decoder that does not fit fails at the first event, cheaply
+# read_batch_fast tries these in turn. A decoder that does not fit stops at the first event that does not
+# fit it: at once for the other encoding, and at the first hash for a pod that sends bytes hashes.
 _TYPED_BATCH_DECODERS = tuple(msgspec.msgpack.Decoder(t).decode for t in (
     _IntMapBatch, _IntArrayBatch, _TypedMapBatch, _TypedArrayBatch))
 _batch_array = msgspec.msgpack.Decoder(_BatchArray)

@@ -14,7 +14,7 @@ callbacks (the clock, a ready_pods iterator, a name's conversion) run before the
 Python code can run in a section, and no other thread or callback can see a half-made change; a writer
 waits for the GIL like any thread, never behind a stream of readers. Work long enough to be worth it
 (hashing past NOGIL_BYTES) runs without the GIL, outside any section, on memory no other call writes;
-so does a long walk, in the table's walk gate, which every changing section waits to be empty
+so does the walk of a long query, in the table's walk gate, which every changing section waits to be empty
 (docs/architecture.md, "Long walks").
 """
 
@@ -38,9 +38,10 @@ cimport numpy as cnp
 from prefixindex._native cimport (Ctx, CtxPtr, EngineMap, Entry, EntryVec, NodePool, PodMap, PodRun, PodState,
                                   NO_POD, EntryPtr, PodStatePtr, PodVec, PrefixMap, RunVec, gc_pause, gc_resume, kMulti,
                                   kNodeSize, Walk, WalkGate, monotonic_seconds, nth_element, sort,
-                                  walk_gate_enter, walk_gate_install_fork_handler, walk_gate_leave,
-                                  walk_gate_wait, walk_gate_walkers)
-from prefixindex._entries cimport (entry_add, entry_has, entry_remove, first_holders, holds, is_multi, pod_list,
+                                  walk_gate_delete, walk_gate_enter, walk_gate_generation,
+                                  walk_gate_install_fork_handler, walk_gate_leave, walk_gate_new,
+                                  walk_gate_try_enter, walk_gate_wait, walk_gate_walkers)
+from prefixindex._entries cimport (entry_add, entry_has, entry_remove, holds, is_multi, pod_list,
                                    release_list, renumber, walk)
 from prefixindex._xxh64 cimport hash_chain, xxh64
 from prefixindex._convert cimport c_token_bytes
@@ -92,11 +93,6 @@ def _debug_set_probe_chunk(size_t chunk):
     are 64); the answers do not change (tests/test_compiled.py)."""
     global PROBE_CHUNK
     PROBE_CHUNK = chunk if chunk else 1
-
-# A query hashed without the GIL (NOGIL_BYTES) whose walk will be at least this many blocks also walks
-# without it (_table.pxi, _walk_outside; docs/architecture.md, "Long walks"): a second thread then
-# matches meanwhile instead of waiting for the GIL.
-cdef size_t WALK_NOGIL_BLOCKS = 256
 
 # Tests only: called (outside any section) between a walk outside the GIL and its closing section.
 _after_walk_hook = None

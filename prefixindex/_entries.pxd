@@ -148,17 +148,6 @@ cdef inline int keep_holders(Ctx* c, const Entry* e, PodVec* alive, RunVec* foun
     return 0
 
 
-cdef inline size_t first_holders(Ctx* c, uint64_t h0) noexcept nogil:
-    """How many pods hold the prefix h0 (0 if none): what a walk from it may push to `alive` and
-    `found`, for a walk that reserves them before it runs without the GIL."""
-    cdef PrefixMap.iterator it = c.prefixes.find(h0)
-    if it == c.prefixes.end():
-        return 0
-    if is_multi(deref(it).second.pods):
-        return pod_list(c, deref(it).second.pods).size()
-    return 1
-
-
 cdef inline Py_ssize_t walk(Ctx* c, uint64_t* h, size_t n, const uint8_t* data, size_t width, uint64_t seed,
                             size_t prehashed, size_t chunk, PodVec* ready, PodVec* alive, RunVec* found,
                             EntryVec* touched, size_t* hashed) except -1 nogil:
@@ -173,7 +162,8 @@ cdef inline Py_ssize_t walk(Ctx* c, uint64_t* h, size_t n, const uint8_t* data, 
     empty scratch space.
 
     It allocates only by pushing to alive, found and touched: with prehashed == n and those reserved
-    (first_holders pods, n entries), it cannot fail, so it can run without the GIL (_table.pxi)."""
+    (the context's pod count, n entries), it cannot fail, so it can run without the GIL
+    (_table_query.pxi)."""
     cdef size_t i = 0, j, start, end, depth = 0
     cdef PrefixMap.iterator it
     cdef Entry* e

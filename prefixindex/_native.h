@@ -215,8 +215,8 @@ struct Walk {
   size_t hashed = 0;
   size_t depth = 0;
   bool filter_ready = false;
-  bool outside = false;       // the walk runs outside the GIL, in the table's WalkGate
-  uint64_t generation = 0;    // the gate's generation when it entered
+  bool outside = false;       // the walk ran outside the GIL, in the table's WalkGate
+  uint64_t generation = 0;    // the gate's generation in the query's first section
   PodVec ready_ids;
   PodVec alive;
   RunVec found;
@@ -261,38 +261,65 @@ static inline void gc_resume(int was) {
 #endif
 }
 
-// The gate of the walks that run without the GIL (docs/architecture.md, "Long walks"). A query whose
-// walk is long enters the gate inside a critical section, leaves the section and the GIL, walks, and
-// leaves the gate *before* it takes the GIL back. A section that changes the index waits, GIL held,
-// until no walker is inside: walkers need nothing to finish, so the wait is short and cannot deadlock,
-// and no new walker can enter meanwhile (entering needs the GIL), so writers are never starved.
-// `generation` counts the sections that may have changed the index (GIL held, no atomics needed): a
-// walker compares it when it is back, and walks again inside a section if anything changed.
+// The gate of the walks that run without the GIL (docs/architecture.md, "Long walks"). A long query
+// leaves its first critical section and the GIL, hashes, then tries to enter the gate; if it gets in,
+// it walks and leaves the gate *before* it takes the GIL back. A section that changes the index bumps
+// `generation` and waits, GIL held, until no walker is inside: walkers need nothing to finish, so the
+// wait is short and cannot deadlock. A walk enters only if `generation` is what it was in the walk's
+// first section: no change began since, so the context it found is still there. That is the Dekker
+// pattern (the walker increments the count, then reads the generation; the writer bumps the
+// generation, then reads the count; all sequentially consistent), so one of the two always sees the
+// other: either the writer waits for the walk, or the walk stays out. A walk that came while a writer
+// waits stays out, so writers are never starved. The query's closing section compares the generation
+// again, and walks again inside the section if anything changed since.
 struct WalkGate {
   std::atomic<uint32_t> walkers{0};
-  unsigned fork_epoch = 0;
-  uint64_t generation = 0;
+  std::atomic<uint64_t> generation{0};
+  WalkGate* older = nullptr;  // every live gate is on one list, for the fork handler
+  WalkGate* newer = nullptr;
 };
 
-// Bumped in a child process after fork(): a thread that was walking in the parent does not exist in
-// the child, so the child's gates are reset instead of waited on (issue 8, Deliver 8).
-static std::atomic<unsigned> walk_fork_epoch{0};
-static void walk_gate_on_fork_child() { walk_fork_epoch.fetch_add(1, std::memory_order_relaxed); }
+// Every live gate, newest first; changed with the GIL held (a table's creation and deallocation).
+static WalkGate* walk_gates = nullptr;
+
+static inline WalkGate* walk_gate_new() {
+  WalkGate* g = new WalkGate();
+  g->older = walk_gates;
+  if (walk_gates != nullptr) walk_gates->newer = g;
+  walk_gates = g;
+  return g;
+}
+
+static inline void walk_gate_delete(WalkGate* g) noexcept {
+  if (g->newer != nullptr) g->newer->older = g->older; else walk_gates = g->older;
+  if (g->older != nullptr) g->older->newer = g->newer;
+  delete g;
+}
+
+// In a child process after fork(), before anything else runs there: a thread that was walking in the
+// parent does not exist in the child, so every gate is emptied (issue 8, Deliver 8).
+static void walk_gate_on_fork_child() {
+  for (WalkGate* g = walk_gates; g != nullptr; g = g->older) g->walkers.store(0, std::memory_order_relaxed);
+}
+
 static inline int walk_gate_install_fork_handler() {
   return pthread_atfork(nullptr, nullptr, walk_gate_on_fork_child);
 }
 
-static inline void walk_gate_forked(WalkGate* g) noexcept {
-  unsigned now = walk_fork_epoch.load(std::memory_order_relaxed);
-  if (g->fork_epoch != now) {
-    g->walkers.store(0, std::memory_order_relaxed);
-    g->fork_epoch = now;
-  }
+static inline uint64_t walk_gate_generation(WalkGate* g) noexcept {  // in a section
+  return g->generation.load(std::memory_order_relaxed);
 }
 
-static inline void walk_gate_enter(WalkGate* g) noexcept {  // in a section
-  walk_gate_forked(g);
-  g->walkers.fetch_add(1, std::memory_order_acquire);
+// Without the GIL: enter if no change began since `generation` was read (in a section).
+static inline bool walk_gate_try_enter(WalkGate* g, uint64_t generation) noexcept {
+  g->walkers.fetch_add(1, std::memory_order_seq_cst);
+  if (g->generation.load(std::memory_order_seq_cst) == generation) return true;
+  g->walkers.fetch_sub(1, std::memory_order_release);
+  return false;
+}
+
+static inline void walk_gate_enter(WalkGate* g) noexcept {  // tests only: a walker that surely enters
+  g->walkers.fetch_add(1, std::memory_order_seq_cst);
 }
 
 static inline void walk_gate_leave(WalkGate* g) noexcept {  // without the GIL, before taking it back
@@ -300,14 +327,14 @@ static inline void walk_gate_leave(WalkGate* g) noexcept {  // without the GIL, 
 }
 
 static inline unsigned walk_gate_walkers(WalkGate* g) noexcept {  // tests only
-  walk_gate_forked(g);
   return g->walkers.load(std::memory_order_acquire);
 }
 
-static inline void walk_gate_wait(WalkGate* g) noexcept {  // at the start of a changing section
-  ++g->generation;
-  if (g->walkers.load(std::memory_order_acquire) == 0) return;
-  walk_gate_forked(g);
+// The start of a changing section (GIL held): from here to its end no walk runs (a walk that tries to
+// enter sees the new generation).
+static inline void walk_gate_wait(WalkGate* g) noexcept {
+  g->generation.fetch_add(1, std::memory_order_seq_cst);
+  if (g->walkers.load(std::memory_order_seq_cst) == 0) return;
   for (unsigned spins = 0; g->walkers.load(std::memory_order_acquire) != 0; ++spins) {
     if (spins < 256) {
 #if defined(__x86_64__) || defined(__i386__)

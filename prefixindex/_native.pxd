@@ -133,9 +133,13 @@ cdef extern from "_native.h" namespace "pi" nogil:
         EntryVec touched
 
     cdef cppclass WalkGate:
-        uint64_t generation
+        pass
 
+    WalkGate* walk_gate_new() except +
+    void walk_gate_delete(WalkGate*)
     int walk_gate_install_fork_handler()
+    uint64_t walk_gate_generation(WalkGate*)
+    bint walk_gate_try_enter(WalkGate*, uint64_t generation)
     void walk_gate_enter(WalkGate*)
     void walk_gate_leave(WalkGate*)
     void walk_gate_wait(WalkGate*)

@@ -41,7 +41,7 @@ cdef class SyncPrefixHashTable:
 
     def __cinit__(self, *args, **kwargs):
         self.pool = new NodePool(kNodeSize)
-        self.gate = new WalkGate()
+        self.gate = walk_gate_new()
         self._contexts = {}
         self._pod_ids = {}
         self._pod_names = []
@@ -56,7 +56,8 @@ cdef class SyncPrefixHashTable:
             del c
             c = nxt
         del self.pool
-        del self.gate
+        if self.gate != NULL:
+            walk_gate_delete(self.gate)
 
     def __init__(self, config=None, *, clock=None, background_eviction=True, **overrides):
         if self.built or self.block_bytes:  # block_bytes is set first: a re-entrant __init__ sees it

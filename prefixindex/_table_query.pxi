@@ -1,13 +1,13 @@
 # Queries of the compiled table (SPEC 4), included by _core.pyx after _table.pxi: the one section of a
-# match, or for a long walk two sections with the walk between them outside the GIL (docs/architecture.md,
-# "Long walks"). The methods match_prefix, match_blocks and match call _query.
+# match, or for a long query two sections with its hashing and walk between them, outside the GIL
+# (docs/architecture.md, "Long walks"). The methods match_prefix, match_blocks and match call _query.
 
 cdef object _query(SyncPrefixHashTable self, model_name, lora_id, tokens, ready_pods, int kind):
     # Everything that may run Python code comes first: names, the tokens' conversion, the ready_pods
-    # iterator, the clock. Then one section; a long walk goes outside it (_walk_outside).
+    # iterator, the clock. Then one section, or for a long query two (_long_query).
     model, lora = _check_context(model_name, lora_id)
     cdef const uint8_t* data = NULL
-    cdef size_t nbytes = 0, hashed = 0, prehashed = 0
+    cdef size_t nbytes = 0
     tokens = self._token_bytes(tokens, &data, &nbytes)  # the object that owns the bytes stays referenced
     ready = _ready_names(ready_pods)
     cdef double now = self._now()
@@ -22,69 +22,91 @@ cdef object _query(SyncPrefixHashTable self, model_name, lora_id, tokens, ready_
     else:
         out = cnp.PyArray_EMPTY(1, &n, cnp.NPY_UINT64, 0)
         h = <uint64_t*>cnp.PyArray_DATA(out)
-    if nbytes >= NOGIL_BYTES:
-        # Long: hash it all without the GIL first (the query's memory is ours), then walk.
-        self._hash_chain(data, n, self.seed, h)
-        prehashed = n
     w.h = h
     w.n = n
-    w.prehashed = prehashed
-    w.hashed = prehashed
-    w.outside = False
+    if nbytes >= NOGIL_BYTES:
+        result = _long_query(self, model, lora, data, ready, kind, now, &w)
+    else:
+        self._begin_read()
+        try:
+            self.n[N_MATCHES] += 1
+            result = _walk_here(self, model, lora, data, ready, kind, now, &w)
+        finally:
+            self._end()
+        if kind != BLOCKS and w.hashed < <size_t>n:  # the walk stopped early; every hash is returned
+            hash_chain(data + w.hashed * self.block_bytes, n - w.hashed, self.block_bytes, self.seed,
+                       h[w.hashed - 1] if w.hashed else self.seed, h + w.hashed)
+    if kind == BLOCKS:
+        return result
+    return result, out
+
+
+cdef dict _walk_here(SyncPrefixHashTable self, str model, lora, const uint8_t* data, ready, int kind,
+                     double now, Walk* w):
+    """SPEC 4's walk and its result, all in the caller's section (hashing as it goes, past w.hashed)."""
+    w.c = self._find_ctx(model, lora)
+    if w.c == NULL:
+        return {}
+    _ready_ids(self, ready, w)
+    w.depth = walk(w.c, w.h, w.n, data, self.block_bytes, self.seed, w.hashed, PROBE_CHUNK,
+                   &w.ready_ids if w.filter_ready else NULL, &w.alive, &w.found, &w.touched, &w.hashed)
+    return _matched(self, w, kind == PERCENT, now)
+
+
+cdef dict _long_query(SyncPrefixHashTable self, str model, lora, const uint8_t* data, ready, int kind,
+                      double now, Walk* w):
+    """A query of NOGIL_BYTES or more (docs/architecture.md, "Long walks"): a first section finds the
+    context and reserves all that the walk may push; without the GIL the query is hashed, and walked if
+    it gets into the walk gate (no change began since the first section); it leaves the gate before it
+    takes the GIL back. A closing section then builds the result, or walks again if it could not enter
+    or anything changed since. One handover of the GIL per query, however long."""
+    cdef bint want = False
+    cdef size_t pods
     self._begin_read()
     try:
         self.n[N_MATCHES] += 1
         w.c = self._find_ctx(model, lora)
-        if w.c == NULL:
-            result = {}
-        else:
-            _ready_ids(self, ready, &w)
-            if not _walk_outside(self, &w):
-                w.depth = walk(w.c, h, n, data, self.block_bytes, self.seed, prehashed, PROBE_CHUNK,
-                               &w.ready_ids if w.filter_ready else NULL, &w.alive, &w.found, &w.touched,
-                               &w.hashed)
-                result = _matched(self, &w, kind == PERCENT, now)
+        if w.c != NULL:
+            _ready_ids(self, ready, w)
+            # every pod of an entry has a pod state in the context: the walk pushes at most this many
+            # pods, and an entry per block; reserved, the pushes cannot fail (or need the GIL)
+            pods = w.c.pods.size()
+            w.alive.reserve(pods)
+            w.found.reserve(pods)
+            w.touched.reserve(w.n)
+            w.generation = walk_gate_generation(self.gate)
+            want = True
     finally:
         self._end()
-    if w.outside:
-        with nogil:
-            # no allocation (all reserved) and no hashing (prehashed == n): this cannot fail, and the
-            # gate is left before the GIL is taken back (_native.h, WalkGate)
-            w.depth = walk(w.c, h, n, data, self.block_bytes, self.seed, prehashed, PROBE_CHUNK,
+    if not want and kind == BLOCKS:
+        return {}  # nothing to walk, no hashes to return
+    with nogil:
+        hash_chain(data, w.n, self.block_bytes, self.seed, self.seed, w.h)
+        w.hashed = w.n
+        if want and walk_gate_try_enter(self.gate, w.generation):
+            # prehashed == n and everything reserved: this cannot fail
+            w.depth = walk(w.c, w.h, w.n, data, self.block_bytes, self.seed, w.n, PROBE_CHUNK,
                            &w.ready_ids if w.filter_ready else NULL, &w.alive, &w.found, &w.touched,
                            &w.hashed)
             walk_gate_leave(self.gate)
-        if _after_walk_hook is not None:
-            _after_walk_hook()
-        self._begin_read()
-        try:
-            if self.gate.generation != w.generation:
-                # the index changed between the walk and now: its entries may be gone; walk again,
-                # inside this section
-                w.c = self._find_ctx(model, lora)
-                w.alive.clear()
-                w.found.clear()
-                w.touched.clear()
-                w.ready_ids.clear()
-                if w.c == NULL:
-                    result = {}
-                else:
-                    _ready_ids(self, ready, &w)
-                    w.depth = walk(w.c, h, n, data, self.block_bytes, self.seed, prehashed, PROBE_CHUNK,
-                                   &w.ready_ids if w.filter_ready else NULL, &w.alive, &w.found,
-                                   &w.touched, &w.hashed)
-                    result = _matched(self, &w, kind == PERCENT, now)
-            else:
-                result = _matched(self, &w, kind == PERCENT, now)
-        finally:
-            self._end()
-    if kind == BLOCKS:
-        return result
-    hashed = w.hashed
-    if hashed < <size_t>n:  # the walk stopped early; every hash is returned
-        self._hash_chain(data + hashed * self.block_bytes, n - hashed, h[hashed - 1] if hashed else self.seed,
-                         h + hashed)
-    return result, out
+            w.outside = True
+    if not want:
+        return {}
+    if _after_walk_hook is not None and w.outside:
+        _after_walk_hook()
+    self._begin_read()
+    try:
+        if w.outside and walk_gate_generation(self.gate) == w.generation:
+            return _matched(self, w, kind == PERCENT, now)
+        # it could not walk outside, or the index changed since the walk (its entries may be gone):
+        # walk here, inside this section, as of now
+        w.alive.clear()
+        w.found.clear()
+        w.touched.clear()
+        w.ready_ids.clear()
+        return _walk_here(self, model, lora, data, ready, kind, now, w)
+    finally:
+        self._end()
 
 
 cdef int _ready_ids(SyncPrefixHashTable self, ready, Walk* w) except -1:
@@ -98,28 +120,6 @@ cdef int _ready_ids(SyncPrefixHashTable self, ready, Walk* w) except -1:
                 w.ready_ids.push_back(<uint32_t>(<object>known))
         sort(w.ready_ids.begin(), w.ready_ids.end())
     return 0
-
-
-cdef bint _walk_outside(SyncPrefixHashTable self, Walk* w) except -1:
-    """Whether this query walks outside the GIL, and if so prepare it (in the first section).
-
-    Only a walk that will be long pays for handing the GIL over and back (~1 us, and a convoy when
-    another thread wants it): the query is hashed already (NOGIL_BYTES) and its block
-    WALK_NOGIL_BLOCKS - 1 is in the context, so most likely every block before it matches. The
-    walk then cannot fail: all it may push is reserved here, and it hashes nothing."""
-    cdef size_t pods
-    if w.prehashed != w.n or w.n < WALK_NOGIL_BLOCKS or w.c.prefixes.count(w.h[WALK_NOGIL_BLOCKS - 1]) == 0:
-        return False
-    pods = first_holders(w.c, w.h[0])
-    if pods == 0:
-        return False
-    w.alive.reserve(pods)
-    w.found.reserve(pods)
-    w.touched.reserve(w.n)
-    w.generation = self.gate.generation
-    w.outside = True
-    walk_gate_enter(self.gate)  # the last step of the section: nothing can fail after it
-    return True
 
 
 cdef dict _matched(SyncPrefixHashTable self, Walk* w, bint percent, double now):

@@ -124,6 +124,16 @@ static inline uint64_t pi_xxh64_link(uint64_t parent, const uint8_t* block, size
 // out[i] = link(out[i-1], block i), out[-1] = parent: the chain of n_blocks blocks of `width` bytes.
 static inline void pi_hash_chain(const uint8_t* data, size_t n_blocks, size_t width, uint64_t seed,
                                  uint64_t parent, uint64_t* out) {
+  if (width == 64) {
+    // block_size 16, vLLM's default: with the width a constant the compiler unrolls the stripes and
+    // the tail of every link (no loop, no branch on the length); the chain is serial, so what is left
+    // is the latency of one link after another
+    for (size_t i = 0; i < n_blocks; i++) {
+      parent = pi_xxh64_link(parent, data + i * 64, 64, seed);
+      out[i] = parent;
+    }
+    return;
+  }
   for (size_t i = 0; i < n_blocks; i++) {
     parent = pi_xxh64_link(parent, data + i * width, width, seed);
     out[i] = parent;

@@ -195,3 +195,38 @@ def test_prefix_hashes_agree(data, seed, block_size):
     fast = COMPILED.SyncPrefixHashTable(seed=seed, block_size=block_size, background_eviction=False)
     slow = _core_py.SyncPrefixHashTable(seed=seed, block_size=block_size, background_eviction=False)
     assert fast.get_prefix_hashes(data).tolist() == slow.get_prefix_hashes(data).tolist()
+
+
+def _long_tables():
+    """Both backends, each holding pods a, b, c with runs of 2,048, 900 and 300 blocks of one
+    32,768-token prompt (block_size 16), and d holding a different first block."""
+    rng = np.random.default_rng(11)
+    prompt = rng.integers(0, 2**31, 32_768, dtype=np.int64)
+    tables = []
+    for backend in (COMPILED, _core_py):
+        t = backend.SyncPrefixHashTable(seed=5, block_size=16, background_eviction=False, clock=FakeClock(),
+                                        max_prefixes_per_context=10**5)
+        for pod, blocks in (("a", 2048), ("b", 900), ("c", 300)):
+            t.process_block_stored(BlockStored(list(range(blocks)), prompt[:blocks * 16], "m", -1, pod))
+        t.process_block_stored(BlockStored([7], prompt[16:32], "m", -1, "d"))
+        tables.append(t)
+    return tables, prompt
+
+
+@pytest.mark.parametrize("cut", [32_768, 32_768 - 5, 20_000, 4_096])  # 16 KiB of token bytes and more, and less
+@pytest.mark.parametrize("ready", [None, ["a", "b", "c", "d"], ["b", "c"], ["c", "zz"], []])
+def test_long_queries_agree(cut, ready):
+    # a long query hashes and walks outside the GIL on the compiled backend (docs/architecture.md,
+    # "Long walks"): the answers, hashes and recency it leaves are those of the fallback
+    tables, prompt = _long_tables()
+    query = prompt[:cut]
+    outcomes = []
+    for t in tables:
+        got_blocks = t.match_blocks("m", -1, query, ready)
+        got_percent, hashes = t.match_prefix("m", -1, query, ready)
+        got_match, hashes2 = t.match("m", -1, query, ready)
+        missing = t.match_blocks("absent", -1, query, ready)
+        outcomes.append((got_blocks, got_percent, got_match, hashes.tolist(), hashes2.tolist(), missing,
+                         t.snapshot(), t.stats(), t._export_state()["contexts"][0]["prefixes"].tolist()))
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[0][0].get("a", 0) == (min(2048, cut // 16) if ready is None or "a" in ready else 0)

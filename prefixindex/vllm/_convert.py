@@ -20,8 +20,8 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 import numpy as np
 
 from .._events import AllBlocksCleared, BlockRemoved, BlockStored
-from ._wire import (CLEARED_TYPES, FULL_ATTENTION_KINDS, REMOVED_TYPES, STORED_TYPES, UnknownEvent, WireError,
-                    hash_from_wire, hash_list, token_bytes_function)
+from ._wire import (CLEARED_TYPES, FULL_ATTENTION_KINDS, INT_STORED_TYPES, REMOVED_TYPES, STORED_TYPES, UnknownEvent,
+                    WireError, hash_from_wire, hash_list, token_bytes_function)
 
 __all__ = ["BASE_LORA", "Converted", "MAX_GROUPS", "PodConverter"]
 
@@ -64,12 +64,16 @@ class PodConverter:
         self.pod = pod
         self.model = model
         self.block_size = int(block_size)
+        self._block_bytes = 4 * self.block_size  # token bytes per block
         self.lora_map: Dict[str, int] = dict(lora_map or {})
         self.mediums = None if mediums is None else frozenset(
             "GPU" if m is None else str(m).upper() for m in mediums)
         self.spec_kinds = None if spec_kinds is None else frozenset(str(k).lower() for k in spec_kinds)
         self.token_bytes = token_bytes or token_bytes_function()
         self.max_lora_blocks = max(1, int(max_lora_blocks))
+        # the tiers a store may name and be indexed without a case-folding lookup (None counts as GPU)
+        self._plain_mediums: Optional[frozenset[Optional[str]]] = None if self.mediums is None else \
+            frozenset(self.mediums | ({None} if "GPU" in self.mediums else set()))
         self.groups: Dict[int, bool] = {}       # group_idx -> indexed?, only where it is not the default
         self.lora_blocks: Dict[int, int] = {}   # engine hash -> lora_id, for blocks stored under an adapter
 
@@ -133,6 +137,29 @@ class PodConverter:
         if isinstance(ev, UnknownEvent):
             return "unknown", ev.tag
         raise WireError(f"not an event: {type(ev).__name__}")
+
+    def plain_stored(self, ev: Any) -> Optional[BlockStored]:
+        """The common store, built without the general path's steps, or None for ``convert`` to handle.
+
+        Plain: int hashes (INT_STORED_TYPES), the index's block size, a tier that is indexed, no adapter,
+        no group or spec kind. Such a store passes every check of ``_stored`` and needs nothing
+        tracked, so this gives the event ``_stored`` would; anything else, a bad token count or an
+        event the constructor refuses included, returns None, and ``convert`` says what is wrong.
+        """
+        if (type(ev) not in INT_STORED_TYPES or ev.block_size != self.block_size or ev.lora_name is not None
+                or ev.lora_id is not None or ev.group_idx is not None or ev.kv_cache_spec_kind is not None
+                or (self._plain_mediums is not None and ev.medium not in self._plain_mediums)):
+            return None
+        hashes = ev.block_hashes
+        n = len(hashes)
+        try:
+            tokens = self.token_bytes(ev.token_ids)
+            if len(tokens) != self._block_bytes * n or not n:
+                return None
+            return BlockStored(hashes, tokens.reshape(n, -1), self.model, BASE_LORA, self.pod,
+                               ev.parent_block_hash)
+        except (TypeError, ValueError):
+            return None
 
     def _removed(self, hashes: Any) -> List[BlockRemoved]:
         """One BlockRemoved per context that holds some of the hashes (V4: no fan-out per adapter)."""

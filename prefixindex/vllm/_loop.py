@@ -32,12 +32,13 @@ __all__ = ["Command", "Loop", "LoopSettings", "SOCKETS_PER_POD"]
 #: is this times ``max_pods``, plus a few.
 SOCKETS_PER_POD = 2
 _RESOURCE_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
-_COPY_BELOW = 1 << 16        # payloads up to this size are copied (cheaper than keeping ZeroMQ's frame)
 _DRAIN_LIMIT = 256           # messages taken from one socket before the next one gets a turn
 _RETRY_FIRST = 0.01          # seconds before the first retry of a socket that could not be opened ...
 _RETRY_MAX = 1.0             # ... doubling up to this
 _IDLE_WAIT_MS = 1000         # an idle loop still looks at its stop flag this often (a lost wake-up)
 _RECONNECT_IVL_MAX_MS = 2000  # ZeroMQ's reconnect backoff for publishers that are down
+_NOBLOCK = zmq.NOBLOCK
+_SMALL_FRAME = 256           # topic and seq frames up to this size are handed on as bytes
 
 
 class LoopSettings:
@@ -440,32 +441,76 @@ class Loop:
         if owner is None:
             return
         stream, is_replay = owner
-        if not is_replay:
-            socks = self._socks.get(stream.name)
-            if socks is not None:
-                socks.last_rx = time.monotonic()
-        recv = sock.recv_multipart
-        for _ in range(_DRAIN_LIMIT):
+        if is_replay:
+            return self._drain_replay(sock, stream)
+        socks = self._socks.get(stream.name)
+        if socks is not None:
+            socks.last_rx = time.monotonic()
+        # Frame by frame rather than recv_multipart(copy=False), and never a copy of a large frame:
+        # each frame comes as a zmq.Frame, whose `more` ZeroMQ fills in C (asking the socket for
+        # RCVMORE from Python costs more than the Frame); the topic and seq go on as bytes when small,
+        # everything else as a view of ZeroMQ's buffer. So a flood of big frames, wherever they sit in
+        # the message, costs the loop little, it keeps up, and they do not pile up in ZeroMQ's queue
+        # (issue 10, Deliver 4). A message's frames arrive together: only its first recv can find none.
+        recv = sock.recv
+        on_batch = stream.on_live_batch
+        for i in range(_DRAIN_LIMIT):
             try:
-                parts = recv(zmq.NOBLOCK, copy=False)
+                topic = recv(_NOBLOCK, copy=False)
             except zmq.Again:
-                if sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:  # (libzmq's advice before waiting on ZMQ_FD)
+                if sock.get(zmq.EVENTS) & zmq.POLLIN:  # (libzmq's advice before waiting on ZMQ_FD)
                     self._hot.add(sock)
-                return
-            if _ == _DRAIN_LIMIT - 1:
-                self._hot.add(sock)  # more may wait: the next round, after the other sockets
-            # no copy of a large payload: a flood of big frames costs the loop little, so it keeps up
-            # and they do not pile up in ZeroMQ's queue (issue 10, Deliver 4)
-            last = parts[-1]
-            frames = [p.bytes for p in parts[:-1]]
-            frames.append(last.buffer if len(last) > _COPY_BELOW else last.bytes)
+                return None
             try:
-                if is_replay:
-                    stream.on_replay(frames)
-                    if sock not in self._owner:
-                        return  # the replay ended (or started over): this socket is closed
-                else:
-                    stream.on_live(frames)
+                if not topic.more:
+                    stream.on_live([topic])
+                    continue
+                seq = recv(_NOBLOCK, copy=False)
+                if not seq.more:
+                    stream.on_live([topic, seq])
+                    continue
+                last = recv(_NOBLOCK, copy=False)
+                if last.more:
+                    stream.on_live([topic, seq, last] + _rest(recv))
+                    continue
+                on_batch(topic.bytes if len(topic) <= _SMALL_FRAME else topic.buffer,
+                         seq.bytes if len(seq) <= _SMALL_FRAME else seq.buffer, last.buffer)
+            except zmq.ContextTerminated:
+                raise
             except Exception as exc:  # whatever the input, the subscriber goes on
                 stream.malformed(f"unexpected error while handling a message: {exc!r}")
                 log.debug("pod %r: traceback", stream.name, exc_info=True)
+        self._hot.add(sock)  # more may wait: the next round, after the other sockets
+        return None
+
+    def _drain_replay(self, sock: Any, stream: PodStream) -> None:
+        """A replay's messages (3 or 4 frames); not the hot path, so one recv_multipart each."""
+        recv = sock.recv_multipart
+        for _ in range(_DRAIN_LIMIT):
+            try:
+                parts = recv(_NOBLOCK, copy=False)
+            except zmq.Again:
+                if sock.get(zmq.EVENTS) & zmq.POLLIN:
+                    self._hot.add(sock)
+                return
+            # as live: small frames as bytes, the payload and anything large as views (Deliver 4)
+            frames: List[Any] = [p.bytes if len(p) <= _SMALL_FRAME else p.buffer for p in parts[:-1]]
+            frames.append(parts[-1].buffer)
+            try:
+                stream.on_replay(frames)
+                if sock not in self._owner:
+                    return  # the replay ended (or started over): this socket is closed
+            except Exception as exc:  # whatever the input, the subscriber goes on
+                stream.malformed(f"unexpected error while handling a message: {exc!r}")
+                log.debug("pod %r: traceback", stream.name, exc_info=True)
+        self._hot.add(sock)
+
+
+def _rest(recv: Callable[..., Any]) -> List[Any]:
+    """The remaining frames of a message that has too many (Frames: not copied, only counted)."""
+    frames = []
+    while True:
+        frame = recv(_NOBLOCK, copy=False)
+        frames.append(frame)
+        if not frame.more:
+            return frames

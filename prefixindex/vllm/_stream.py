@@ -19,7 +19,7 @@ import time
 from collections import deque
 from typing import Any, Deque, Dict, List, Optional, Protocol, Tuple
 
-from .._events import AllBlocksCleared
+from .._events import AllBlocksCleared, BlockRemoved, BlockStored
 from ._convert import PodConverter
 from ._pod import Pod
 from ._wire import END_OF_REPLAY, WireError, decode_event, read_batch, read_batch_fast, read_seq
@@ -39,6 +39,11 @@ COUNTERS = (
 _LOG_FIRST = 10       # malformed input: log the first few per pod ...
 _LOG_EVERY = 1000     # ... and then every n-th, so that a flood of garbage does not flood the log
 _HELD_OVERHEAD = 64   # bytes counted per held batch on top of its payload (the tuple and list slot)
+# A live payload is a view of ZeroMQ's frame (not copied, issue 10 Deliver 4). Held, a view keeps the
+# frame and its Python objects, about 600 bytes: small payloads are copied when held (holding is rare:
+# only during a replay), large ones stay views and count that much more.
+_COPY_HELD_BELOW = 1 << 16
+_VIEW_OVERHEAD = 640
 _MAX_NOTED = 100      # distinct unknown tags / unmapped adapters / ranks logged per pod
 
 
@@ -118,9 +123,13 @@ class PodStream:
     # -- live messages -------------------------------------------------------------------------------
 
     def on_live(self, frames: List[Any]) -> None:
+        """A live message of any shape (the loop hands the 3-frame ones to ``on_live_batch``)."""
         if len(frames) != 3:
             return self.malformed(f"expected 3 frames (topic, seq, payload), got {len(frames)}")
-        topic, seq_frame, payload = frames
+        return self.on_live_batch(*frames)
+
+    def on_live_batch(self, topic: bytes, seq_frame: bytes, payload: Any) -> None:
+        """A live message of the right shape: topic, seq and payload (bytes or a buffer)."""
         if topic != self.topic:
             self.stats["other_topic"] += 1  # the SUB filter is a prefix match; vLLM's topic is exact
             return None
@@ -136,6 +145,9 @@ class PodStream:
         if self.replay is not None:
             return self._hold(seq, payload)
         applied = self.applied
+        if applied is not None and seq == applied + 1:  # in order: the usual case
+            self.apply(seq, payload)
+            return None
         if applied is None:  # the first batch from this publisher: the starting point (V5)
             if seq > 0 and self.replay_on_connect and self.spec.replay_endpoint:
                 self.applied = -1
@@ -155,8 +167,10 @@ class PodStream:
         self.accept_in_order(seq, payload, replayed=False)
         return None
 
-    def _hold(self, seq: int, payload: bytes) -> None:
-        size = len(payload) + _HELD_OVERHEAD
+    def _hold(self, seq: int, payload: Any) -> None:
+        n = len(payload)
+        copy = n <= _COPY_HELD_BELOW and type(payload) is not bytes
+        size = n + _HELD_OVERHEAD + (0 if copy or type(payload) is bytes else _VIEW_OVERHEAD)
         budget = self.budget
         if budget.used + size > budget.limit:
             # over the byte budget: not held. It is a hole when the held batches are applied, or a
@@ -166,7 +180,7 @@ class PodStream:
         budget.used += size
         self.held_bytes += size
         self.stats["held_bytes"] = self.held_bytes
-        self.held.append((seq, payload))
+        self.held.append((seq, bytes(payload) if copy else payload))
 
     def _drop_held(self) -> List[Tuple[int, bytes]]:
         held = list(self.held)
@@ -366,9 +380,16 @@ class PodStream:
             self._note(("rank", rank), "pod %r (data-parallel rank %d): skipping batches of rank %r",
                        self.name, own_rank, rank)
             return None
-        convert = self.converter.convert
+        converter = self.converter
+        convert = converter.convert
+        plain = converter.plain_stored if fast is not None else None
         events: List[Any] = []
         for raw in raws:
+            if plain is not None:
+                event = plain(raw)
+                if event is not None:
+                    events.append(event)
+                    continue
             try:
                 kind, item = convert(raw if fast is not None else decode_event(raw))
             except (WireError, TypeError, ValueError) as exc:
@@ -403,16 +424,28 @@ class PodStream:
                     continue
                 self._count(event)
             return
+        stats = self.stats
+        stats["events"] += len(events)
+        stored = removed = clears = 0
         for event in events:
-            self._count(event)
+            t = type(event)
+            if t is BlockStored:
+                stored += len(event.block_hashes)
+            elif t is BlockRemoved:
+                removed += len(event.block_hashes)
+            else:
+                clears += 1
+        stats["blocks_stored"] += stored
+        stats["blocks_removed"] += removed
+        stats["clears"] += clears
 
     def _count(self, event: Any) -> None:
         stats = self.stats
         stats["events"] += 1
-        name = type(event).__name__
-        if name == "BlockStored":
+        t = type(event)
+        if t is BlockStored:
             stats["blocks_stored"] += len(event.block_hashes)
-        elif name == "BlockRemoved":
+        elif t is BlockRemoved:
             stats["blocks_removed"] += len(event.block_hashes)
         else:
             stats["clears"] += 1

@@ -25,6 +25,7 @@ import numpy as np
 __all__ = [
     "END_OF_REPLAY",
     "FULL_ATTENTION_KINDS",
+    "INT_STORED_TYPES",
     "Batch",
     "CLEARED_TYPES",
     "REMOVED_TYPES",
@@ -118,6 +119,21 @@ class _ClearedM(msgspec.Struct, tag_field="type", tag="AllBlocksCleared"):
     pass
 
 
+# The same stores with int hashes only (what vLLM sends): a batch that decodes with these needs no
+# per-hash type check, and its stores can take the converter's plain path (PodConverter.plain_stored).
+# A subclass keeps the field order and is still one of STORED_TYPES; the narrower field types are
+# what msgspec checks (mypy sees a list type changed in a subclass, hence the ignores).
+
+class _StoredIntA(_StoredA, tag="BlockStored"):
+    block_hashes: List[int]  # type: ignore[assignment]
+    parent_block_hash: Optional[int]
+
+
+class _StoredIntM(_StoredM, tag="BlockStored"):
+    block_hashes: List[int]  # type: ignore[assignment]
+    parent_block_hash: Optional[int] = None
+
+
 class _TagA(msgspec.Struct, array_like=True):
     tag: str
 
@@ -138,7 +154,8 @@ class UnknownEvent:
         return f"UnknownEvent({self.tag!r})"
 
 
-STORED_TYPES = (_StoredA, _StoredM)
+STORED_TYPES = (_StoredA, _StoredM)   # (and their int-hash subclasses)
+INT_STORED_TYPES = frozenset({_StoredIntA, _StoredIntM})
 REMOVED_TYPES = (_RemovedA, _RemovedM)
 CLEARED_TYPES = (_ClearedA, _ClearedM)
 _KNOWN_TAGS = frozenset({"BlockStored", "BlockRemoved", "AllBlocksCleared"})
@@ -155,8 +172,22 @@ class _TypedArrayBatch(msgspec.Struct, array_like=True):
     data_parallel_rank: Optional[int] = None
 
 
-_typed_map_batch = msgspec.msgpack.Decoder(_TypedMapBatch)
-_typed_array_batch = msgspec.msgpack.Decoder(_TypedArrayBatch)
+class _IntMapBatch(msgspec.Struct, array_like=True):
+    ts: Optional[float]
+    events: List[Union[_StoredIntM, _RemovedM, _ClearedM]]
+    data_parallel_rank: Optional[int] = None
+
+
+class _IntArrayBatch(msgspec.Struct, array_like=True):
+    ts: Optional[float]
+    events: List[Union[_StoredIntA, _RemovedA, _ClearedA]]
+    data_parallel_rank: Optional[int] = None
+
+
+# read_batch_fast tries these in turn. A decoder that does not fit stops at the first event that does not
+# fit it: at once for the other encoding, and at the first hash for a pod that sends bytes hashes.
+_TYPED_BATCH_DECODERS = tuple(msgspec.msgpack.Decoder(t).decode for t in (
+    _IntMapBatch, _IntArrayBatch, _TypedMapBatch, _TypedArrayBatch))
 _batch_array = msgspec.msgpack.Decoder(_BatchArray)
 _batch_map = msgspec.msgpack.Decoder(_BatchMap)
 _event_array = msgspec.msgpack.Decoder(Union[_StoredA, _RemovedA, _ClearedA])
@@ -218,15 +249,15 @@ def read_batch(payload: Any) -> Batch:
 def read_batch_fast(payload: Any) -> Optional[Tuple[Optional[float], List[Any], Optional[int]]]:
     """The batch with its events decoded in one go, when they are all known and well formed in one
     encoding (the usual case: one decoder call instead of one per event); None otherwise, and the
-    caller takes ``read_batch`` and ``decode_event`` (which say what is wrong with which event)."""
-    try:
-        b: Any = _typed_map_batch.decode(payload)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    caller takes ``read_batch`` and ``decode_event`` (which say what is wrong with which event).
+    Stores whose hashes are all ints come back as INT_STORED_TYPES, others as the general store types."""
+    for decode in _TYPED_BATCH_DECODERS:
         try:
-            b = _typed_array_batch.decode(payload)
+            b: Any = decode(payload)
         except (msgspec.DecodeError, msgspec.ValidationError):
-            return None
-    return b.ts, b.events, b.data_parallel_rank
+            continue
+        return b.ts, b.events, b.data_parallel_rank
+    return None
 
 
 def decode_batch(payload: Any) -> List[msgspec.Raw]:

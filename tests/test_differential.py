@@ -230,3 +230,33 @@ def test_long_queries_agree(cut, ready):
                          t.snapshot(), t.stats(), t._export_state()["contexts"][0]["prefixes"].tolist()))
     assert outcomes[0] == outcomes[1]
     assert outcomes[0][0].get("a", 0) == (min(2048, cut // 16) if ready is None or "a" in ready else 0)
+
+
+def test_repeated_matches_keep_the_fallbacks_trim_order():
+    # The compiled core writes no new ticks when the matched run is already the context's newest, in
+    # order (_table_query.pxi, _newest_already): the recency order, and so what a trim drops, must stay
+    # the fallback's. Chains that share a prefix are matched again and again, and stores past the bound
+    # force trims in between.
+    rng = np.random.default_rng(3)
+    shared = rng.integers(0, 2**31, 8 * 4, dtype=np.int64).tolist()
+    chains = [shared + rng.integers(0, 2**31, k * 4, dtype=np.int64).tolist() for k in (3, 5, 2)]
+    extras = [rng.integers(0, 2**31, 6 * 4, dtype=np.int64).tolist() for _ in range(4)]
+    order = [0, 0, 1, 1, 1, 0, 2, 2, 0, 1, 2, 2, 2, 1, 0, 0]
+    traces = []
+    for backend in (COMPILED, _core_py):
+        t = backend.SyncPrefixHashTable(seed=2, block_size=4, background_eviction=False, clock=FakeClock(),
+                                        max_prefixes_per_context=30)
+        for i, c in enumerate(chains):
+            t.process_block_stored(BlockStored(list(range(100 * i, 100 * i + len(c) // 4)), c, "m", -1, f"p{i}"))
+        trace = []
+        for step, c in enumerate(order):
+            trace.append(t.match_blocks("m", -1, chains[c]))
+            if step % 4 == 3:  # six new prefixes: past the bound, a trim drops the least recently used
+                k = step // 4
+                t.process_block_stored(BlockStored(list(range(1000 + 10 * k, 1006 + 10 * k)), extras[k], "m", -1,
+                                                   "q"))
+            trace.append(sorted((h, sorted(p)) for h, p in t.snapshot()[("m", -1)].items()))
+        trace.append(t.stats())
+        traces.append(trace)
+    assert traces[0] == traces[1]
+    assert any(e["evicted_prefixes"] for e in traces[0][-1:]), "no trim happened: the test would prove nothing"

@@ -25,6 +25,13 @@ cdef class SyncPrefixHashTable:
     cdef vector[uint32_t] pod_refs    # id -> number of contexts with a pod state for it
     cdef vector[uint32_t] free_ids
     cdef vector[uint32_t] released    # ids whose last pod state went in this critical section
+    cdef uint64_t pod_ids_changed     # bumped whenever a pod gets or loses an id
+    # The ids of the last ready_pods list or tuple a query gave, by identity of the object and of its
+    # names: a router passes the same list of ready pods again and again (_table_query.pxi, _ready_ids)
+    cdef object ready_seen            # that list or tuple (held: its address cannot be reused) ...
+    cdef tuple ready_names_seen       # ... the names it held then ...
+    cdef vector[uint32_t] ready_ids_seen  # ... their known ids, sorted ...
+    cdef uint64_t ready_ids_when      # ... as of this pod_ids_changed
     cdef size_t live_pods
     cdef uint64_t n[N_COUNTERS]
     cdef int gc_was
@@ -145,11 +152,13 @@ cdef class SyncPrefixHashTable:
             self._pod_ids[pod] = pid
             self._pod_names[pid] = pod
             self.free_ids.pop_back()
+            self.pod_ids_changed += 1
         else:
             pid = <uint32_t>len(self._pod_names)
             self.pod_refs.push_back(0)
             self._pod_names.append(pod)
             self._pod_ids[pod] = pid
+            self.pod_ids_changed += 1
         return pid
 
     cdef void _drain_released(self) noexcept:
@@ -161,6 +170,7 @@ cdef class SyncPrefixHashTable:
                 del self._pod_ids[self._pod_names[pid]]
                 self._pod_names[pid] = None
                 self.free_ids.push_back(pid)  # within the capacity pod_refs' growth reserved
+                self.pod_ids_changed += 1
         self.released.clear()
 
     cdef PodState* _new_pod_state(self, Ctx* c, uint32_t pid, double now) except NULL:

@@ -110,15 +110,39 @@ cdef dict _long_query(SyncPrefixHashTable self, str model, lora, const uint8_t* 
 
 
 cdef int _ready_ids(SyncPrefixHashTable self, ready, Walk* w) except -1:
-    """The ids of the ready pods the table knows, sorted (in a section)."""
+    """The ids of the ready pods the table knows, sorted (in a section).
+
+    The same list or tuple as last time, holding the same name objects, with no pod id given or taken
+    since, has the same ids: they are copied, not looked up and sorted again (64 ready pods: ~1.5 us).
+    A list changed in place fails the check of its names; the names are the caller's plain str, so
+    comparing them by identity runs no Python code."""
     cdef PyObject* known
+    cdef Py_ssize_t i, k
+    cdef tuple seen
     w.filter_ready = ready is not None
-    if w.filter_ready:
-        for name in ready:
-            known = PyDict_GetItem(self._pod_ids, name)
-            if known is not NULL:
-                w.ready_ids.push_back(<uint32_t>(<object>known))
-        sort(w.ready_ids.begin(), w.ready_ids.end())
+    if not w.filter_ready:
+        return 0
+    if ready is self.ready_seen and self.ready_ids_when == self.pod_ids_changed:
+        seen = self.ready_names_seen
+        k = len(seen)
+        if len(ready) == k:
+            for i in range(k):
+                if <PyObject*>ready[i] is not <PyObject*>seen[i]:
+                    break
+            else:
+                for i in range(<Py_ssize_t>self.ready_ids_seen.size()):
+                    w.ready_ids.push_back(self.ready_ids_seen[i])
+                return 0
+    for name in ready:
+        known = PyDict_GetItem(self._pod_ids, name)
+        if known is not NULL:
+            w.ready_ids.push_back(<uint32_t>(<object>known))
+    sort(w.ready_ids.begin(), w.ready_ids.end())
+    if type(ready) is list or type(ready) is tuple:
+        self.ready_ids_seen.assign(w.ready_ids.begin(), w.ready_ids.end())
+        self.ready_names_seen = tuple(ready)
+        self.ready_seen = ready
+        self.ready_ids_when = self.pod_ids_changed
     return 0
 
 

@@ -260,3 +260,44 @@ def test_repeated_matches_keep_the_fallbacks_trim_order():
         traces.append(trace)
     assert traces[0] == traces[1]
     assert any(e["evicted_prefixes"] for e in traces[0][-1:]), "no trim happened: the test would prove nothing"
+
+
+def test_the_same_ready_list_again_answers_as_the_fallback():
+    # The compiled core reuses the ids of the last ready_pods list or tuple while it holds the same
+    # names and no pod id was given or taken (_table_query.pxi, _ready_ids). Each step below breaks one
+    # of those conditions while passing the same list object; every answer must be the fallback's.
+    tables = [backend.SyncPrefixHashTable(seed=1, block_size=4, background_eviction=False, clock=FakeClock())
+              for backend in (COMPILED, _core_py)]
+    prompt = list(range(16))
+    ready = ["a", "b", "c"]
+    as_tuple = ("a", "c")
+
+    def store(pod, blocks=4):
+        return lambda t: t.process_block_stored(BlockStored(list(range(blocks)), prompt[:4 * blocks], "m", -1, pod))
+
+    # (what changes the shared list, once per step) or (what each table does)
+    steps = [
+        (None, store("a")),
+        (None, None),                                   # the same list, nothing changed: reused
+        (None, store("b", 2)),                          # b gets an id after the list was first seen
+        (lambda: ready.__setitem__(2, "d"), None),      # the list changed in place (same length)
+        (None, store("d", 3)),
+        (None, lambda t: t.remove_prefix("m", -1, "b")),  # b's id is released ...
+        (None, store("c", 1)),                          # ... and given to c
+        (lambda: ready.append("c"), None),              # longer
+        (ready.reverse, None),                          # the same names in another order
+        (None, None),
+        (lambda: ready.__setitem__(3, "x"), None),      # a known pod replaced in place, no id changes
+    ]
+    answers = [[], []]
+    for change_list, change_tables in steps:
+        if change_list is not None:
+            change_list()
+        for k, t in enumerate(tables):
+            if change_tables is not None:
+                change_tables(t)
+            answers[k].append((t.match_blocks("m", -1, prompt, ready), t.match_blocks("m", -1, prompt, as_tuple),
+                               t.match_prefix("m", -1, prompt, ready)[0]))
+    assert answers[0] == answers[1]
+    assert answers[0][-2][0] == {"a": 4, "c": 1, "d": 3}
+    assert answers[0][-1][0] == {"c": 1, "d": 3}

@@ -7,6 +7,7 @@ allocate raise MemoryError (their C++ calls are declared `except +` in _core.pxd
 """
 
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from libc.string cimport memcmp
 from libcpp.pair cimport pair
 from libcpp.vector cimport vector
 from cython.operator cimport dereference as deref, preincrement as inc
@@ -134,6 +135,10 @@ cdef inline int keep_holders(Ctx* c, const Entry* e, PodVec* alive, RunVec* foun
         single = e.pods
         held = &single
         m = 1
+    # the same pods hold this block as the last: the common case (one pod, or a prefix shared by many)
+    if m == n and (held[0] == deref(alive)[0] if n == 1 else
+                   n > 1 and memcmp(held, alive.begin(), n * sizeof(uint32_t)) == 0):
+        return 0
     while i < n:
         while j < m and held[j] < deref(alive)[i]:
             j += 1

@@ -585,10 +585,8 @@ class SyncPrefixHashTable:
         self._drop_if_empty(key)
 
     # -- snapshots ---------------------------------------------------------------------------------
-    # save/load are thin wrappers: the format lives in _snapshot.py (docs/snapshot.md), and the two
-    # methods below are the contract both backends implement, so that their snapshots are byte-identical.
-    # Both make a million small objects at once: the cyclic collector, which would scan the growing heap
-    # again and again (and could run finalizers inside the lock), is paused meanwhile.
+    # save/load are thin wrappers: the format lives in _snapshot.py (docs/snapshot.md); the state the two
+    # methods below exchange with it, in _core_py_state.py.
 
     def save(self, file: Any) -> None:
         """Write a snapshot of the index to a path (atomically) or to a binary stream (docs/snapshot.md)."""
@@ -605,90 +603,15 @@ class SyncPrefixHashTable:
     def _export_state(self) -> Dict[str, Any]:
         """The canonical state of docs/snapshot.md ("The state of a table"). The lock is held only while
         copying; ordering and conversion to arrays happen after it is released, so matches and events
-        wait no longer than the copy (issue 12, Deliver 2)."""
-        import gc
-
-        now = self._clock()  # the caller's callbacks run before the lock is taken (SPEC 7)
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
-            with self._lock:
-                counters = dict(self._counters)
-                copied = [(key, ctx.last_access,
-                           [(e.tick, p, tuple(e.pods)) for p, e in ctx.prefixes.items()],
-                           {name: (ps.last_seen, ps.engine.copy()) for name, ps in ctx.pods.items()})
-                          for key, ctx in self._contexts.items()]
-        finally:
-            if collecting:
-                gc.enable()
-        contexts = []
-        for (model, lora), last_access, prefixes, pods in copied:
-            prefixes.sort()  # by tick, oldest first (D4): ticks are unique, so the order is exact
-            names = sorted(pods)
-            index = {name: i for i, name in enumerate(names)}
-            entry_pods: List[int] = []
-            for _, _, holders in prefixes:
-                if len(holders) == 1:
-                    entry_pods.append(index[holders[0]])
-                else:
-                    entry_pods.extend(sorted(map(index.__getitem__, holders)))
-            engine = []
-            for name in names:
-                mapping = pods[name][1]
-                keys = np.fromiter(mapping.keys(), np.uint64, len(mapping))
-                values = np.fromiter(mapping.values(), np.uint64, len(mapping))
-                order = np.argsort(keys)
-                engine.append((keys[order], values[order]))
-            contexts.append({
-                "model": model, "lora": lora, "idle": now - last_access,
-                "prefixes": np.array([p for _, p, _ in prefixes], dtype=np.uint64),
-                "pods": names,
-                "pod_idle": np.array([now - pods[name][0] for name in names], dtype=np.float64),
-                "entry_pod_counts": np.array([len(h) for _, _, h in prefixes], dtype=np.uint32),
-                "entry_pods": np.array(entry_pods, dtype=np.uint32),
-                "engine": engine,
-            })
-        return {"config": self.config, "counters": counters, "contexts": contexts}
+        wait no longer than the copy (issue 12, Deliver 2). The work is in _core_py_state.py."""
+        from . import _core_py_state
+        return _core_py_state.export_state(self)
 
     @classmethod
     def _from_state(cls, state: Dict[str, Any], *, clock: Optional[Callable[[], float]] = None,
                     background_eviction: bool = True, config: Config) -> "SyncPrefixHashTable":
         """A table holding exactly ``state`` (as checked by _snapshot.py): ticks 0..n-1 in the given
         order, contexts in the given recency order, idle times continued on this table's clock."""
-        import gc
-
-        table = cls(config, clock=clock, background_eviction=background_eviction)
-        now = table._clock()
-        collecting = gc.isenabled()
-        gc.disable()
-        try:
-            with table._lock:
-                for c in state["contexts"]:
-                    table._contexts[(c["model"], c["lora"])] = cls._context_from_state(c, now)
-                table._counters.update(state["counters"])
-        finally:
-            if collecting:
-                gc.enable()
+        from . import _core_py_state
+        table: SyncPrefixHashTable = _core_py_state.from_state(cls, state, clock, background_eviction, config)
         return table
-
-    @staticmethod
-    def _context_from_state(c: Dict[str, Any], now: float) -> "_Context":
-        """One context of an exported state as the structures above (SyncPrefixHashTable._from_state)."""
-        ctx = _Context(now - c["idle"])
-        names: List[str] = c["pods"]
-        entry_pods = c["entry_pods"]
-        holders = [names[i] for i in entry_pods.tolist()]
-        pos = 0
-        new = object.__new__
-        for tick, (p, k) in enumerate(zip(c["prefixes"].tolist(), c["entry_pod_counts"].tolist())):
-            entry = ctx.prefixes[p] = new(_Prefix)
-            entry.tick = tick
-            entry.pods = set(holders[pos:pos + k])
-            pos += k
-        ctx.next_tick = len(ctx.prefixes)
-        owner = np.repeat(c["prefixes"], c["entry_pod_counts"].astype(np.intp))  # the prefix of each entry
-        for i, (name, idle, (keys, values)) in enumerate(zip(names, c["pod_idle"].tolist(), c["engine"])):
-            ps = ctx.pods[name] = _PodState(now - idle)
-            ps.held = set(owner[entry_pods == i].tolist())
-            ps.engine = dict(zip(keys.tolist(), values.tolist()))
-        return ctx

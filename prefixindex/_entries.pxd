@@ -13,7 +13,7 @@ from libcpp.vector cimport vector
 from cython.operator cimport dereference as deref, preincrement as inc
 
 from prefixindex._native cimport (NO_POD, Ctx, Entry, EntryPtr, EntryVec, PodRun, PodVec, PrefixMap, RunVec,
-                                  binary_search, kMulti, lower_bound, sort)
+                                  binary_search, kMulti, lower_bound, sort, touch_bucket)
 from prefixindex._xxh64 cimport hash_chain
 
 
@@ -184,6 +184,9 @@ cdef inline Py_ssize_t walk(Ctx* c, uint64_t* h, size_t n, const uint8_t* data, 
             hash_chain(data + hashed[0] * width, end - hashed[0], width, seed,
                        h[hashed[0] - 1] if hashed[0] else seed, h + hashed[0])
             hashed[0] = end
+        if c.prefixes.size() >= 4096:
+            for j in range(i, end):
+                touch_bucket(c.prefixes, h[j])
         # every probe of the chunk first, with nothing between them: their misses overlap
         for j in range(i, end):
             it = c.prefixes.find(h[j])

@@ -49,6 +49,7 @@ cdef extern from "_native.h" namespace "pi" nogil:
         void clear()
 
     ctypedef U64Map[Entry] PrefixMap
+    void touch_bucket(const PrefixMap& m, uint64_t key)
     ctypedef U64Map[uint64_t] EngineMap
 
     # pod id -> its state in a context

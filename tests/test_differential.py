@@ -301,3 +301,20 @@ def test_the_same_ready_list_again_answers_as_the_fallback():
     assert answers[0] == answers[1]
     assert answers[0][-2][0] == {"a": 4, "c": 1, "d": 3}
     assert answers[0][-1][0] == {"c": 1, "d": 3}
+
+
+def test_matches_in_a_large_context_agree():
+    # From 4,096 prefixes on, the compiled walk touches each chunk's buckets before probing them
+    # (_native.h, touch_bucket): the answers must stay the fallback's, for hits, partial hits and misses
+    rng = np.random.default_rng(5)
+    prompts = rng.integers(0, 2**31, (90, 64 * 4), dtype=np.int64)
+    tables = [backend.SyncPrefixHashTable(seed=3, block_size=4, background_eviction=False, clock=FakeClock(),
+                                          max_prefixes_per_context=10**5) for backend in (COMPILED, _core_py)]
+    for t in tables:
+        for k, prompt in enumerate(prompts):
+            t.process_block_stored(BlockStored(list(range(64 * k, 64 * k + 64)), prompt.tolist(), "m", -1, f"p{k % 3}"))
+        assert t.stats()["prefixes"] >= 4096
+    queries = [prompts[7], prompts[8][:100], np.concatenate([prompts[9][:40], prompts[10][40:]]), prompts[11] + 1]
+    got = [[(t.match_blocks("m", -1, q), t.match_prefix("m", -1, q, ["p0", "p2"])[0]) for q in queries] for t in tables]
+    assert got[0] == got[1]
+    assert got[0][0][0] == {"p1": 64} and got[0][2][0] == {"p0": 10}

@@ -9,8 +9,12 @@ and a match give what a fresh table gives).
 from __future__ import annotations
 
 import json
+import os
 import re
 import struct
+import sys
+import time
+import traceback
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
@@ -20,7 +24,7 @@ from prefixindex import AllBlocksCleared, BlockRemoved, BlockStored, Config
 
 __all__ = [
     "AllBlocksCleared", "BlockRemoved", "BlockStored", "Config", "FakeClock", "REENTRY", "attempt", "chain",
-    "check_usable", "consistent", "force", "make_table", "state", "stored", "toks",
+    "check_usable", "consistent", "fail_now", "force", "in_fork_child", "make_table", "state", "stored", "toks",
 ]
 
 BS = 4
@@ -167,3 +171,38 @@ def to_jsonable(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return {"repr": repr(value)}
+
+
+def fail_now(message: str) -> None:
+    """Fail the child at once: other threads may still be blocked inside the table, so do not wait."""
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
+    os._exit(1)
+
+
+def in_fork_child(child: Callable[[], int], what: str, timeout: float = 20.0) -> int:
+    """Run child() in a fork()ed process and return its exit code (its own, or 1 with the traceback of
+    what it raised). A child that hangs past `timeout` (it is killed) or dies of a signal fails this
+    process (fail_now), naming `what`."""
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            code = child()
+        except BaseException:
+            traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(code)
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            fail_now(f"FORK CHILD HUNG ({what}): no progress in {timeout:.0f} s (killed)")
+        time.sleep(0.01)
+    if os.WIFSIGNALED(status):
+        fail_now(f"FORK CHILD CRASHED ({what}): killed by signal {os.WTERMSIG(status)}")
+    return os.WEXITSTATUS(status)

@@ -9,24 +9,17 @@ the gate (the child must not wait for a walker that does not exist there).
 
 from __future__ import annotations
 
-import os
-import sys
 import threading
 import time
 from typing import Any, Callable, Dict, List
 
 import numpy as np
 
-from common import AllBlocksCleared, BlockRemoved, BlockStored, FakeClock, consistent, make_table
+from common import (AllBlocksCleared, BlockRemoved, BlockStored, FakeClock, consistent, fail_now, in_fork_child,
+                    make_table)
 
 LIVENESS = 60.0
 BLOCKS = 2048  # 32,768 tokens at block_size 16: long enough to walk outside the GIL
-
-
-def _fail(message: str) -> None:
-    sys.stderr.write(message + "\n")
-    sys.stderr.flush()
-    os._exit(1)  # other threads may still be blocked inside the table: do not wait for them
 
 
 def _prompt(blocks: int, offset: int = 0) -> np.ndarray:
@@ -144,13 +137,13 @@ def writers_beside_long_walks(backend: Any) -> None:
     w.start()
     w.join(LIVENESS)
     if w.is_alive():
-        _fail(f"WRITER STARVED: {done[0]} of 150 changes after {LIVENESS:.0f} s beside 2 long walkers")
+        fail_now(f"WRITER STARVED: {done[0]} of 150 changes after {LIVENESS:.0f} s beside 2 long walkers")
     took = time.monotonic() - started
     stop.set()
     for r in readers:
         r.join(LIVENESS)
         if r.is_alive():
-            _fail("a long walker did not finish")
+            fail_now("a long walker did not finish")
     assert not bad, f"a match saw a state the index never held: {bad[0]}"
     consistent(t)
     print(f"150 changes in {took:.2f} s beside {sum(counts)} long matches")
@@ -169,35 +162,16 @@ def _child_works(t: Any) -> int:
 def _fork_and_check(t: Any, what: str, refusal_allowed: bool) -> None:
     """The child's table works; on the pure-Python backend it may instead refuse with its documented
     RuntimeError about fork (its lock was held by a thread the child does not have)."""
-    pid = os.fork()
-    if pid == 0:
-        code = 1
+    def child() -> int:
         try:
-            code = _child_works(t)
+            return _child_works(t)
         except RuntimeError as exc:
             if refusal_allowed and "fork" in str(exc):
-                code = 0
-            else:
-                import traceback
-                traceback.print_exc()
-        except BaseException:
-            import traceback
-            traceback.print_exc()
-        sys.stderr.flush()
-        os._exit(code)
-    deadline = time.monotonic() + 20.0
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        if time.monotonic() > deadline:
-            os.kill(pid, 9)
-            os.waitpid(pid, 0)
-            _fail(f"FORK CHILD HUNG ({what}): no progress in 20 s (killed)")
-        time.sleep(0.01)
-    if os.WIFSIGNALED(status):
-        _fail(f"FORK CHILD CRASHED ({what}): signal {os.WTERMSIG(status)}")
-    assert os.WEXITSTATUS(status) == 0, f"fork child ({what}) failed; its traceback is above"
+                return 0
+            raise
+
+    code = in_fork_child(child, what)
+    assert code == 0, f"fork child ({what}) failed; its traceback is above"
 
 
 def _fake_walker(t: Any, seconds: float) -> threading.Thread:
@@ -207,7 +181,7 @@ def _fake_walker(t: Any, seconds: float) -> threading.Thread:
     deadline = time.monotonic() + LIVENESS
     while t._debug_walkers() == 0:
         if time.monotonic() > deadline:
-            _fail("the fake walker never entered the gate")
+            fail_now("the fake walker never entered the gate")
         time.sleep(0.001)
     return th
 

@@ -8,29 +8,22 @@ both backends get the same calls and must keep the same contexts.
 from __future__ import annotations
 
 import importlib
-import os
 import random
-import sys
 import threading
 import time
 import traceback
-from typing import Tuple, Any, Dict, List
+from typing import Any, Callable, Dict, List, Tuple
 
 import numpy as np
 
-from common import BlockRemoved, BlockStored, FakeClock, chain, check_usable, consistent, make_table, stored, toks
+from common import (BlockRemoved, BlockStored, FakeClock, chain, check_usable, consistent, fail_now, in_fork_child,
+                    make_table, stored, toks)
 
 LIVENESS = 60.0
 
 
 def _prompt(n_tokens: int, offset: int = 0) -> np.ndarray:
     return np.arange(offset, offset + n_tokens, dtype=np.uint32)
-
-
-def _fail(message: str) -> None:
-    sys.stderr.write(message + "\n")
-    sys.stderr.flush()
-    os._exit(1)  # other threads may still be blocked inside the table: do not wait for them
 
 
 def _writer_not_starved(n_tokens: int) -> Any:
@@ -71,7 +64,7 @@ def _writer_beside_readers(backend: Any, n_tokens: int) -> None:
     w.join(LIVENESS)
     took = time.monotonic() - started
     if w.is_alive():
-        _fail(f"WRITER STARVED: {done[0]} of 200 stores done after {took:.0f} s beside 3 matching threads "
+        fail_now(f"WRITER STARVED: {done[0]} of 200 stores done after {took:.0f} s beside 3 matching threads "
               f"({sum(matches)} matches)")
     stop.set()
     for r in readers:
@@ -118,12 +111,12 @@ def readers_not_starved(backend: Any) -> None:
     r.start()
     r.join(LIVENESS)
     if r.is_alive():
-        _fail(f"READER STARVED: {done[0]} of 300 matches done in {LIVENESS:.0f} s beside 2 storing threads")
+        fail_now(f"READER STARVED: {done[0]} of 300 matches done in {LIVENESS:.0f} s beside 2 storing threads")
     stop.set()
     for w in writers:
         w.join(LIVENESS)
         if w.is_alive():
-            _fail("a writer did not finish its last store")
+            fail_now("a writer did not finish its last store")
     assert done[0] == 300
     consistent(t)
     check_usable(t, backend)
@@ -163,11 +156,27 @@ def every_method_from_many_threads(backend: Any) -> None:
     for th in threads:
         th.join(max(0.0, deadline - time.monotonic()))
         if th.is_alive():
-            _fail("DEADLOCK or starvation: a thread did not finish 600 calls in 60 s")
+            fail_now("DEADLOCK or starvation: a thread did not finish 600 calls in 60 s")
     assert not errors, errors[0]
     t.close()
     consistent(t)
     check_usable(t, backend)
+
+
+def _child_after_fork(t: Any) -> Callable[[], int]:
+    """In a fork child: 0 if the table works and answers right, 3 if it refuses with its RuntimeError
+    about fork; anything else raises (exit 1, traceback)."""
+    def child() -> int:
+        try:
+            t.process_block_stored(stored([500, 501], [40, 41], "after-fork", model="fork"))
+            got = t.match_blocks("fork", -1, toks(40, 41, 42))
+            assert got == {"after-fork": 2}, got
+            return 0
+        except RuntimeError as exc:
+            if "fork" in str(exc):
+                return 3
+            raise
+    return child
 
 
 def fork_while_hammering(backend: Any) -> None:
@@ -190,36 +199,7 @@ def fork_while_hammering(backend: Any) -> None:
     rng = random.Random(3)
     for attempt in range(10):
         time.sleep(rng.uniform(0.001, 0.02))
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                t.process_block_stored(stored([500, 501], [40, 41], "after-fork", model="fork"))
-                got = t.match_blocks("fork", -1, toks(40, 41, 42))
-                assert got == {"after-fork": 2}, got
-                code = 0
-            except RuntimeError as exc:
-                if "fork" in str(exc):
-                    code = 3
-                else:
-                    traceback.print_exc()
-            except BaseException:
-                traceback.print_exc()
-            sys.stderr.flush()
-            os._exit(code)
-        deadline = time.monotonic() + 20.0
-        while True:
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                break
-            if time.monotonic() > deadline:
-                os.kill(pid, 9)
-                os.waitpid(pid, 0)
-                _fail(f"FORK CHILD HUNG: child {attempt} made no progress in 20 s (killed)")
-            time.sleep(0.01)
-        if os.WIFSIGNALED(status):
-            _fail(f"FORK CHILD CRASHED: child {attempt} killed by signal {os.WTERMSIG(status)}")
-        code = os.WEXITSTATUS(status)
+        code = in_fork_child(_child_after_fork(t), f"child {attempt}")
         assert code in (0, 3), f"fork child {attempt} failed (exit {code}); its traceback is above"
         outcomes["works" if code == 0 else "runtime-error"] = outcomes.get("works" if code == 0 else "runtime-error",
                                                                            0) + 1

@@ -18,7 +18,7 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple
 
 import pytest
 
@@ -116,12 +116,16 @@ def _scenario(scenario: str, backend: str, timeout: float) -> Run:
     return run_child([str(CASES / "run_case.py"), scenario, MODULES[backend]], timeout)
 
 
-def submit_scenario(scenario: str, backend: str, timeout: float = TIMEOUT) -> "Future[Any]":
-    key = ("scenario", scenario, backend)
+def _submit_once(key: Tuple[Any, ...], work: Callable[..., Any], *args: Any) -> "Future[Any]":
+    """The child of `key`, started on the pool the first time it is asked for (presubmit, then the test)."""
     with _lock:
         if key not in _futures:
-            _futures[key] = _pool.submit(_scenario, scenario, backend, timeout)
+            _futures[key] = _pool.submit(work, *args)
         return _futures[key]
+
+
+def submit_scenario(scenario: str, backend: str, timeout: float = TIMEOUT) -> "Future[Any]":
+    return _submit_once(("scenario", scenario, backend), _scenario, scenario, backend, timeout)
 
 
 def check_scenario(scenario: str, backend: str) -> Run:
@@ -166,11 +170,7 @@ ITEMS_TIMEOUT = 5 * TIMEOUT  # a backstop only: each item has its own watchdog (
 
 
 def submit_items(module: str, backend: str, timeout: float = ITEMS_TIMEOUT) -> "Future[Any]":
-    key = ("items", module, backend)
-    with _lock:
-        if key not in _futures:
-            _futures[key] = _pool.submit(_items, module, backend, timeout)
-        return _futures[key]
+    return _submit_once(("items", module, backend), _items, module, backend, timeout)
 
 
 def item_outcome(module: str, item_id: str, backend: str) -> Dict[str, Any]:

@@ -17,6 +17,13 @@ from prefixindex._native cimport (NO_POD, Ctx, Entry, EntryPtr, EntryVec, PodRun
 from prefixindex._xxh64 cimport hash_chain
 
 
+# From this many prefixes on, a context's map is taken to be out of the caches, and the walk touches a
+# chunk's buckets before it probes them (touch_bucket in _native.h); smaller maps stay cached and the
+# extra bucket computation would only cost (docs/performance.md, "10^6 entries").
+cdef enum:
+    TOUCH_BUCKETS_FROM = 4096
+
+
 cdef inline bint is_multi(uint32_t pods) noexcept nogil:
     return (pods & kMulti) != 0
 
@@ -184,7 +191,7 @@ cdef inline Py_ssize_t walk(Ctx* c, uint64_t* h, size_t n, const uint8_t* data, 
             hash_chain(data + hashed[0] * width, end - hashed[0], width, seed,
                        h[hashed[0] - 1] if hashed[0] else seed, h + hashed[0])
             hashed[0] = end
-        if c.prefixes.size() >= 4096:
+        if c.prefixes.size() >= TOUCH_BUCKETS_FROM:
             for j in range(i, end):
                 touch_bucket(c.prefixes, h[j])
         # every probe of the chunk first, with nothing between them: their misses overlap

@@ -211,7 +211,6 @@ struct Walk {
   Ctx* c = nullptr;
   uint64_t* h = nullptr;
   size_t n = 0;
-  size_t prehashed = 0;
   size_t hashed = 0;
   size_t depth = 0;
   bool filter_ready = false;

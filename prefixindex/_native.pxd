@@ -122,7 +122,6 @@ cdef extern from "_native.h" namespace "pi" nogil:
         Ctx* c
         uint64_t* h
         size_t n
-        size_t prehashed
         size_t hashed
         size_t depth
         bint filter_ready

@@ -111,6 +111,15 @@ if walk_gate_install_fork_handler() != 0:
 # evict_now lets other threads in (releases the GIL) after this many contexts.
 cdef size_t EVICT_YIELD_EVERY = 64
 
+
+cdef inline void _offer_gil() noexcept:
+    """Let other threads have the GIL for a moment (a long pass, between two of its sections). The yield
+    gives a thread that waits for it the moment to take it: a bare release is most often taken back at
+    once."""
+    with nogil:
+        sched_yield()
+
+
 # Running totals, indexed in the order of COUNTER_KEYS (checked below, at import).
 cdef enum:
     N_STORED_EVENTS, N_REMOVED_EVENTS, N_CLEARED_EVENTS, N_BLOCKS_STORED, N_BLOCKS_REMOVED, N_ORPHANS,

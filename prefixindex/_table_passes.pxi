@@ -36,9 +36,7 @@ cdef _evict_now(SyncPrefixHashTable self):
             self._end()
         done += 1
         if done % EVICT_YIELD_EVERY == 0:
-            with nogil:
-                sched_yield()  # let other threads have the GIL between contexts (the yield gives a waiting
-                # thread the moment to take it; a bare release is most often taken back at once)
+            _offer_gil()  # between contexts
     return {"contexts": n_contexts, "pods": n_pods}
 
 

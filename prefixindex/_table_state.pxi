@@ -23,9 +23,7 @@ cdef dict _export_state(SyncPrefixHashTable self, double now):
                 contexts.append(_export_context(self, c, now, &index_of))
         finally:
             self._end()
-        with nogil:
-            sched_yield()  # let other threads have the GIL between contexts (the yield gives a waiting
-            # thread the moment to take it; a bare release is most often taken back at once)
+        _offer_gil()  # between contexts
     self._begin_read()
     try:
         counters = {COUNTER_KEYS[i]: self.n[i] for i in range(N_COUNTERS)}

@@ -416,14 +416,19 @@ class PodStream:
         except (TypeError, ValueError) as exc:
             log.debug("pod %r: batch seq %d rejected as a whole (%s): applying it event by event",
                       self.name, seq, exc)
+            applied = []
             for event in events:
                 try:
                     self.table.process_events((event,))
                 except (TypeError, ValueError) as one:
                     self.malformed(f"batch seq {seq}: {one}")
                     continue
-                self._count(event)
-            return
+                applied.append(event)
+            events = applied
+        self._count(events)
+
+    def _count(self, events: List[Any]) -> None:
+        """The applied events in the stats: summed over the batch, then added once."""
         stats = self.stats
         stats["events"] += len(events)
         stored = removed = clears = 0
@@ -438,17 +443,6 @@ class PodStream:
         stats["blocks_stored"] += stored
         stats["blocks_removed"] += removed
         stats["clears"] += clears
-
-    def _count(self, event: Any) -> None:
-        stats = self.stats
-        stats["events"] += 1
-        t = type(event)
-        if t is BlockStored:
-            stats["blocks_stored"] += len(event.block_hashes)
-        elif t is BlockRemoved:
-            stats["blocks_removed"] += len(event.block_hashes)
-        else:
-            stats["clears"] += 1
 
     def _skipped(self, kind: str, item: Any) -> None:
         stats = self.stats

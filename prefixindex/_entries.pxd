@@ -17,9 +17,10 @@ from prefixindex._native cimport (NO_POD, Ctx, Entry, EntryPtr, EntryVec, PodRun
 from prefixindex._xxh64 cimport hash_chain
 
 
-# From this many prefixes on, a context's map is taken to be out of the caches, and the walk touches a
-# chunk's buckets before it probes them (touch_bucket in _native.h); smaller maps stay cached and the
-# extra bucket computation would only cost (docs/performance.md, "10^6 entries").
+# From this many entries on, a map is taken to be out of the caches: the walk touches a chunk's buckets
+# before it probes them, and a store an event's buckets before it inserts (touch_bucket in _native.h);
+# smaller maps stay cached and the extra bucket computation would only cost (docs/performance.md,
+# "10^6 entries").
 cdef enum:
     TOUCH_BUCKETS_FROM = 4096
 

@@ -49,8 +49,9 @@ cdef extern from "_native.h" namespace "pi" nogil:
         void clear()
 
     ctypedef U64Map[Entry] PrefixMap
-    void touch_bucket(const PrefixMap& m, uint64_t key)
     ctypedef U64Map[uint64_t] EngineMap
+    void touch_bucket(const PrefixMap& m, uint64_t key)
+    void touch_bucket(const EngineMap& m, uint64_t key)
 
     # pod id -> its state in a context
     cdef cppclass PodMap "std::unordered_map<uint32_t, pi::PodState*>":

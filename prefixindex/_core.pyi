@@ -9,8 +9,8 @@ from typing_extensions import disjoint_base
 from ._config import Config
 from ._events import AllBlocksCleared, BlockRemoved, BlockStored
 
-__all__ = ["BACKEND", "SOURCE_HASH", "SyncPrefixHashTable", "prefix_hash_chain", "token_bytes_from_msgpack",
-           "xxh64_digest"]
+__all__ = ["BACKEND", "SOURCE_HASH", "SyncPrefixHashTable", "prefix_hash_chain", "read_plain_batch",
+           "token_bytes_from_msgpack", "xxh64_digest"]
 
 BACKEND: str
 SOURCE_HASH: Optional[str]
@@ -21,6 +21,8 @@ _ReadyPods = Optional[Union[Iterable[str], Mapping[str, Any]]]
 
 def xxh64_digest(data: Any, seed: int = ...) -> int: ...
 def prefix_hash_chain(data: Any, block_bytes: int, seed: int, parent: int, n_blocks: int) -> List[int]: ...
+def read_plain_batch(payload: Any, model: str, pod: str, block_size: int, mediums: Any,
+                     removals: bool) -> Optional[Tuple[Optional[float], List[Any], Optional[int]]]: ...
 def token_bytes_from_msgpack(raw: Any) -> npt.NDArray[np.uint8]: ...
 
 @disjoint_base

@@ -24,6 +24,8 @@ from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_AsVoidPtr, PyLong
 from cpython.ref cimport Py_DECREF, Py_INCREF, PyObject
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.unicode cimport PyUnicode_DecodeUTF8
+from libc.string cimport memcmp, memcpy
 from cython.operator cimport dereference as deref, preincrement as inc
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from posix.unistd cimport usleep
@@ -58,8 +60,8 @@ from ._events import (AllBlocksCleared, BlockRemoved, BlockStored, batch_event_f
 
 cnp.import_array()
 
-__all__ = ["BACKEND", "SOURCE_HASH", "SyncPrefixHashTable", "prefix_hash_chain", "token_bytes_from_msgpack",
-           "xxh64_digest"]
+__all__ = ["BACKEND", "SOURCE_HASH", "SyncPrefixHashTable", "prefix_hash_chain", "read_plain_batch",
+           "token_bytes_from_msgpack", "xxh64_digest"]
 
 BACKEND = "cython"
 
@@ -156,89 +158,6 @@ def prefix_hash_chain(data, block_bytes, seed, parent, n_blocks):
         hash_chain(&view[0] if view.shape[0] else <const uint8_t*>b"", n, <size_t>block_bytes, <uint64_t>seed,
                    <uint64_t>parent, out.data())
     return [out[i] for i in range(n)]
-
-
-cdef inline uint64_t _be(const uint8_t* p, int n) noexcept nogil:
-    cdef uint64_t v = 0
-    cdef int i
-    for i in range(n):
-        v = (v << 8) | p[i]
-    return v
-
-
-def token_bytes_from_msgpack(raw):
-    """A msgpack array of token ids (vLLM's ``token_ids``) as flat token bytes, with no Python int per token.
-
-    Well-formed arrays of ids are parsed here; anything else goes to _core_py's version, which raises
-    the error, so both backends give the same results and the same errors.
-    """
-    cdef Py_buffer buf
-    try:
-        PyObject_GetBuffer(raw, &buf, PyBUF_SIMPLE)
-    except (TypeError, BufferError):
-        memoryview(raw).cast("B")  # raises what the fallback raises for this input (a str, None ...)
-        return _msgpack_error(raw)
-    try:
-        out = _parse_token_ids(<const uint8_t*>buf.buf, <size_t>buf.len)
-    finally:
-        PyBuffer_Release(&buf)
-    return _msgpack_error(raw) if out is None else out
-
-
-cdef object _parse_token_ids(const uint8_t* p, size_t n):
-    """The token bytes of a well-formed msgpack array of ids at p[0:n], or None (then the fallback
-    parses it and raises). Written through raw pointers: a typed memoryview would cost more than the
-    parsing of a 256-token event."""
-    cdef size_t pos = 0, count = 0, i, width
-    cdef uint8_t tag
-    cdef uint64_t value
-    cdef cnp.npy_intp dim
-    cdef uint8_t* dst
-    if n == 0:
-        return None
-    tag = p[0]
-    if 0x90 <= tag <= 0x9f:
-        count, pos = tag & 0x0f, 1
-    elif (tag == 0xdc and n >= 3) or (tag == 0xdd and n >= 5):
-        width = 2 if tag == 0xdc else 4
-        count, pos = _be(p + 1, <int>width), 1 + width
-    else:
-        return None
-    if count > n - pos:  # every element takes at least one byte: do not trust a forged length
-        return None
-    dim = <cnp.npy_intp>(count * 4)
-    out = cnp.PyArray_EMPTY(1, &dim, cnp.NPY_UINT8, 0)
-    dst = <uint8_t*>cnp.PyArray_DATA(<cnp.ndarray>out)
-    for i in range(count):
-        if pos >= n:
-            return None
-        tag = p[pos]
-        if tag <= 0x7f:  # positive fixint
-            value, pos = tag, pos + 1
-        elif 0xcc <= tag <= 0xce or 0xd0 <= tag <= 0xd2:  # uint8/16/32, int8/16/32
-            width = <size_t>1 << (tag & 0x03)
-            if pos + 1 + width > n:
-                return None
-            value = _be(p + pos + 1, <int>width)
-            if tag >= 0xd0 and (value >> (8 * width - 1)):  # a negative signed int
-                return None
-            pos += 1 + width
-        else:  # uint64/int64 (too wide for a token id), negative fixint, or not an int at all
-            return None
-        dst[4 * i] = (value >> 24) & 0xff
-        dst[4 * i + 1] = (value >> 16) & 0xff
-        dst[4 * i + 2] = (value >> 8) & 0xff
-        dst[4 * i + 3] = value & 0xff
-    if pos != n:
-        return None
-    return out
-
-
-def _msgpack_error(raw):
-    from ._core_py import token_bytes_from_msgpack as reference
-    result = reference(raw)  # raises for malformed input, with the reference's message
-    # Only reached for valid input this parser does not take (uint64 or int64 encodings of small ids).
-    return result
 
 
 # --- events as the table reads them ------------------------------------------------------------------
@@ -367,3 +286,4 @@ include "_table_passes.pxi"
 include "_table_entries.pxi"
 include "_table_events.pxi"
 include "_table_state.pxi"
+include "_msgpack_reader.pxi"

@@ -33,8 +33,8 @@ from ._events import (AllBlocksCleared, BlockRemoved, BlockStored, batch_event_f
                       check_lora_id, check_pod, check_str, check_u64, cleared_fields, hash_array, query_token_bytes,
                       ready_set, removed_fields, stored_fields)
 
-__all__ = ["BACKEND", "SOURCE_HASH", "SyncPrefixHashTable", "prefix_hash_chain", "token_bytes_from_msgpack",
-           "xxh64_digest"]
+__all__ = ["BACKEND", "SOURCE_HASH", "SyncPrefixHashTable", "prefix_hash_chain", "read_plain_batch",
+           "token_bytes_from_msgpack", "xxh64_digest"]
 
 BACKEND = "python"
 SOURCE_HASH = None  # the compiled core's records the sources it was built from
@@ -64,6 +64,14 @@ def prefix_hash_chain(data: Any, block_bytes: int, seed: int, parent: int, n_blo
         h = _xxh64(_pack_u64(h) + view[i * block_bytes:(i + 1) * block_bytes], seed)
         out.append(h)
     return out
+
+
+def read_plain_batch(payload: Any, model: str, pod: str, block_size: int, mediums: Any,
+                     removals: bool) -> None:
+    """The compiled backend reads a plain batch of vLLM events in one pass (docs/vllm.md, V13). This
+    backend has no such reader: None, always, which sends every batch to the subscriber's general path
+    (msgspec's typed decoders, the fastest way to read a batch from Python)."""
+    return None
 
 
 _token_ids_decoder = None

@@ -1,9 +1,10 @@
 """The subscriber's fast paths give what the general ones give (issue 10, the ingest target).
 
-- ``PodConverter.plain_stored`` builds the common store (int hashes, the index's block size, an indexed
-  tier, no adapter, no group) without the general path's steps, and leaves every other event to
-  ``convert``: a batch applied with it leaves the same index, counters and converter state as the
-  general path alone, on both backends, whatever the events.
+- ``PodConverter.read_plain`` (the backend's one-pass ``read_plain_batch``, tested on its own in
+  tests/test_vllm_plain_reader.py) and ``PodConverter.plain_stored``, which builds the common store (int
+  hashes, the index's block size, an indexed tier, no adapter, no group) without the general path's
+  steps and leaves every other event to ``convert``: a batch applied with them leaves the same index,
+  counters and converter state as the general path alone, on both backends, whatever the events.
 - The loop reads a live message frame by frame: messages of the wrong shape are counted malformed
   one each and never take frames of the next message; payloads of any size are handed on uncopied.
 """
@@ -32,8 +33,9 @@ HASH_POOL = [1, 2, 3, 2**63 + 7, 2**64 - 1]  # a small pool, so that removals fi
 
 def _stream(table: Any, plain: bool) -> PodStream:
     converter = PodConverter("pod-a", "model", 4, LORA_MAP, mediums=("GPU", "CPU"))
-    if not plain:
-        converter.plain_stored = lambda ev: None  # type: ignore[method-assign]  # the general path only
+    if not plain:  # the general path only: neither the one-pass reader of plain batches nor plain stores
+        converter._plain_reader = None
+        converter.plain_stored = lambda ev: None  # type: ignore[method-assign]
     return PodStream(Pod("pod-a", "tcp://127.0.0.1:1"), converter, table, HeldBudget(1 << 30),
                      replay_timeout=1.0, replay_on_connect=False, model="model")
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from .._events import AllBlocksCleared, BlockRemoved, BlockStored
 from ._wire import (CLEARED_TYPES, FULL_ATTENTION_KINDS, INT_STORED_TYPES, REMOVED_TYPES, STORED_TYPES, UnknownEvent,
-                    WireError, hash_from_wire, hash_list, token_bytes_function)
+                    WireError, hash_from_wire, hash_list, plain_batch_function, token_bytes_function)
 
 __all__ = ["BASE_LORA", "Converted", "MAX_GROUPS", "PodConverter"]
 
@@ -60,7 +60,7 @@ class PodConverter:
                  mediums: Optional[Iterable[Optional[str]]] = ("GPU",),
                  spec_kinds: Optional[Iterable[str]] = FULL_ATTENTION_KINDS,
                  token_bytes: Optional[Callable[[Any], np.ndarray]] = None,
-                 max_lora_blocks: int = 10_000) -> None:
+                 max_lora_blocks: int = 10_000, plain_reader: Optional[Callable[..., Any]] = None) -> None:
         self.pod = pod
         self.model = model
         self.block_size = int(block_size)
@@ -70,6 +70,8 @@ class PodConverter:
             "GPU" if m is None else str(m).upper() for m in mediums)
         self.spec_kinds = None if spec_kinds is None else frozenset(str(k).lower() for k in spec_kinds)
         self.token_bytes = token_bytes or token_bytes_function()
+        # the backend's one-pass reader of plain batches (V13); not with a token reader of the caller's
+        self._plain_reader = plain_reader or (plain_batch_function() if token_bytes is None else None)
         self.max_lora_blocks = max(1, int(max_lora_blocks))
         # the tiers a store may name and be indexed without a case-folding lookup (None counts as GPU)
         self._plain_mediums: Optional[frozenset[Optional[str]]] = None if self.mediums is None else \
@@ -137,6 +139,16 @@ class PodConverter:
         if isinstance(ev, UnknownEvent):
             return "unknown", ev.tag
         raise WireError(f"not an event: {type(ev).__name__}")
+
+    def read_plain(self, payload: Any) -> Optional[Tuple[Optional[float], List[Any], Optional[int]]]:
+        """A batch of plain events as (ts, index events, data_parallel_rank) in one pass, or None for the
+        general path (docs/vllm.md, V13). Removals are plain only while this pod has no adapter blocks or
+        groups to track: then each is one BlockRemoved of the base model, as ``_removed`` makes it."""
+        reader = self._plain_reader
+        if reader is None:
+            return None
+        return reader(payload, self.model, self.pod, self.block_size, self._plain_mediums,  # type: ignore[no-any-return]
+                      not self.lora_blocks and not self.groups)
 
     def plain_stored(self, ev: Any) -> Optional[BlockStored]:
         """The common store, built without the general path's steps, or None for ``convert`` to handle.

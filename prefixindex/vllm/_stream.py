@@ -364,15 +364,21 @@ class PodStream:
 
     def _apply_batch(self, seq: int, payload: Any, replayed: bool) -> None:
         stats = self.stats
-        fast = read_batch_fast(payload)
-        if fast is None:
-            try:
-                ts, raws, rank = read_batch(payload)
-            except WireError as exc:
-                self.last_ts = None
-                return self.malformed(f"batch seq {seq}: {exc}")
+        raws: Optional[List[Any]] = None
+        fast = None
+        plain = self.converter.read_plain(payload)  # the common batch, read in one pass (V13)
+        if plain is not None:
+            ts, events, rank = plain
         else:
-            ts, raws, rank = fast
+            fast = read_batch_fast(payload)
+            if fast is None:
+                try:
+                    ts, raws, rank = read_batch(payload)
+                except WireError as exc:
+                    self.last_ts = None
+                    return self.malformed(f"batch seq {seq}: {exc}")
+            else:
+                ts, raws, rank = fast
         self.last_ts = ts
         own_rank = self.spec.data_parallel_rank
         if own_rank is not None and rank is not None and rank != own_rank:
@@ -380,9 +386,21 @@ class PodStream:
             self._note(("rank", rank), "pod %r (data-parallel rank %d): skipping batches of rank %r",
                        self.name, own_rank, rank)
             return None
+        if raws is not None:
+            events = self._convert(seq, raws, decoded=fast is not None)
+        if events:
+            self._apply_events(seq, events)
+        stats["batches"] += 1  # (after the events, for the same reason as last_seq)
+        if replayed:
+            stats["replayed_batches"] += 1
+        return None
+
+    def _convert(self, seq: int, raws: List[Any], decoded: bool) -> List[Any]:
+        """The index events of a batch's wire events (``decoded``: wire structs already, else msgpack);
+        a malformed event is counted and left out, a skipped one counted."""
         converter = self.converter
         convert = converter.convert
-        plain = converter.plain_stored if fast is not None else None
+        plain = converter.plain_stored if decoded else None
         events: List[Any] = []
         for raw in raws:
             if plain is not None:
@@ -391,7 +409,7 @@ class PodStream:
                     events.append(event)
                     continue
             try:
-                kind, item = convert(raw if fast is not None else decode_event(raw))
+                kind, item = convert(raw if decoded else decode_event(raw))
             except (WireError, TypeError, ValueError) as exc:
                 self.malformed(f"batch seq {seq}: {exc}")
                 continue
@@ -401,12 +419,7 @@ class PodStream:
                 events.extend(item)
             else:
                 self._skipped(kind, item)
-        if events:
-            self._apply_events(seq, events)
-        stats["batches"] += 1  # (after the events, for the same reason as last_seq)
-        if replayed:
-            stats["replayed_batches"] += 1
-        return None
+        return events
 
     def _apply_events(self, seq: int, events: List[Any]) -> None:
         """The batch in one ``process_events`` call (all or nothing); when the table rejects one event,

@@ -36,6 +36,7 @@ __all__ = [
     "decode_event",
     "hash_from_wire",
     "hash_list",
+    "plain_batch_function",
     "read_batch",
     "read_batch_fast",
     "read_seq",
@@ -317,5 +318,13 @@ def token_bytes_function() -> Callable[[Any], np.ndarray]:
 
         fn = _core_py.token_bytes_from_msgpack
     return fn  # type: ignore[no-any-return]
+
+
+def plain_batch_function() -> Callable[..., Any]:
+    """The active backend's one-pass reader of plain batches (docs/vllm.md, V13); the pure-Python
+    backend's always answers None (the general path)."""
+    import prefixindex
+
+    return prefixindex._impl.read_plain_batch
 
 

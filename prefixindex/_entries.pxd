@@ -14,7 +14,7 @@ from cython.operator cimport dereference as deref, preincrement as inc
 
 from prefixindex._native cimport (NO_POD, Ctx, Entry, EntryPtr, EntryVec, PodRun, PodVec, PrefixMap, RunVec,
                                   binary_search, kMulti, lower_bound, sort, touch_bucket)
-from prefixindex._xxh64 cimport hash_chain, xxh64_link
+from prefixindex._xxh64 cimport hash_chain
 
 
 # From this many entries on, a map is taken to be out of the caches: the walk touches a chunk's buckets
@@ -161,36 +161,21 @@ cdef inline int keep_holders(Ctx* c, const Entry* e, PodVec* alive, RunVec* foun
     return 0
 
 
-cdef inline int start_pods(Ctx* c, const Entry* e, PodVec* ready, PodVec* alive) except -1 nogil:
-    """The pods (ready ones, when `ready` is given) that hold block 0's entry e, into the empty `alive`."""
-    cdef vector[uint32_t]* v
-    cdef size_t j
-    if is_multi(e.pods):
-        v = pod_list(c, e.pods)
-        for j in range(v.size()):
-            if ready == NULL or binary_search(ready.begin(), ready.end(), deref(v)[j]):
-                alive.push_back(deref(v)[j])
-    elif ready == NULL or binary_search(ready.begin(), ready.end(), e.pods):
-        alive.push_back(e.pods)
-    return 0
-
-
 cdef inline Py_ssize_t walk(Ctx* c, uint64_t* h, size_t n, const uint8_t* data, size_t width, uint64_t seed,
                             size_t prehashed, size_t chunk, PodVec* ready, PodVec* alive, RunVec* found,
                             EntryVec* touched, size_t* hashed) except -1 nogil:
     """SPEC 4: each ready pod's run of blocks held from block 0. Returns the longest run.
 
-    h[0:prehashed] are given; past them the walk hashes as it goes. On a map that stays in the caches
-    the hashes run `chunk` blocks ahead of the probes, so that each probe runs beside the serial hash
-    chain instead of after it. On a larger map the blocks are hashed a chunk at a time (`chunk` blocks
-    first, then 64) and then probed: the probes of a chunk do not depend on each other, so the
-    processor overlaps their cache misses (at a million entries a probe misses the caches; beside the
-    hash chain a miss would stall it). The first chunk is small because the most common miss is at
-    block 0 (a new prompt). Hashing stops soon after matching does; *hashed says how many of h are
-    valid on return. `ready` is sorted, or NULL for every pod; `alive` is empty scratch space.
+    h[0:prehashed] are given. Past them the blocks are hashed a chunk at a time (`chunk` blocks first,
+    then 64) and then probed: the probes of a chunk do not depend on each other, so the processor
+    overlaps their cache misses (at a million entries a probe misses the caches; interleaved with the
+    serial hash chain they would each stall it). The first chunk is small because the most common
+    miss is at block 0 (a new prompt). Hashing stops with the chunk where matching does; *hashed
+    says how many of h are valid on return. `ready` is sorted, or NULL for every pod; `alive` is
+    empty scratch space.
 
-    It allocates only by pushing to alive, found and touched (hashing allocates nothing): with those
-    reserved (the context's pod count, n entries) it cannot fail, so it can run without the GIL
+    It allocates only by pushing to alive, found and touched: with prehashed == n and those reserved
+    (the context's pod count, n entries), it cannot fail, so it can run without the GIL
     (_table_query.pxi)."""
     cdef size_t i = 0, j, start, end, depth = 0
     cdef PrefixMap.iterator it
@@ -198,47 +183,8 @@ cdef inline Py_ssize_t walk(Ctx* c, uint64_t* h, size_t n, const uint8_t* data, 
     cdef Entry* probed[64]
     cdef vector[uint32_t]* v
     cdef PodRun run
-    cdef uint64_t link
     hashed[0] = prehashed
     cdef size_t size = chunk if chunk < 64 else 64
-    if c.prefixes.size() < TOUCH_BUCKETS_FROM:
-        # A map that stays in the caches: its probes do not miss, so they can run beside the hash
-        # chain, which leaves the processor idle while each link waits for its parent. The hashes run
-        # `size` blocks ahead of the probes: each step hashes one block further and probes one whose
-        # hash is long done, so the two do not wait for each other (a 1,024-token match spent a
-        # third of its walk's time probing after the hashing; docs/performance.md).
-        end = size if size < n else n
-        if end > hashed[0]:
-            hash_chain(data + hashed[0] * width, end - hashed[0], width, seed,
-                       h[hashed[0] - 1] if hashed[0] else seed, h + hashed[0])
-            hashed[0] = end
-        link = h[hashed[0] - 1] if hashed[0] else seed
-        while i < n:
-            if hashed[0] < n:
-                if width == 64:  # block_size 16: the link inlined with its width a constant (unrolled)
-                    link = xxh64_link(link, data + hashed[0] * 64, 64, seed)
-                else:
-                    link = xxh64_link(link, data + hashed[0] * width, width, seed)
-                h[hashed[0]] = link
-                hashed[0] += 1
-            it = c.prefixes.find(h[i])
-            if it == c.prefixes.end():
-                break
-            e = &deref(it).second
-            if i == 0:
-                start_pods(c, e, ready, alive)
-            else:
-                keep_holders(c, e, alive, found, <uint32_t>i)
-            if alive.empty():
-                break
-            touched.push_back(e)
-            i += 1
-        depth = i
-        run.blocks = <uint32_t>depth
-        for j in range(alive.size()):
-            run.pod = deref(alive)[j]
-            found.push_back(run)
-        return depth
     while i < n:
         end = i + size if i + size < n else n
         size = 64  # after the first chunk (small, for the common miss at block 0), the most one can hold
@@ -259,7 +205,13 @@ cdef inline Py_ssize_t walk(Ctx* c, uint64_t* h, size_t n, const uint8_t* data, 
             if e == NULL:
                 break
             if i == 0:
-                start_pods(c, e, ready, alive)
+                if is_multi(e.pods):
+                    v = pod_list(c, e.pods)
+                    for j in range(v.size()):
+                        if ready == NULL or binary_search(ready.begin(), ready.end(), deref(v)[j]):
+                            alive.push_back(deref(v)[j])
+                elif ready == NULL or binary_search(ready.begin(), ready.end(), e.pods):
+                    alive.push_back(e.pods)
             else:
                 keep_holders(c, e, alive, found, <uint32_t>i)
             if alive.empty():

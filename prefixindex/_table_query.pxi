@@ -56,11 +56,10 @@ cdef dict _walk_here(SyncPrefixHashTable self, str model, lora, const uint8_t* d
 cdef dict _long_query(SyncPrefixHashTable self, str model, lora, const uint8_t* data, ready, int kind,
                       double now, Walk* w):
     """A query of NOGIL_BYTES or more (docs/architecture.md, "Long walks"): a first section finds the
-    context and reserves all that the walk may push; without the GIL the query is walked, hashing as it
-    goes, if it gets into the walk gate (no change began since the first section), and hashed to its
-    end for a result that returns the hashes; it leaves the gate before it takes the GIL back. A
-    closing section then builds the result, or walks again if it could not enter or anything changed
-    since. One handover of the GIL per query, however long."""
+    context and reserves all that the walk may push; without the GIL the query is hashed, and walked if
+    it gets into the walk gate (no change began since the first section); it leaves the gate before it
+    takes the GIL back. A closing section then builds the result, or walks again if it could not enter
+    or anything changed since. One handover of the GIL per query, however long."""
     cdef bint want = False
     cdef size_t pods
     self._begin_read()
@@ -82,19 +81,15 @@ cdef dict _long_query(SyncPrefixHashTable self, str model, lora, const uint8_t* 
     if not want and kind == BLOCKS:
         return {}  # nothing to walk, no hashes to return
     with nogil:
-        w.hashed = 0
+        hash_chain(data, w.n, self.block_bytes, self.seed, self.seed, w.h)
+        w.hashed = w.n
         if want and walk_gate_try_enter(self.gate, w.generation):
-            # everything it may push is reserved, and hashing allocates nothing: this cannot fail. It
-            # hashes as it walks (beside the probes, on a map in the caches) and stops where matching does
-            w.depth = walk(w.c, w.h, w.n, data, self.block_bytes, self.seed, 0, PROBE_CHUNK,
+            # prehashed == n and everything reserved: this cannot fail
+            w.depth = walk(w.c, w.h, w.n, data, self.block_bytes, self.seed, w.n, PROBE_CHUNK,
                            &w.ready_ids if w.filter_ready else NULL, &w.alive, &w.found, &w.touched,
                            &w.hashed)
             walk_gate_leave(self.gate)
             w.outside = True
-        if kind != BLOCKS and w.hashed < <size_t>w.n:  # every hash is returned: the rest, out of the gate
-            hash_chain(data + w.hashed * self.block_bytes, w.n - w.hashed, self.block_bytes, self.seed,
-                       w.h[w.hashed - 1] if w.hashed else self.seed, w.h + w.hashed)
-            w.hashed = w.n
     if not want:
         return {}
     if _after_walk_hook is not None and w.outside:

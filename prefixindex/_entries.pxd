@@ -195,10 +195,16 @@ cdef inline Py_ssize_t walk(Ctx* c, uint64_t* h, size_t n, const uint8_t* data, 
         if c.prefixes.size() >= TOUCH_BUCKETS_FROM:
             for j in range(i, end):
                 touch_bucket(c.prefixes, h[j])
-        # every probe of the chunk first, with nothing between them: their misses overlap
+        # every probe of the chunk first, with nothing between them: their misses overlap. The first
+        # block not held ends them (the walk ends there): a probe for a key the map lacks scans its
+        # whole bucket, and a half hit spent ~0.3 us on the rest of its chunk. The branch is taken
+        # once, so the processor still runs ahead through the probes of a chunk that is all held.
         for j in range(i, end):
             it = c.prefixes.find(h[j])
-            probed[j - i] = <Entry*>NULL if it == c.prefixes.end() else &deref(it).second
+            if it == c.prefixes.end():
+                probed[j - i] = NULL
+                break
+            probed[j - i] = &deref(it).second
         start = i
         while i < end:
             e = probed[i - start]

@@ -3,14 +3,14 @@
 
 
 cdef int _drop_entry(SyncPrefixHashTable self, Ctx* c, uint64_t prefix, uint32_t pid, PodState* ps) except -1:
+    """The pod no longer holds the prefix: 1 if it held it, else 0 (one find: no holds() first)."""
     cdef PrefixMap.iterator it = c.prefixes.find(prefix)
-    if it == c.prefixes.end():
+    if it == c.prefixes.end() or not entry_remove(c, &deref(it).second, pid):
         return 0
-    if entry_remove(c, &deref(it).second, pid):
-        ps.held -= 1
-        if deref(it).second.pods == NO_POD:
-            c.prefixes.erase(it)
-    return 0
+    ps.held -= 1
+    if deref(it).second.pods == NO_POD:
+        c.prefixes.erase(it)
+    return 1
 
 cdef int _drop_pod(SyncPrefixHashTable self, Ctx* c, uint32_t pid) except -1:
     """Remove every entry of the pod in this context, and its state."""
@@ -66,9 +66,8 @@ cdef int _place(SyncPrefixHashTable self, Ctx* c, PodState* ps, uint32_t pid, co
         if engines != NULL:
             einserted = ps.engine.try_emplace(engines[i], p)
             if not einserted.second and deref(einserted.first).second != p:
-                if holds(c, deref(einserted.first).second, pid):
-                    # a known engine hash with new content replaces its old entry (D3)
-                    _drop_entry(self, c, deref(einserted.first).second, pid, ps)
+                # a known engine hash with new content replaces its old entry (D3)
+                _drop_entry(self, c, deref(einserted.first).second, pid, ps)
                 deref(einserted.first).second = p
         # block 0 gets the newest tick, so a trim drops the tails of chains first (D4)
         fresh.tick = <uint32_t>(tick + n - 1 - i)

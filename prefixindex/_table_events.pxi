@@ -110,9 +110,7 @@ cdef uint64_t _remove_blocks(SyncPrefixHashTable self, Ctx* c, vector[pair[uint3
                 continue
             p = deref(eit).second
             ps.engine.erase(eit)
-            if holds(c, p, pid):
-                _drop_entry(self, c, p, pid, ps)
-                removed += 1
+            removed += _drop_entry(self, c, p, pid, ps)
         if ps.held == 0:
             c.pods.erase(pid)
             self._delete_pod_state(ps, pid)

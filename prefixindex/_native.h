@@ -222,6 +222,13 @@ struct Walk {
   EntryVec touched;
 };
 
+// A branch the compiler should lay out of the hot path (the GCC/Clang builtin; plain elsewhere).
+#if defined(__GNUC__)
+static inline bool rarely(bool x) { return __builtin_expect(x, 0); }
+#else
+static inline bool rarely(bool x) { return x; }
+#endif
+
 // Reads the bucket of `key` and prefetches the bucket's first node: the loads a find() or an insert of
 // it will make. Issued for a chunk of keys before their finds (a query's walk) or inserts (a store),
 // on a map too large to stay in the caches, so that the misses of the chunk overlap (issue 9,

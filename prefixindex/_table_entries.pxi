@@ -54,13 +54,15 @@ cdef int _place(SyncPrefixHashTable self, Ctx* c, PodState* ps, uint32_t pid, co
     c.next_tick += n
     fresh.pods = pid
     # a large map is out of the caches: touch every bucket the inserts will read first, so that their
-    # misses overlap instead of each stalling the insert loop (the same as the walk's probes)
-    if n > 1 and c.prefixes.size() >= TOUCH_BUCKETS_FROM:
-        for i in range(n):
-            touch_bucket(c.prefixes, prefixes[i])
-    if n > 1 and engines != NULL and ps.engine.size() >= TOUCH_BUCKETS_FROM:
-        for i in range(n):
-            touch_bucket(ps.engine, engines[i])
+    # misses overlap instead of each stalling the insert loop (the same as the walk's probes). Laid
+    # out of the hot path: with the loops in line, a 1-block store into cached maps took 3% longer.
+    if rarely(n > 1 and (c.prefixes.size() >= TOUCH_BUCKETS_FROM or ps.engine.size() >= TOUCH_BUCKETS_FROM)):
+        if c.prefixes.size() >= TOUCH_BUCKETS_FROM:
+            for i in range(n):
+                touch_bucket(c.prefixes, prefixes[i])
+        if engines != NULL and ps.engine.size() >= TOUCH_BUCKETS_FROM:
+            for i in range(n):
+                touch_bucket(ps.engine, engines[i])
     for i in range(n):
         p = prefixes[i]
         if engines != NULL:

@@ -413,7 +413,10 @@ def read_plain_batch(payload, str model, str pod, size_t block_size, mediums, bi
     cdef uint64_t bits64
     if block_size == 0:
         return None
-    PyObject_GetBuffer(payload, &buf, PyBUF_SIMPLE)
+    try:
+        PyObject_GetBuffer(payload, &buf, PyBUF_SIMPLE)
+    except (TypeError, BufferError):  # not one contiguous buffer: the general path says what it is
+        return None
     try:
         c.p, c.n, c.pos = <const uint8_t*>buf.buf, <size_t>buf.len, 0
         if not _read_array(&c, &count) or not 2 <= count <= 3 or not _has(&c, 1):

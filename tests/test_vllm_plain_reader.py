@@ -181,6 +181,15 @@ def test_anything_else_is_left_to_the_general_path(name):
 
 
 @compiled_only
+def test_a_payload_that_is_not_one_contiguous_buffer_is_left_to_the_general_path():
+    payload = batch([_store()])
+    assert read(memoryview(payload)) is not None and read(bytearray(payload)) is not None
+    spread = memoryview(payload + payload)[::2]  # not contiguous
+    for odd in (payload.decode("latin-1"), None, 17, spread):
+        assert read(odd) is None
+
+
+@compiled_only
 def test_the_duplicate_key_case_really_has_a_duplicate_key():
     # (the replace above turns the lora_id key into a second "medium" key, which this reader refuses)
     assert NOT_PLAIN["duplicate key"].count(b"\xa6medium") == 2

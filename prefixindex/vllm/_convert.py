@@ -28,6 +28,9 @@ __all__ = ["BASE_LORA", "Converted", "MAX_GROUPS", "PodConverter"]
 BASE_LORA = -1          # the index's lora_id of the base model
 MAX_GROUPS = 1024       # KV-cache groups remembered per pod (a real engine has a handful)
 _EMPTY_ARRAY = b"\x90"  # msgpack of []
+# group_idx values of a plain store: unset, or 0 (the GPU block pool's, vLLM 0.33): with no spec kind both
+# are indexed and change nothing in ``groups`` (_stored_group_ok)
+_PLAIN_GROUPS = (None, 0)
 
 Converted = Tuple[str, Any]
 """(kind, payload): ("stored", BlockStored), ("removed", [BlockRemoved, one per context holding the hashes]),
@@ -154,12 +157,12 @@ class PodConverter:
         """The common store, built without the general path's steps, or None for ``convert`` to handle.
 
         Plain: int hashes (INT_STORED_TYPES), the index's block size, a tier that is indexed, no adapter,
-        no group or spec kind. Such a store passes every check of ``_stored`` and needs nothing
+        no group but 0 and no spec kind. Such a store passes every check of ``_stored`` and needs nothing
         tracked, so this gives the event ``_stored`` would; anything else, a bad token count or an
         event the constructor refuses included, returns None, and ``convert`` says what is wrong.
         """
         if (type(ev) not in INT_STORED_TYPES or ev.block_size != self.block_size or ev.lora_name is not None
-                or ev.lora_id is not None or ev.group_idx is not None or ev.kv_cache_spec_kind is not None
+                or ev.lora_id is not None or ev.group_idx not in _PLAIN_GROUPS or ev.kv_cache_spec_kind is not None
                 or (self._plain_mediums is not None and ev.medium not in self._plain_mediums)):
             return None
         hashes = ev.block_hashes

@@ -44,6 +44,19 @@ cdef extern from *:
     const bint BIG_ENDIAN_HOST "PREFIXINDEX_BIG_ENDIAN_HOST"
 
 
+# The contiguous loops, one per item type, built for AVX2 too where the compiler can pick at load time
+# (_ids.h): 1 when every id is in range, else 0.
+cdef extern from "_ids.h" nogil:
+    int ids_i8 "pi_ids_i8"(const char* data, size_t n, uint8_t* out) noexcept
+    int ids_u8 "pi_ids_u8"(const char* data, size_t n, uint8_t* out) noexcept
+    int ids_i16 "pi_ids_i16"(const char* data, size_t n, uint8_t* out) noexcept
+    int ids_u16 "pi_ids_u16"(const char* data, size_t n, uint8_t* out) noexcept
+    int ids_i32 "pi_ids_i32"(const char* data, size_t n, uint8_t* out) noexcept
+    int ids_u32 "pi_ids_u32"(const char* data, size_t n, uint8_t* out) noexcept
+    int ids_i64 "pi_ids_i64"(const char* data, size_t n, uint8_t* out) noexcept
+    int ids_u64 "pi_ids_u64"(const char* data, size_t n, uint8_t* out) noexcept
+
+
 ctypedef fused token_int:
     int8_t
     uint8_t
@@ -105,14 +118,24 @@ cdef inline bint strided_ids_be32(const token_int* first, Py_ssize_t n, Py_ssize
     cdef uint64_t high = 0
     cdef Py_ssize_t i
     if stride == sizeof(token_int) and not swap:
-        # contiguous, the machine's order (what tokenizers and numpy give): a loop over whole items
-        # that the compiler vectorizes (the range check is an OR, the byte swap a shuffle)
-        for i in range(n):
-            memcpy(&x, p + i * sizeof(token_int), sizeof(token_int))
-            u = <uint64_t>x
-            high |= u >> 32
-            put_be32(out + 4 * i, <uint32_t>u)
-        return high == 0
+        # contiguous, the machine's order (what tokenizers and numpy give): a loop over whole items that
+        # the compiler vectorizes (the range check is an OR, the byte swap a shuffle), in _ids.h
+        if token_int is int8_t:
+            return ids_i8(p, n, out)
+        elif token_int is uint8_t:
+            return ids_u8(p, n, out)
+        elif token_int is int16_t:
+            return ids_i16(p, n, out)
+        elif token_int is uint16_t:
+            return ids_u16(p, n, out)
+        elif token_int is int32_t:
+            return ids_i32(p, n, out)
+        elif token_int is uint32_t:
+            return ids_u32(p, n, out)
+        elif token_int is int64_t:
+            return ids_i64(p, n, out)
+        else:
+            return ids_u64(p, n, out)
     if swap:
         for i in range(n):
             memcpy(&x, p + i * stride, sizeof(token_int))  # memcpy: the array may be unaligned

@@ -46,7 +46,7 @@ from prefixindex._native cimport (Ctx, CtxPtr, EngineMap, Entry, EntryVec, NodeP
 from prefixindex._entries cimport (entry_add, entry_has, entry_remove, holds, is_multi, pod_list,
                                    release_list, renumber, walk, TOUCH_BUCKETS_FROM)
 from prefixindex._xxh64 cimport hash_chain, xxh64
-from prefixindex._convert cimport c_token_bytes
+from prefixindex._convert cimport c_token_bytes, ids_count, ids_fill
 
 import time
 

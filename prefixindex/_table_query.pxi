@@ -8,7 +8,19 @@ cdef object _query(SyncPrefixHashTable self, model_name, lora_id, tokens, ready_
     model, lora = _check_context(model_name, lora_id)
     cdef const uint8_t* data = NULL
     cdef size_t nbytes = 0
-    tokens = self._token_bytes(tokens, &data, &nbytes)  # the object that owns the bytes stays referenced
+    cdef bint was_busy = self.id_scratch_busy
+    tokens = self._token_bytes(tokens, &data, &nbytes, True)  # the object that owns the bytes stays referenced
+    cdef bint in_scratch = self.id_scratch_busy and not was_busy  # this query's ids are in the table's scratch
+    try:
+        return _query_bytes(self, model, lora, data, nbytes, ready_pods, kind)
+    finally:
+        if in_scratch:
+            self.id_scratch_busy = False
+
+
+cdef inline object _query_bytes(SyncPrefixHashTable self, str model, lora, const uint8_t* data, size_t nbytes,
+                                ready_pods, int kind):
+    """The rest of _query, once the tokens are token bytes at data[0:nbytes]."""
     ready = _ready_names(ready_pods)
     cdef double now = self._now()
     cdef cnp.npy_intp n = nbytes // self.block_bytes

@@ -411,3 +411,57 @@ def test_rejected_event_into_a_new_context_evicts_nothing(make_table):
     with pytest.raises(ValueError, match="prefix_hashes"):
         t.add_prefix("new", -1, "A", [1, 2**64])
     assert t.snapshot() == snap and t.stats() == stats
+
+
+# ---------------------------------------------------------------------------------------------------
+# a query inside another query's Python code (the compiled core converts a short query's ids into one
+# buffer of the table, held until that query is done: a query that comes in meanwhile needs its own)
+
+
+@pytest.mark.parametrize("form", ["list", "int64", "int32"])
+def test_a_query_run_by_another_querys_ready_pods_leaves_both_answers_right(make_table, form):
+    t = make_table()
+    t.process_block_stored(stored([1, 2, 3, 4], [1, 2, 3, 4], "A"))
+    t.process_block_stored(stored([5, 6, 7], [5, 6, 7], "B"))
+
+    def as_form(ids):
+        return ids if form == "list" else np.array(ids, dtype=form)
+
+    outer_ids, inner_ids = toks(1, 2, 3, 4), toks(5, 6, 7)
+    want_outer = t.match_prefix("m", -1, as_form(outer_ids))
+    want_inner = t.match_prefix("m", -1, as_form(inner_ids))
+    inner_answers = []
+
+    def ready():
+        # runs after the outer query's ids were converted, before its walk: a second query (of other
+        # ids, so other bytes) in between must neither see nor overwrite the outer one's bytes
+        inner_answers.append(t.match_prefix("m", -1, as_form(inner_ids), ["A", "B"]))
+        inner_answers.append(t.match_blocks("m", -1, as_form(inner_ids)))
+        yield "A"
+        yield "B"
+
+    outer = t.match_prefix("m", -1, as_form(outer_ids), ready())
+    assert outer[0] == want_outer[0] == {"A": 100}
+    assert outer[1].tolist() == want_outer[1].tolist()
+    assert inner_answers[0][0] == want_inner[0] == {"B": 100}
+    assert inner_answers[0][1].tolist() == want_inner[1].tolist()
+    assert inner_answers[1] == {"B": 3}
+    # and the table's buffer is free again: the next query gives the same answer as the first time
+    again = t.match_prefix("m", -1, as_form(outer_ids))
+    assert again[0] == want_outer[0] and again[1].tolist() == want_outer[1].tolist()
+
+
+def test_a_query_whose_ready_pods_raise_frees_the_buffer_for_the_next(make_table):
+    t = make_table()
+    t.process_block_stored(stored([1, 2], [1, 2], "A"))
+
+    def broken():
+        raise ValueError("no pods today")
+        yield  # pragma: no cover
+
+    with pytest.raises(ValueError, match="no pods today"):
+        t.match_prefix("m", -1, toks(1, 2), broken())
+    first = t.match_prefix("m", -1, toks(1, 2))
+    assert first[0] == {"A": 100}
+    assert t.match_prefix("m", -1, toks(3, 4))[0] == {}
+    assert t.match_prefix("m", -1, toks(1, 2))[1].tolist() == first[1].tolist()

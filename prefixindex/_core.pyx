@@ -85,6 +85,9 @@ cdef uint64_t RENUMBER_AT = 1u << 31
 # From this many token bytes on, hashing runs without the GIL (docs/performance.md, "GIL"): below it,
 # handing the GIL over and back costs more than the hashing, and a second thread makes it a convoy.
 cdef size_t NOGIL_BYTES = 16384
+# process_block_stored keeps the prefix hashes of an event of up to this many blocks on the C stack.
+cdef enum:
+    SMALL_EVENT_BLOCKS = 16
 # A query's first blocks are hashed this many at a time, then probed; later ones 64 at a time
 # (_entries.walk, docs/performance.md).
 cdef size_t PROBE_CHUNK = 8

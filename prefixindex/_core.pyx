@@ -88,6 +88,9 @@ cdef size_t NOGIL_BYTES = 16384
 # process_block_stored keeps the prefix hashes of an event of up to this many blocks on the C stack.
 cdef enum:
     SMALL_EVENT_BLOCKS = 16
+# match_blocks keeps the prefix hashes of a query of up to this many blocks on the C stack.
+cdef enum:
+    SMALL_QUERY_BLOCKS = 64
 # A query's first blocks are hashed this many at a time, then probed; later ones 64 at a time
 # (_entries.walk, docs/performance.md).
 cdef size_t PROBE_CHUNK = 8

@@ -25,12 +25,16 @@ cdef inline object _query_bytes(SyncPrefixHashTable self, str model, lora, const
     cdef double now = self._now()
     cdef cnp.npy_intp n = nbytes // self.block_bytes
     cdef cnp.ndarray out = None
+    cdef uint64_t few[SMALL_QUERY_BLOCKS]  # match_blocks' hashes of a 1,024-token query, with no malloc
     cdef vector[uint64_t] scratch
     cdef uint64_t* h
     cdef Walk w
     if kind == BLOCKS:
-        scratch.resize(n)
-        h = scratch.data()
+        if n <= SMALL_QUERY_BLOCKS:
+            h = few
+        else:
+            scratch.resize(n)
+            h = scratch.data()
     else:
         out = cnp.PyArray_EMPTY(1, &n, cnp.NPY_UINT64, 0)
         h = <uint64_t*>cnp.PyArray_DATA(out)

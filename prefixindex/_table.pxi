@@ -350,42 +350,6 @@ cdef class SyncPrefixHashTable:
 
     # -- hashing -----------------------------------------------------------------------------------
 
-    cdef object _token_bytes(self, tokens, const uint8_t** data, size_t* nbytes, bint scratch=False):
-        """Point data at the query's token bytes; returns the object that owns them (keep it alive).
-
-        With `scratch`, token ids of a short query are converted into the table's id_scratch instead of
-        a new array (~0.08 us of a 1,024-id query): the caller then holds it (id_scratch_busy) until it
-        is done with the bytes, and a query that comes in meanwhile (from Python code that the caller
-        runs, or another thread while that code lets the GIL go) converts into an array of its own."""
-        cdef Py_ssize_t n_ids
-        if not self.built:
-            raise RuntimeError(UNBUILT_MESSAGE)
-        if scratch and not self.id_scratch_busy and type(tokens) is not bytes \
-                and not (cnp.PyArray_CheckExact(tokens) and cnp.PyArray_TYPE(<cnp.ndarray>tokens) == cnp.NPY_UINT8):
-            n_ids = ids_count(tokens)
-            if 0 <= n_ids and <size_t>n_ids * 4 < NOGIL_BYTES:
-                self.id_scratch.resize(<size_t>n_ids * 4 + 1)  # (+1: data() of an empty query)
-                # no Python code runs between the count and the fill: the ids cannot change in between
-                if ids_fill(tokens, n_ids, self.id_scratch.data()):
-                    self.id_scratch_busy = True
-                    data[0] = self.id_scratch.data()
-                    nbytes[0] = <size_t>n_ids * 4
-                    return tokens
-        if type(tokens) is bytes:
-            data[0] = <const uint8_t*>PyBytes_AS_STRING(tokens)
-            nbytes[0] = PyBytes_GET_SIZE(tokens)
-            return tokens
-        if not cnp.PyArray_CheckExact(tokens) or cnp.PyArray_TYPE(<cnp.ndarray>tokens) != cnp.NPY_UINT8 \
-                or cnp.PyArray_NDIM(<cnp.ndarray>tokens) != 1 \
-                or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>tokens):
-            converted = c_token_bytes(tokens)  # lists and integer arrays in one inlined C pass (_convert.pxd)
-            tokens = query_token_bytes(tokens) if converted is None else converted  # else the shared path
-            if type(tokens) is bytes:
-                return self._token_bytes(tokens, data, nbytes)
-        data[0] = <const uint8_t*>cnp.PyArray_DATA(<cnp.ndarray>tokens)
-        nbytes[0] = <size_t>cnp.PyArray_DIM(<cnp.ndarray>tokens, 0)
-        return tokens
-
     cdef void _hash_chain(self, const uint8_t* data, size_t n, uint64_t parent, uint64_t* out) noexcept:
         """Hash n chained blocks into out; without the GIL when that is long enough to be worth it.
         Never in a section: the memory is the caller's own."""
@@ -399,7 +363,7 @@ cdef class SyncPrefixHashTable:
         """The query's prefix hashes (SPEC, "The prefix hash chain"), one per whole block."""
         cdef const uint8_t* data = NULL
         cdef size_t nbytes = 0
-        tokens = self._token_bytes(tokens, &data, &nbytes)  # the object that owns the bytes stays referenced
+        tokens = _token_bytes(self, tokens, &data, &nbytes)  # the object that owns the bytes stays referenced
         cdef cnp.npy_intp n = nbytes // self.block_bytes
         cdef cnp.ndarray out = cnp.PyArray_EMPTY(1, &n, cnp.NPY_UINT64, 0)
         self._hash_chain(data, n, self.seed, <uint64_t*>cnp.PyArray_DATA(out))

@@ -1,6 +1,7 @@
-# Queries of the compiled table (SPEC 4), included by _core.pyx after _table.pxi: the one section of a
-# match, or for a long query two sections with its hashing and walk between them, outside the GIL
-# (docs/architecture.md, "Long walks"). The methods match_prefix, match_blocks and match call _query.
+# Queries of the compiled table (SPEC 4), included by _core.pyx after _table.pxi: a query's tokens as
+# token bytes, then the one section of a match, or for a long query two sections with its hashing and
+# walk between them, outside the GIL (docs/architecture.md, "Long walks"). The methods match_prefix,
+# match_blocks and match call _query; get_prefix_hashes calls _token_bytes.
 
 cdef object _query(SyncPrefixHashTable self, model_name, lora_id, tokens, ready_pods, int kind):
     # Everything that may run Python code comes first: names, the tokens' conversion, the ready_pods
@@ -9,7 +10,7 @@ cdef object _query(SyncPrefixHashTable self, model_name, lora_id, tokens, ready_
     cdef const uint8_t* data = NULL
     cdef size_t nbytes = 0
     cdef bint was_busy = self.id_scratch_busy
-    tokens = self._token_bytes(tokens, &data, &nbytes, True)  # the object that owns the bytes stays referenced
+    tokens = _token_bytes(self, tokens, &data, &nbytes, True)  # the object that owns the bytes stays referenced
     cdef bint in_scratch = self.id_scratch_busy and not was_busy  # this query's ids are in the table's scratch
     try:
         return _query_bytes(self, model, lora, data, nbytes, ready_pods, kind)
@@ -55,6 +56,44 @@ cdef inline object _query_bytes(SyncPrefixHashTable self, str model, lora, const
     if kind == BLOCKS:
         return result
     return result, out
+
+
+cdef object _token_bytes(SyncPrefixHashTable self, tokens, const uint8_t** data, size_t* nbytes,
+                         bint scratch=False):
+    """Point data at the query's token bytes; returns the object that owns them (keep it alive).
+
+    With `scratch`, token ids of a short query are converted into the table's id_scratch instead of
+    a new array (~0.08 us of a 1,024-id query): the caller then holds it (id_scratch_busy) until it
+    is done with the bytes, and a query that comes in meanwhile (from Python code that the caller
+    runs, or another thread while that code lets the GIL go) converts into an array of its own."""
+    cdef Py_ssize_t n_ids
+    if not self.built:
+        raise RuntimeError(UNBUILT_MESSAGE)
+    if scratch and not self.id_scratch_busy and type(tokens) is not bytes \
+            and not (cnp.PyArray_CheckExact(tokens) and cnp.PyArray_TYPE(<cnp.ndarray>tokens) == cnp.NPY_UINT8):
+        n_ids = ids_count(tokens)
+        if 0 <= n_ids and <size_t>n_ids * 4 < NOGIL_BYTES:
+            self.id_scratch.resize(<size_t>n_ids * 4 + 1)  # (+1: data() of an empty query)
+            # no Python code runs between the count and the fill: the ids cannot change in between
+            if ids_fill(tokens, n_ids, self.id_scratch.data()):
+                self.id_scratch_busy = True
+                data[0] = self.id_scratch.data()
+                nbytes[0] = <size_t>n_ids * 4
+                return tokens
+    if type(tokens) is bytes:
+        data[0] = <const uint8_t*>PyBytes_AS_STRING(tokens)
+        nbytes[0] = PyBytes_GET_SIZE(tokens)
+        return tokens
+    if not cnp.PyArray_CheckExact(tokens) or cnp.PyArray_TYPE(<cnp.ndarray>tokens) != cnp.NPY_UINT8 \
+            or cnp.PyArray_NDIM(<cnp.ndarray>tokens) != 1 \
+            or not cnp.PyArray_IS_C_CONTIGUOUS(<cnp.ndarray>tokens):
+        converted = c_token_bytes(tokens)  # lists and integer arrays in one inlined C pass (_convert.pxd)
+        tokens = query_token_bytes(tokens) if converted is None else converted  # else the shared path
+        if type(tokens) is bytes:
+            return _token_bytes(self, tokens, data, nbytes)
+    data[0] = <const uint8_t*>cnp.PyArray_DATA(<cnp.ndarray>tokens)
+    nbytes[0] = <size_t>cnp.PyArray_DIM(<cnp.ndarray>tokens, 0)
+    return tokens
 
 
 cdef dict _walk_here(SyncPrefixHashTable self, str model, lora, const uint8_t* data, ready, int kind,

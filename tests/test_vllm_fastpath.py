@@ -222,3 +222,33 @@ def test_held_payloads_small_ones_copied_large_ones_kept_as_views(make_table):
     stream.end_replay(False)  # given up: the held batches are applied, seq 1 counted lost
     assert (stream.stats["lost_batches"], stream.stats["blocks_stored"], stream.held_bytes) == (1, 1 + n, 0)
     assert table.match_blocks("model", -1, list(range(4))) == {"pod-a": 1}
+
+
+# ---------------------------------------------------------------------------------------------------
+# what another thread reads in the stats
+
+
+class _RecordingStats(dict):
+    """The stream's stats, noting the replay counters at the moment "replaying" goes False."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.at_end: List[Any] = []
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        if key == "replaying" and value is False:
+            self.at_end.append((self["replays"], self["replay_failures"]))
+        super().__setitem__(key, value)
+
+
+def test_a_replay_is_counted_before_the_stats_say_it_is_over(make_table):
+    """A reader that waits for "replaying" to be False (as tests and benchmarks do, from another thread)
+    must find the replay's outcome already counted."""
+    stream = _stream(make_table(), plain=True)
+    stats = _RecordingStats(stream.stats)
+    stream.stats = stats
+    stream._start_replay(0)
+    stream.end_replay(True)
+    stream._start_replay(0)
+    stream.end_replay(False)
+    assert stats.at_end == [(1, 0), (1, 1)]

@@ -302,11 +302,13 @@ class PodStream:
         if replay is None:
             return
         self.replay = None
-        self.stats["replaying"] = False
         if self.transport is not None:
             self.transport.cancel_replay(self)
         if ok is None:
+            self.stats["replaying"] = False
             return
+        # the outcome is counted before "replaying" goes False: a reader of the stats (another thread)
+        # that sees the replay over sees it counted too (a test saw replays=0 in between)
         if ok:
             self.stats["replays"] += 1
         else:
@@ -317,6 +319,7 @@ class PodStream:
                 self.stats["resume_refills"] += 1
                 self._clear_index()
                 self.applied = -1
+        self.stats["replaying"] = False
         for seq, payload in self._drop_held():
             self.accept_in_order(seq, payload, replayed=False)
 

@@ -80,10 +80,12 @@ cdef inline bint _read_str(Cursor* c, const uint8_t** s, size_t* length) noexcep
     return True
 
 
-cdef inline bint _read_uint(Cursor* c, uint64_t* value) noexcept nogil:
-    """A non-negative int in any of msgpack's int forms."""
+cdef inline bint _read_uint(Cursor* c, uint64_t* value, bint wide) noexcept nogil:
+    """A non-negative int in msgpack's int forms: all of them, or with `wide` False only those of up to
+    32 bits (a token id). Every caller passes a constant `wide`: inlined, each gets its own branches."""
     cdef uint8_t tag
     cdef int width
+    cdef uint8_t last = 0x03 if wide else 0x02  # the widest form: 64 or 32 bits
     if not _has(c, 1):
         return False
     tag = c.p[c.pos]
@@ -91,7 +93,7 @@ cdef inline bint _read_uint(Cursor* c, uint64_t* value) noexcept nogil:
         value[0] = tag
         c.pos += 1
         return True
-    if 0xcc <= tag <= 0xcf or 0xd0 <= tag <= 0xd3:  # uint8..64, int8..64
+    if 0xcc <= tag <= 0xcc + last or 0xd0 <= tag <= 0xd0 + last:  # uint8.., int8..
         width = 1 << (tag & 0x03)
         if not _has(c, 1 + width):
             return False
@@ -104,26 +106,12 @@ cdef inline bint _read_uint(Cursor* c, uint64_t* value) noexcept nogil:
 
 
 cdef inline bint _read_token_ids(Cursor* c, size_t count, uint8_t* dst) noexcept nogil:
-    """count token ids (ints in [0, 2**32) in their 8-, 16- or 32-bit forms) as 4 big-endian bytes each."""
-    cdef size_t i, width
-    cdef uint8_t tag
+    """count token ids (ints in [0, 2**32) in their 8-, 16- or 32-bit forms) as 4 big-endian bytes each.
+    The 64-bit forms are left to the caller's fallback: this loop runs for every token of every event."""
+    cdef size_t i
     cdef uint64_t value
     for i in range(count):
-        if not _has(c, 1):
-            return False
-        tag = c.p[c.pos]
-        if tag <= 0x7f:  # positive fixint
-            value = tag
-            c.pos += 1
-        elif 0xcc <= tag <= 0xce or 0xd0 <= tag <= 0xd2:  # uint8/16/32, int8/16/32
-            width = <size_t>1 << (tag & 0x03)
-            if not _has(c, 1 + width):
-                return False
-            value = _be(c.p + c.pos + 1, <int>width)
-            if tag >= 0xd0 and (value >> (8 * width - 1)):  # a negative signed int
-                return False
-            c.pos += 1 + width
-        else:  # uint64/int64 (too wide for a token id), negative fixint, or not an int at all
+        if not _read_uint(c, &value, False):
             return False
         dst[4 * i] = (value >> 24) & 0xff
         dst[4 * i + 1] = (value >> 16) & 0xff
@@ -202,10 +190,13 @@ cdef enum:
     EV_STORED = 1
     EV_REMOVED = 2
 
-# A stored event in array form: the tag, four required fields, then these optional ones, in this order
-# (the wire's field order, docs/vllm.md).
-cdef int STORED_ARRAY_FIELDS[7]
-STORED_ARRAY_FIELDS[:] = [F_LORA_ID, F_MEDIUM, F_LORA_NAME, F_EXTRA_KEYS, F_GROUP, F_SPEC_KIND, F_SLIDING_WINDOW]
+# The fields of an event in array form after its tag, in the wire's order (docs/vllm.md, V3): a store's
+# first four are required, a removal's first one.
+cdef int STORED_ARRAY_FIELDS[11]
+STORED_ARRAY_FIELDS[:] = [F_HASHES, F_PARENT, F_TOKENS, F_BLOCK_SIZE, F_LORA_ID, F_MEDIUM, F_LORA_NAME,
+                          F_EXTRA_KEYS, F_GROUP, F_SPEC_KIND, F_SLIDING_WINDOW]
+cdef int REMOVED_ARRAY_FIELDS[3]
+REMOVED_ARRAY_FIELDS[:] = [F_HASHES, F_MEDIUM, F_GROUP]
 
 cdef Py_ssize_t OFF_R_HASHES = _slot_offset(BlockRemoved, "block_hashes")
 cdef Py_ssize_t OFF_R_MODEL = _slot_offset(BlockRemoved, "model_name")
@@ -294,13 +285,13 @@ cdef bint _read_value(Cursor* c, int field, _PlainEvent ev, size_t block_size):
         ev.hashes = cnp.PyArray_EMPTY(1, dims, cnp.NPY_UINT64, 0)
         out = <uint64_t*>cnp.PyArray_DATA(<cnp.ndarray>ev.hashes)
         for i in range(count):
-            if not _read_uint(c, &out[i]):
+            if not _read_uint(c, &out[i], True):
                 return False
         return True
     if field == F_PARENT:
         if _read_nil(c):
             return True
-        ev.has_parent = _read_uint(c, &ev.parent)
+        ev.has_parent = _read_uint(c, &ev.parent, True)
         return ev.has_parent
     if field == F_TOKENS:
         if not _read_array(c, &count) or count > c.n - c.pos or count % block_size:
@@ -310,7 +301,7 @@ cdef bint _read_value(Cursor* c, int field, _PlainEvent ev, size_t block_size):
         ev.tokens = cnp.PyArray_EMPTY(2, dims, cnp.NPY_UINT8, 0)
         return _read_token_ids(c, count, <uint8_t*>cnp.PyArray_DATA(<cnp.ndarray>ev.tokens))
     if field == F_BLOCK_SIZE:
-        return _read_uint(c, &ev.block_size)
+        return _read_uint(c, &ev.block_size, True)
     if field == F_MEDIUM:
         if _read_nil(c):
             return True
@@ -324,7 +315,7 @@ cdef bint _read_value(Cursor* c, int field, _PlainEvent ev, size_t block_size):
     if field == F_GROUP:
         if _read_nil(c):
             return True
-        return _read_uint(c, &value) and value == 0
+        return _read_uint(c, &value, True) and value == 0
     return _read_nil(c)  # lora_id, lora_name, extra_keys and the spec's kind and window: only when unset
 
 
@@ -355,17 +346,14 @@ cdef object _read_event(Cursor* c, size_t block_size, mediums, bint removals, st
         if ev.kind == EV_STORED:
             if not 5 <= count <= 12:
                 return None
-            for field in (F_HASHES, F_PARENT, F_TOKENS, F_BLOCK_SIZE):
-                if not _read_value(c, field, ev, block_size):
-                    return None
-            for i in range(count - 5):
+            for i in range(count - 1):
                 if not _read_value(c, STORED_ARRAY_FIELDS[i], ev, block_size):
                     return None
         else:
             if not 2 <= count <= 4:
                 return None
             for i in range(count - 1):
-                if not _read_value(c, (F_HASHES, F_MEDIUM, F_GROUP)[i], ev, block_size):
+                if not _read_value(c, REMOVED_ARRAY_FIELDS[i], ev, block_size):
                     return None
     if not (ev.seen & F_TYPE and ev.seen & F_HASHES):
         return None
@@ -449,7 +437,7 @@ def read_plain_batch(payload, str model, str pod, size_t block_size, mediums, bi
             if c.p[c.pos] >= 0xe0:  # a negative fixint
                 rank = <int>(<signed char>c.p[c.pos])
                 c.pos += 1
-            elif _read_uint(&c, &value):
+            elif _read_uint(&c, &value, True):
                 rank = value
             else:
                 return None

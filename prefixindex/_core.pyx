@@ -85,11 +85,10 @@ cdef uint64_t RENUMBER_AT = 1u << 31
 # From this many token bytes on, hashing runs without the GIL (docs/performance.md, "GIL"): below it,
 # handing the GIL over and back costs more than the hashing, and a second thread makes it a convoy.
 cdef size_t NOGIL_BYTES = 16384
-# process_block_stored keeps the prefix hashes of an event of up to this many blocks on the C stack.
+# process_block_stored keeps the prefix hashes of an event of up to SMALL_EVENT_BLOCKS on the C stack,
+# match_blocks those of a query of up to SMALL_QUERY_BLOCKS.
 cdef enum:
     SMALL_EVENT_BLOCKS = 16
-# match_blocks keeps the prefix hashes of a query of up to this many blocks on the C stack.
-cdef enum:
     SMALL_QUERY_BLOCKS = 64
 # A query's first blocks are hashed this many at a time, then probed; later ones 64 at a time
 # (_entries.walk, docs/performance.md).

@@ -231,8 +231,8 @@ static inline bool rarely(bool x) { return x; }
 
 // Reads the bucket of `key` and prefetches the bucket's first node: the loads a find() or an insert of
 // it will make. Issued for a chunk of keys before their finds (a query's walk) or inserts (a store),
-// on a map too large to stay in the caches, so that the misses of the chunk overlap (issue 9,
-// Deliver 4; docs/performance.md).
+// on a map that may be out of the caches (TOUCH_BUCKETS_FROM in _entries.pxd), so that the misses of
+// the chunk overlap (issue 9, Deliver 4; docs/performance.md).
 template <class V>
 static inline void touch_bucket(const U64Map<V>& m, uint64_t key) {
   size_t b = m.bucket(key);

@@ -51,8 +51,8 @@ cdef extern from "_native.h" namespace "pi" nogil:
     ctypedef U64Map[Entry] PrefixMap
     ctypedef U64Map[uint64_t] EngineMap
     void touch_bucket(const PrefixMap& m, uint64_t key)
-    bint rarely(bint x)
     void touch_bucket(const EngineMap& m, uint64_t key)
+    bint rarely(bint x)
 
     # pod id -> its state in a context
     cdef cppclass PodMap "std::unordered_map<uint32_t, pi::PodState*>":

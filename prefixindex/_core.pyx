@@ -39,10 +39,11 @@ cimport numpy as cnp
 
 from prefixindex._native cimport (Ctx, CtxPtr, EngineMap, Entry, EntryVec, NodePool, PodMap, PodRun, PodState,
                                   NO_POD, EntryPtr, PodStatePtr, PodVec, PrefixMap, RunVec, gc_pause, gc_resume, kMulti,
-                                  kNodeSize, Walk, WalkGate, monotonic_seconds, nth_element, sort,
+                                  kNodeSize, Walk, WalkChoice, WalkGate, monotonic_seconds, nth_element, sort,
                                   walk_gate_delete, walk_gate_enter, walk_gate_generation,
                                   walk_gate_install_fork_handler, walk_gate_leave, walk_gate_new,
-                                  walk_gate_try_enter, walk_gate_wait, walk_gate_walkers, touch_bucket, rarely)
+                                  walk_gate_try_enter, walk_gate_wait, walk_gate_walkers, walk_ticks, touch_bucket,
+                                  rarely)
 from prefixindex._entries cimport (entry_add, entry_has, entry_remove, holds, is_multi, pod_list,
                                    release_list, renumber, walk, TOUCH_BUCKETS_FROM)
 from prefixindex._xxh64 cimport hash_chain, xxh64
@@ -100,6 +101,20 @@ def _debug_set_probe_chunk(size_t chunk):
     are 64); the answers do not change (tests/test_compiled.py)."""
     global PROBE_CHUNK
     PROBE_CHUNK = chunk if chunk else 1
+
+# How queries walk (_entries.walk): 0 as each table's WalkChoice measures best, 1 always chunked, 2 always
+# with the probes beside the hash chain.
+cdef int WALK_MODE = 0
+
+
+def _debug_set_walk_mode(int mode):
+    """Benchmarks and tests only: 0 chooses each walk's way by measurement (the default), 1 walks chunked,
+    2 with the probes beside the hash chain; the answers do not change (tests/test_walk_choice.py)."""
+    global WALK_MODE
+    if mode not in (0, 1, 2):
+        raise ValueError(f"walk mode must be 0, 1 or 2, got {mode}")
+    WALK_MODE = mode
+
 
 # Tests only: called (outside any section) between a walk outside the GIL and its closing section.
 _after_walk_hook = None

@@ -14,7 +14,7 @@ from cython.operator cimport dereference as deref, preincrement as inc
 
 from prefixindex._native cimport (NO_POD, Ctx, Entry, EntryPtr, EntryVec, PodRun, PodVec, PrefixMap, RunVec,
                                   binary_search, kMulti, lower_bound, sort, touch_bucket)
-from prefixindex._xxh64 cimport hash_chain
+from prefixindex._xxh64 cimport hash_chain, xxh64_link
 
 
 # From this many entries on, a map is taken to be possibly out of the caches: the walk touches a chunk's
@@ -163,72 +163,117 @@ cdef inline int keep_holders(Ctx* c, const Entry* e, PodVec* alive, RunVec* foun
     return 0
 
 
+cdef inline int start_pods(Ctx* c, const Entry* e, PodVec* ready, PodVec* alive) except -1 nogil:
+    """The pods (the ready ones, when `ready` is given) that hold block 0's entry e, into the empty `alive`."""
+    cdef vector[uint32_t]* v
+    cdef size_t j
+    if is_multi(e.pods):
+        v = pod_list(c, e.pods)
+        for j in range(v.size()):
+            if ready == NULL or binary_search(ready.begin(), ready.end(), deref(v)[j]):
+                alive.push_back(deref(v)[j])
+    elif ready == NULL or binary_search(ready.begin(), ready.end(), e.pods):
+        alive.push_back(e.pods)
+    return 0
+
+
 cdef inline Py_ssize_t walk(Ctx* c, uint64_t* h, size_t n, const uint8_t* data, size_t width, uint64_t seed,
-                            size_t prehashed, size_t chunk, PodVec* ready, PodVec* alive, RunVec* found,
-                            EntryVec* touched, size_t* hashed) except -1 nogil:
+                            size_t prehashed, size_t chunk, bint beside, PodVec* ready, PodVec* alive,
+                            RunVec* found, EntryVec* touched, size_t* hashed) except -1 nogil:
     """SPEC 4: each ready pod's run of blocks held from block 0. Returns the longest run.
 
-    h[0:prehashed] are given. Past them the blocks are hashed a chunk at a time (`chunk` blocks first,
-    then 64) and then probed: the probes of a chunk do not depend on each other, so the processor
-    overlaps their cache misses (at a million entries a probe misses the caches; interleaved with the
-    serial hash chain they would each stall it). The first chunk is small because the most common
-    miss is at block 0 (a new prompt). Hashing stops with the chunk where matching does; *hashed
-    says how many of h are valid on return. `ready` is sorted, or NULL for every pod; `alive` is
-    empty scratch space.
+    h[0:prehashed] are given; past them the walk hashes as it goes, in one of two ways, which give the
+    same answer (the table chooses by measurement, WalkChoice in _native.h; docs/performance.md):
+    - chunked (`beside` false): the blocks are hashed a chunk at a time (`chunk` blocks first, then
+      64) and then probed. The probes of a chunk do not depend on each other, so the processor
+      overlaps their cache misses; the best way when the map's lines are out of the core's caches (a
+      million entries, or a map another thread keeps writing), where a probe beside the serial hash
+      chain would stall it at every miss.
+    - beside the chain (`beside` true): after the first `chunk` blocks, each step hashes one block
+      further and probes one whose hash is long done, so each probe runs in the time the chain waits
+      for its parent's hash; the best way when the map is in the caches (a 1,024-token match ~1.5 ->
+      ~1.2 us).
+    The first chunk is small because the most common miss is at block 0 (a new prompt). Hashing
+    stops soon after matching does; *hashed says how many of h are valid on return. `ready` is
+    sorted, or NULL for every pod; `alive` is empty scratch space.
 
-    It allocates only by pushing to alive, found and touched: with prehashed == n and those reserved
-    (the context's pod count, n entries), it cannot fail, so it can run without the GIL
+    It allocates only by pushing to alive, found and touched (hashing allocates nothing): with those
+    reserved (the context's pod count, n entries) it cannot fail, so it can run without the GIL
     (_table_query.pxi)."""
     cdef size_t i = 0, j, start, end, depth = 0
     cdef PrefixMap.iterator it
     cdef Entry* e
     cdef Entry* probed[64]
-    cdef vector[uint32_t]* v
     cdef PodRun run
+    cdef uint64_t link
     hashed[0] = prehashed
     cdef size_t size = chunk if chunk < 64 else 64
-    while i < n:
-        end = i + size if i + size < n else n
-        size = 64  # after the first chunk (small, for the common miss at block 0), the most one can hold
+    if beside:
+        end = size if size < n else n
         if end > hashed[0]:
             hash_chain(data + hashed[0] * width, end - hashed[0], width, seed,
                        h[hashed[0] - 1] if hashed[0] else seed, h + hashed[0])
             hashed[0] = end
-        if c.prefixes.size() >= TOUCH_BUCKETS_FROM:
-            for j in range(i, end):
-                touch_bucket(c.prefixes, h[j])
-        # every probe of the chunk first, with nothing between them: their misses overlap. The first
-        # block not held ends them (the walk ends there): a probe for a key the map lacks scans its
-        # whole bucket, and a half hit spent ~0.3 us on the rest of its chunk. The branch is taken
-        # once, so the processor still runs ahead through the probes of a chunk that is all held.
-        for j in range(i, end):
-            it = c.prefixes.find(h[j])
+        link = h[hashed[0] - 1] if hashed[0] else seed
+        while i < n:
+            if hashed[0] < n:
+                if width == 64:  # block_size 16: the link inlined with its width a constant (unrolled)
+                    link = xxh64_link(link, data + hashed[0] * 64, 64, seed)
+                else:
+                    link = xxh64_link(link, data + hashed[0] * width, width, seed)
+                h[hashed[0]] = link
+                hashed[0] += 1
+            it = c.prefixes.find(h[i])
             if it == c.prefixes.end():
-                probed[j - i] = NULL
                 break
-            probed[j - i] = &deref(it).second
-        start = i
-        while i < end:
-            e = probed[i - start]
-            if e == NULL:
-                break
+            e = &deref(it).second
             if i == 0:
-                if is_multi(e.pods):
-                    v = pod_list(c, e.pods)
-                    for j in range(v.size()):
-                        if ready == NULL or binary_search(ready.begin(), ready.end(), deref(v)[j]):
-                            alive.push_back(deref(v)[j])
-                elif ready == NULL or binary_search(ready.begin(), ready.end(), e.pods):
-                    alive.push_back(e.pods)
+                start_pods(c, e, ready, alive)
             else:
                 keep_holders(c, e, alive, found, <uint32_t>i)
             if alive.empty():
                 break
             touched.push_back(e)
             i += 1
-            depth = i
-        if i < end:  # the walk ended inside this chunk
-            break
+        depth = i
+    else:
+        while i < n:
+            end = i + size if i + size < n else n
+            size = 64  # after the first chunk (small, for the common miss at block 0), the most one can hold
+            if end > hashed[0]:
+                hash_chain(data + hashed[0] * width, end - hashed[0], width, seed,
+                           h[hashed[0] - 1] if hashed[0] else seed, h + hashed[0])
+                hashed[0] = end
+            if c.prefixes.size() >= TOUCH_BUCKETS_FROM:
+                for j in range(i, end):
+                    touch_bucket(c.prefixes, h[j])
+            # every probe of the chunk first, with nothing between them: their misses overlap. The
+            # first block not held ends them (the walk ends there): a probe for a key the map lacks
+            # scans its whole bucket, and a half hit spent ~0.3 us on the rest of its chunk. The branch
+            # is taken once, so the processor still runs ahead through the probes of a chunk that is
+            # all held.
+            for j in range(i, end):
+                it = c.prefixes.find(h[j])
+                if it == c.prefixes.end():
+                    probed[j - i] = NULL
+                    break
+                probed[j - i] = &deref(it).second
+            start = i
+            while i < end:
+                e = probed[i - start]
+                if e == NULL:
+                    break
+                if i == 0:
+                    start_pods(c, e, ready, alive)
+                else:
+                    keep_holders(c, e, alive, found, <uint32_t>i)
+                if alive.empty():
+                    break
+                touched.push_back(e)
+                i += 1
+                depth = i
+            if i < end:  # the walk ended inside this chunk
+                break
     run.blocks = <uint32_t>depth
     for j in range(alive.size()):
         run.pod = deref(alive)[j]

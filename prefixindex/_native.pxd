@@ -129,6 +129,8 @@ cdef extern from "_native.h" namespace "pi" nogil:
         bint filter_ready
         bint outside
         uint64_t generation
+        bint beside
+        uint64_t ticks
         PodVec ready_ids
         PodVec alive
         RunVec found
@@ -136,6 +138,14 @@ cdef extern from "_native.h" namespace "pi" nogil:
 
     cdef cppclass WalkGate:
         pass
+
+    cdef cppclass WalkChoice:
+        double cost[2]
+        uint32_t turn
+        bint pick()
+        void learn(bint beside, uint64_t ticks, size_t blocks)
+
+    uint64_t walk_ticks() nogil
 
     WalkGate* walk_gate_new() except +
     void walk_gate_delete(WalkGate*)

@@ -36,6 +36,8 @@ cdef class SyncPrefixHashTable:
     cdef uint64_t n[N_COUNTERS]
     cdef int gc_was
     cdef WalkGate* gate           # the long walks outside the GIL, waited for by changing sections
+    cdef WalkChoice walk_short    # how short queries walk, and how long ones do (_native.h) ...
+    cdef WalkChoice walk_long     # ... two workloads, measured apart
     cdef vector[uint8_t] id_scratch   # a short query's token ids as token bytes (_token_bytes) ...
     cdef bint id_scratch_busy         # ... while that query is not done with them
     # The last (model, lora_id, pod) an event was stored for, by object identity, and where it went.

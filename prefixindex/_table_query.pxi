@@ -47,7 +47,7 @@ cdef inline object _query_bytes(SyncPrefixHashTable self, str model, lora, const
         self._begin_read()
         try:
             self.n[N_MATCHES] += 1
-            result = _walk_here(self, model, lora, data, ready, kind, now, &w)
+            result = _walk_here(self, model, lora, data, ready, kind, now, &w, &self.walk_short)
         finally:
             self._end()
         if kind != BLOCKS and w.hashed < <size_t>n:  # the walk stopped early; every hash is returned
@@ -96,15 +96,28 @@ cdef object _token_bytes(SyncPrefixHashTable self, tokens, const uint8_t** data,
     return tokens
 
 
+cdef inline bint _walk_beside(WalkChoice* choice) noexcept:
+    """Whether the next walk probes beside the hash chain (WalkChoice in _native.h, or WALK_MODE)."""
+    if WALK_MODE:
+        return WALK_MODE == 2
+    return choice.pick()
+
+
 cdef dict _walk_here(SyncPrefixHashTable self, str model, lora, const uint8_t* data, ready, int kind,
-                     double now, Walk* w):
-    """SPEC 4's walk and its result, all in the caller's section (hashing as it goes, past w.hashed)."""
+                     double now, Walk* w, WalkChoice* choice):
+    """SPEC 4's walk and its result, all in the caller's section (hashing as it goes, past w.hashed),
+    the way `choice` measures best; the walk's ticks go back into it."""
+    cdef size_t prehashed = w.hashed
+    cdef uint64_t start
     w.c = self._find_ctx(model, lora)
     if w.c == NULL:
         return {}
     _ready_ids(self, ready, w)
-    w.depth = walk(w.c, w.h, w.n, data, self.block_bytes, self.seed, w.hashed, PROBE_CHUNK,
+    w.beside = _walk_beside(choice)
+    start = walk_ticks()
+    w.depth = walk(w.c, w.h, w.n, data, self.block_bytes, self.seed, w.hashed, PROBE_CHUNK, w.beside,
                    &w.ready_ids if w.filter_ready else NULL, &w.alive, &w.found, &w.touched, &w.hashed)
+    choice.learn(w.beside, walk_ticks() - start, w.hashed - prehashed)
     return _matched(self, w, kind == PERCENT, now)
 
 
@@ -116,7 +129,8 @@ cdef dict _long_query(SyncPrefixHashTable self, str model, lora, const uint8_t* 
     takes the GIL back. A closing section then builds the result, or walks again if it could not enter
     or anything changed since. One handover of the GIL per query, however long."""
     cdef bint want = False
-    cdef size_t pods
+    cdef size_t pods, walked = 0
+    cdef uint64_t start
     self._begin_read()
     try:
         self.n[N_MATCHES] += 1
@@ -130,27 +144,36 @@ cdef dict _long_query(SyncPrefixHashTable self, str model, lora, const uint8_t* 
             w.found.reserve(pods)
             w.touched.reserve(w.n)
             w.generation = walk_gate_generation(self.gate)
+            w.beside = _walk_beside(&self.walk_long)
             want = True
     finally:
         self._end()
     if not want and kind == BLOCKS:
         return {}  # nothing to walk, no hashes to return
     with nogil:
-        hash_chain(data, w.n, self.block_bytes, self.seed, self.seed, w.h)
-        w.hashed = w.n
         if want and walk_gate_try_enter(self.gate, w.generation):
-            # prehashed == n and everything reserved: this cannot fail
-            w.depth = walk(w.c, w.h, w.n, data, self.block_bytes, self.seed, w.n, PROBE_CHUNK,
+            # everything reserved: this cannot fail. It hashes as it walks (in the gate: a changing
+            # section waits for it, ~20 ns a block), so that it can probe beside the hash chain
+            start = walk_ticks()
+            w.depth = walk(w.c, w.h, w.n, data, self.block_bytes, self.seed, 0, PROBE_CHUNK, w.beside,
                            &w.ready_ids if w.filter_ready else NULL, &w.alive, &w.found, &w.touched,
                            &w.hashed)
+            w.ticks = walk_ticks() - start
+            walked = w.hashed
             walk_gate_leave(self.gate)
             w.outside = True
+        if w.hashed < w.n:  # every hash is returned (and a walk again inside a section needs them)
+            hash_chain(data + w.hashed * self.block_bytes, w.n - w.hashed, self.block_bytes, self.seed,
+                       w.h[w.hashed - 1] if w.hashed else self.seed, w.h + w.hashed)
+            w.hashed = w.n
     if not want:
         return {}
     if _after_walk_hook is not None and w.outside:
         _after_walk_hook()
     self._begin_read()
     try:
+        if w.outside:
+            self.walk_long.learn(w.beside, w.ticks, walked)
         if w.outside and walk_gate_generation(self.gate) == w.generation:
             return _matched(self, w, kind == PERCENT, now)
         # it could not walk outside, or the index changed since the walk (its entries may be gone):
@@ -159,7 +182,7 @@ cdef dict _long_query(SyncPrefixHashTable self, str model, lora, const uint8_t* 
         w.found.clear()
         w.touched.clear()
         w.ready_ids.clear()
-        return _walk_here(self, model, lora, data, ready, kind, now, w)
+        return _walk_here(self, model, lora, data, ready, kind, now, w, &self.walk_long)
     finally:
         self._end()
 
@@ -239,3 +262,10 @@ cdef dict _matched(SyncPrefixHashTable self, Walk* w, bint percent, double now):
     for i in range(w.found.size()):
         result[self._pod_names[w.found[i].pod]] = w.found[i].blocks * 100 // w.n if percent else w.found[i].blocks
     return result
+
+
+def _debug_walk_costs(SyncPrefixHashTable table):
+    """Tests and benchmarks only: each WalkChoice's costs (ticks per hashed block, 0 while unmeasured) as
+    {"short": (chunked, beside), "long": (chunked, beside)}."""
+    return {"short": (table.walk_short.cost[0], table.walk_short.cost[1]),
+            "long": (table.walk_long.cost[0], table.walk_long.cost[1])}

@@ -265,29 +265,41 @@ static inline uint64_t walk_ticks() noexcept {
 // measurement: neither is faster everywhere. Beside the chain wins when the map's lines are in the
 // core's caches (a 1,024-token match alone ~1.5 -> ~1.2 us); chunked wins when they are not (a million
 // entries, or a map another thread keeps storing into, where each cold probe beside the chain stalls
-// it: the matcher beside an ingest thread fell from ~290,000 to ~230,000 matches/s when it always walked
+// it: the matcher beside an ingest thread fell from ~290,000 to ~205,000 matches/s when it always walked
 // beside). Each way's cost per hashed block is kept as a moving average; a walk takes the cheaper way,
-// and one walk in EXPLORE (64) the other, so that the averages follow the workload as it changes. Read and
-// written with the GIL held (a walk outside it hands its ticks to its closing section).
+// and now and then the other, so that the averages follow the workload as it changes: one walk in
+// EXPLORE_NEAR while the two are within a quarter of each other, one in EXPLORE_FAR when they are not
+// (each such walk costs the gap). The preferred way is timed one walk in TIME_EVERY (the timing is a
+// few ns a walk), the other whenever it runs, and its rare samples weigh more. Read and written with
+// the GIL held (a walk outside it hands its ticks to its closing section).
 struct WalkChoice {
-  enum { EXPLORE = 64, MIN_BLOCKS = 16 };
+  enum { EXPLORE_NEAR = 64, EXPLORE_FAR = 1024, TIME_EVERY = 4, MIN_BLOCKS = 16 };
+  enum { BESIDE = 1, TIMED = 2 };  // pick()'s bits
   double cost[2];  // ticks per hashed block: [0] chunked, [1] beside the chain; 0 = not measured yet
   uint32_t turn;
 
-  bool pick() noexcept {
+  int pick() noexcept {
     bool beside = cost[1] < cost[0];
-    if ((++turn % EXPLORE) == 0) beside = !beside;
-    return beside;
+    double lo = beside ? cost[1] : cost[0], hi = beside ? cost[0] : cost[1];
+    uint32_t every = hi > 1.25 * lo && lo > 0 ? EXPLORE_FAR : EXPLORE_NEAR;
+    bool timed = (++turn % TIME_EVERY) == 0;
+    if (turn % every == 0) {
+      beside = !beside;
+      timed = true;
+    }
+    if (cost[beside ? 1 : 0] == 0) timed = true;
+    return (beside ? BESIDE : 0) | (timed ? TIMED : 0);
   }
 
-  // One walk's ticks over `blocks` it hashed (walks too short to tell are left out).
+  // One timed walk's ticks over the `blocks` it hashed (walks too short to tell are left out).
   void learn(bool beside, uint64_t ticks, size_t blocks) noexcept {
     if (blocks < MIN_BLOCKS) return;
     double sample = (double)ticks / (double)blocks;
     double& c = cost[beside ? 1 : 0];
     if (c == 0) { c = sample; return; }
     if (sample > 4 * c) sample = 4 * c;  // an interrupt or a migration, not the way's cost
-    c += (sample - c) / 8;
+    bool preferred = beside == (cost[1] < cost[0]);
+    c += (sample - c) / (preferred ? 8 : 2);
   }
 };
 

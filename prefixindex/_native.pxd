@@ -142,10 +142,13 @@ cdef extern from "_native.h" namespace "pi" nogil:
     cdef cppclass WalkChoice:
         double cost[2]
         uint32_t turn
-        bint pick()
+        int pick()
         void learn(bint beside, uint64_t ticks, size_t blocks)
 
     uint64_t walk_ticks() nogil
+    enum:
+        WALK_BESIDE "pi::WalkChoice::BESIDE"
+        WALK_TIMED "pi::WalkChoice::TIMED"
 
     WalkGate* walk_gate_new() except +
     void walk_gate_delete(WalkGate*)

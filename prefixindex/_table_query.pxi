@@ -96,10 +96,11 @@ cdef object _token_bytes(SyncPrefixHashTable self, tokens, const uint8_t** data,
     return tokens
 
 
-cdef inline bint _walk_beside(WalkChoice* choice) noexcept:
-    """Whether the next walk probes beside the hash chain (WalkChoice in _native.h, or WALK_MODE)."""
+cdef inline int _walk_how(WalkChoice* choice) noexcept:
+    """How the next walk goes (WalkChoice in _native.h, or WALK_MODE): WALK_BESIDE set if it probes
+    beside the hash chain, WALK_TIMED if its ticks are to be learnt."""
     if WALK_MODE:
-        return WALK_MODE == 2
+        return (WALK_BESIDE if WALK_MODE == 2 else 0) | WALK_TIMED
     return choice.pick()
 
 
@@ -108,16 +109,20 @@ cdef dict _walk_here(SyncPrefixHashTable self, str model, lora, const uint8_t* d
     """SPEC 4's walk and its result, all in the caller's section (hashing as it goes, past w.hashed),
     the way `choice` measures best; the walk's ticks go back into it."""
     cdef size_t prehashed = w.hashed
-    cdef uint64_t start
+    cdef uint64_t start = 0
+    cdef int how
     w.c = self._find_ctx(model, lora)
     if w.c == NULL:
         return {}
     _ready_ids(self, ready, w)
-    w.beside = _walk_beside(choice)
-    start = walk_ticks()
+    how = _walk_how(choice)
+    w.beside = (how & WALK_BESIDE) != 0
+    if how & WALK_TIMED:
+        start = walk_ticks()
     w.depth = walk(w.c, w.h, w.n, data, self.block_bytes, self.seed, w.hashed, PROBE_CHUNK, w.beside,
                    &w.ready_ids if w.filter_ready else NULL, &w.alive, &w.found, &w.touched, &w.hashed)
-    choice.learn(w.beside, walk_ticks() - start, w.hashed - prehashed)
+    if how & WALK_TIMED:
+        choice.learn(w.beside, walk_ticks() - start, w.hashed - prehashed)
     return _matched(self, w, kind == PERCENT, now)
 
 
@@ -144,7 +149,7 @@ cdef dict _long_query(SyncPrefixHashTable self, str model, lora, const uint8_t* 
             w.found.reserve(pods)
             w.touched.reserve(w.n)
             w.generation = walk_gate_generation(self.gate)
-            w.beside = _walk_beside(&self.walk_long)
+            w.beside = (_walk_how(&self.walk_long) & WALK_BESIDE) != 0  # long walks: always timed
             want = True
     finally:
         self._end()
@@ -269,3 +274,21 @@ def _debug_walk_costs(SyncPrefixHashTable table):
     {"short": (chunked, beside), "long": (chunked, beside)}."""
     return {"short": (table.walk_short.cost[0], table.walk_short.cost[1]),
             "long": (table.walk_long.cost[0], table.walk_long.cost[1])}
+
+
+def _debug_walk_choice(phases):
+    """Tests only: drive a fresh WalkChoice as walks of 64 hashed blocks would, phase by phase, each
+    phase (walks, chunked ticks a block, beside ticks a block); returns one bool per walk, True where
+    it walked beside the chain. Shows how the choice follows a workload without a clock."""
+    cdef WalkChoice choice
+    cdef int how
+    choice.cost[0] = choice.cost[1] = 0
+    choice.turn = 0
+    out = []
+    for walks, chunked, beside in phases:
+        for _ in range(walks):
+            how = choice.pick()
+            if how & WALK_TIMED:
+                choice.learn((how & WALK_BESIDE) != 0, <uint64_t>(64 * (beside if how & WALK_BESIDE else chunked)), 64)
+            out.append((how & WALK_BESIDE) != 0)
+    return out

@@ -138,3 +138,24 @@ def test_walks_too_short_to_tell_are_not_measured():
 def test_the_walk_mode_knob_refuses_what_it_does_not_know():
     with pytest.raises(ValueError, match="walk mode must be 0, 1 or 2, got 3"):
         COMPILED._debug_set_walk_mode(3)
+
+
+def test_the_choice_takes_the_cheaper_way_and_follows_a_change():
+    # WalkChoice driven with made-up costs (ticks per block), no clock: it settles on the cheaper way,
+    # tries the other rarely (one walk in 1,024 while they are far apart), and when the workload turns
+    # (the maps go cold: chunked becomes the cheaper) it follows within a few thousand walks
+    picks = COMPILED._debug_walk_choice([(8192, 60.0, 45.0), (8192, 140.0, 215.0)])
+    warm, cold = picks[:8192], picks[8192:]
+    tries = len(warm[100:]) - sum(warm[100:])
+    assert 1 <= tries <= len(warm) // 1024 + 1  # beside, but for the rare tries of chunked
+    turned = cold.index(False)
+    assert turned < 5000, turned
+    settled = cold[turned + 1000:]
+    assert 1 <= sum(settled) <= len(settled) // 1024 + 1  # chunked, but for the rare tries of beside
+
+
+def test_the_choice_tries_the_other_way_often_while_the_two_are_close():
+    # within a quarter of each other the costs may swap with the load: one walk in 64 goes the other way
+    picks = COMPILED._debug_walk_choice([(6400, 50.0, 45.0)])
+    others = len(picks) - sum(picks)
+    assert 90 <= others <= 110, others

@@ -13,7 +13,7 @@ from libcpp.vector cimport vector
 from cython.operator cimport dereference as deref, preincrement as inc
 
 from prefixindex._native cimport (NO_POD, Ctx, Entry, EntryPtr, EntryVec, PodRun, PodVec, PrefixMap, RunVec,
-                                  binary_search, kMulti, lower_bound, sort, touch_bucket)
+                                  binary_search, find_entry, kMulti, lower_bound, sort, touch_bucket)
 from prefixindex._xxh64 cimport hash_chain, xxh64_link
 
 
@@ -223,10 +223,9 @@ cdef inline Py_ssize_t walk(Ctx* c, uint64_t* h, size_t n, const uint8_t* data, 
                     link = xxh64_link(link, data + hashed[0] * width, width, seed)
                 h[hashed[0]] = link
                 hashed[0] += 1
-            it = c.prefixes.find(h[i])
-            if it == c.prefixes.end():
+            e = find_entry(c.prefixes, h[i])
+            if e == NULL:
                 break
-            e = &deref(it).second
             if i == 0:
                 start_pods(c, e, ready, alive)
             else:
@@ -253,11 +252,9 @@ cdef inline Py_ssize_t walk(Ctx* c, uint64_t* h, size_t n, const uint8_t* data, 
             # is taken once, so the processor still runs ahead through the probes of a chunk that is
             # all held.
             for j in range(i, end):
-                it = c.prefixes.find(h[j])
-                if it == c.prefixes.end():
-                    probed[j - i] = NULL
+                probed[j - i] = find_entry(c.prefixes, h[j])
+                if probed[j - i] == NULL:
                     break
-                probed[j - i] = &deref(it).second
             start = i
             while i < end:
                 e = probed[i - start]

@@ -303,6 +303,16 @@ struct WalkChoice {
   }
 };
 
+// find(key)'s entry, or nullptr: the same search as the map's own find() (the bucket's nodes, through
+// the map's public bucket interface), but inlined into the walk, so that the compiler can interleave a
+// probe with the hash chain's next link instead of calling out (and through the PLT) for each block.
+static inline Entry* find_entry(PrefixMap& m, uint64_t key) {
+  size_t b = m.bucket(key);
+  for (auto it = m.begin(b), end = m.end(b); it != end; ++it)
+    if (it->first == key) return &it->second;
+  return nullptr;
+}
+
 // Pointer aliases: Cython cannot spell a pointer type as a template argument.
 using EntryPtr = Entry*;
 using PodStatePtr = PodState*;

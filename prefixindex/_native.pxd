@@ -51,6 +51,7 @@ cdef extern from "_native.h" namespace "pi" nogil:
     ctypedef U64Map[Entry] PrefixMap
     ctypedef U64Map[uint64_t] EngineMap
     void touch_bucket(const PrefixMap& m, uint64_t key)
+    Entry* find_entry(PrefixMap& m, uint64_t key)
     void touch_bucket(const EngineMap& m, uint64_t key)
     bint rarely(bint x)
 

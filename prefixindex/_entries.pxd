@@ -13,7 +13,7 @@ from libcpp.vector cimport vector
 from cython.operator cimport dereference as deref, preincrement as inc
 
 from prefixindex._native cimport (NO_POD, Ctx, Entry, EntryPtr, EntryVec, PodRun, PodVec, PrefixMap, RunVec,
-                                  binary_search, find_entry, kMulti, lower_bound, sort, touch_bucket)
+                                  binary_search, find_entry, find_in_bucket, kMulti, lower_bound, sort, touch_bucket)
 from prefixindex._xxh64 cimport hash_chain, xxh64_link
 
 
@@ -201,9 +201,9 @@ cdef inline Py_ssize_t walk(Ctx* c, uint64_t* h, size_t n, const uint8_t* data, 
     reserved (the context's pod count, n entries) it cannot fail, so it can run without the GIL
     (_table_query.pxi)."""
     cdef size_t i = 0, j, start, end, depth = 0
-    cdef PrefixMap.iterator it
     cdef Entry* e
     cdef Entry* probed[64]
+    cdef size_t buckets[64]
     cdef PodRun run
     cdef uint64_t link
     hashed[0] = prehashed
@@ -243,18 +243,24 @@ cdef inline Py_ssize_t walk(Ctx* c, uint64_t* h, size_t n, const uint8_t* data, 
                 hash_chain(data + hashed[0] * width, end - hashed[0], width, seed,
                            h[hashed[0] - 1] if hashed[0] else seed, h + hashed[0])
                 hashed[0] = end
-            if c.prefixes.size() >= TOUCH_BUCKETS_FROM:
-                for j in range(i, end):
-                    touch_bucket(c.prefixes, h[j])
             # every probe of the chunk first, with nothing between them: their misses overlap. The
             # first block not held ends them (the walk ends there): a probe for a key the map lacks
             # scans its whole bucket, and a half hit spent ~0.3 us on the rest of its chunk. The branch
             # is taken once, so the processor still runs ahead through the probes of a chunk that is
-            # all held.
-            for j in range(i, end):
-                probed[j - i] = find_entry(c.prefixes, h[j])
-                if probed[j - i] == NULL:
-                    break
+            # all held. On a map that may be cold the chunk's buckets are touched first, and the probes
+            # reuse the bucket indexes the touches computed (a division each)
+            if c.prefixes.size() >= TOUCH_BUCKETS_FROM:
+                for j in range(i, end):
+                    buckets[j - i] = touch_bucket(c.prefixes, h[j])
+                for j in range(i, end):
+                    probed[j - i] = find_in_bucket(c.prefixes, buckets[j - i], h[j])
+                    if probed[j - i] == NULL:
+                        break
+            else:
+                for j in range(i, end):
+                    probed[j - i] = find_entry(c.prefixes, h[j])
+                    if probed[j - i] == NULL:
+                        break
             start = i
             while i < end:
                 e = probed[i - start]

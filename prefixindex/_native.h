@@ -239,10 +239,11 @@ static inline bool rarely(bool x) { return x; }
 // on a map that may be out of the caches (TOUCH_BUCKETS_FROM in _entries.pxd), so that the misses of
 // the chunk overlap (issue 9, Deliver 4; docs/performance.md).
 template <class V>
-static inline void touch_bucket(const U64Map<V>& m, uint64_t key) {
+static inline size_t touch_bucket(const U64Map<V>& m, uint64_t key) {
   size_t b = m.bucket(key);
   auto it = m.begin(b);
   if (it != m.end(b)) __builtin_prefetch(&*it);
+  return b;  // the bucket's index (a division by the prime bucket count), for find_in_bucket
 }
 
 // A cheap, monotonic enough tick count for WalkChoice: only the ratio of two of its readings matters,
@@ -303,15 +304,16 @@ struct WalkChoice {
   }
 };
 
-// find(key)'s entry, or nullptr: the same search as the map's own find() (the bucket's nodes, through
+// find(key)'s entry, or nullptr (find_in_bucket: given the bucket that touch_bucket computed): the same search as the map's own find() (the bucket's nodes, through
 // the map's public bucket interface), but inlined into the walk, so that the compiler can interleave a
 // probe with the hash chain's next link instead of calling out (and through the PLT) for each block.
-static inline Entry* find_entry(PrefixMap& m, uint64_t key) {
-  size_t b = m.bucket(key);
+static inline Entry* find_in_bucket(PrefixMap& m, size_t b, uint64_t key) {  // b: m.bucket(key)
   for (auto it = m.begin(b), end = m.end(b); it != end; ++it)
     if (it->first == key) return &it->second;
   return nullptr;
 }
+
+static inline Entry* find_entry(PrefixMap& m, uint64_t key) { return find_in_bucket(m, m.bucket(key), key); }
 
 // Pointer aliases: Cython cannot spell a pointer type as a template argument.
 using EntryPtr = Entry*;

@@ -50,9 +50,10 @@ cdef extern from "_native.h" namespace "pi" nogil:
 
     ctypedef U64Map[Entry] PrefixMap
     ctypedef U64Map[uint64_t] EngineMap
-    void touch_bucket(const PrefixMap& m, uint64_t key)
+    size_t touch_bucket(const PrefixMap& m, uint64_t key)
     Entry* find_entry(PrefixMap& m, uint64_t key)
-    void touch_bucket(const EngineMap& m, uint64_t key)
+    Entry* find_in_bucket(PrefixMap& m, size_t bucket, uint64_t key)
+    size_t touch_bucket(const EngineMap& m, uint64_t key)
     bint rarely(bint x)
 
     # pod id -> its state in a context

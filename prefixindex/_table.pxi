@@ -498,7 +498,7 @@ cdef class SyncPrefixHashTable:
         try:
             ps = self._context_and_pod(model, lora, name, now, NULL, NULL, NO_POD, &c, &pid)
             try:
-                _place(self, c, ps, pid, &hashes[0], NULL, n)
+                _place(self, c, ps, pid, <uint64_t*>&hashes[0], NULL, n)  # (only read: no tokens)
             except BaseException:
                 self._repair(c, pid)
                 raise

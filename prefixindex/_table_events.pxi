@@ -44,12 +44,11 @@ cdef int _apply_stored(SyncPrefixHashTable self, _Stored ev, double now, uint64_
     if mode == DEFER or (mode == HASHED and parent != parent_io[0]):
         parent_io[0] = parent
         return 1
-    if mode == NOW:
-        hash_chain(<const uint8_t*>cnp.PyArray_DATA(<cnp.ndarray>ev.tokens), n, self.block_bytes, self.seed,
-                   parent, hashes)
     ps = self._context_and_pod(model, lora, pod, now, c, ps, pid, &c, &pid)
     try:
-        _place(self, c, ps, pid, hashes, <const uint64_t*>cnp.PyArray_DATA(<cnp.ndarray>ev.hashes), n)
+        # NOW: _place hashes each block as it places the one before (HASHED: the hashes are given)
+        _place(self, c, ps, pid, hashes, <const uint64_t*>cnp.PyArray_DATA(<cnp.ndarray>ev.hashes), n,
+               <const uint8_t*>cnp.PyArray_DATA(<cnp.ndarray>ev.tokens) if mode == NOW else NULL, parent)
     except BaseException:
         self._repair(c, pid)
         raise

@@ -223,7 +223,8 @@ OUR_MODULES = ["events", "eviction", "harness", "hashing", "matching", "memory",
 
 
 def test_every_benchmark_class_of_ours_is_exercised_below(suite):
-    exercised = {"GetPrefixHashes", "MatchPromptLength", "MatchReadyPods", "MatchContexts", "ProcessBlockStored",
+    exercised = {"GetPrefixHashes", "MatchPromptLength", "MatchReadyPods", "MatchContexts", "MatchWalkWay",
+                 "ProcessBlockStored",
                  "ProcessBlockRemoved", "AllBlocksCleared", "StalenessPass", "PrefixBoundTrim", "PeakMemStore",
                  "BytesPerEntry", "MatchThreads", "HarnessOverhead"}
     found = set()
@@ -273,6 +274,28 @@ def test_match(suite, backend_name, hit, cls, param):
         assert result == {p: 50 for p in b.ready}
     else:
         assert result == {}
+
+
+@pytest.mark.parametrize("backend_name", BACKEND_NAMES)
+@pytest.mark.parametrize("way", ["measured", "chunked", "beside"])
+def test_match_walk_way(suite, backend_name, way):
+    # compiled: each way forced (and put back to measured after), full hits either way; the fallback
+    # walks one way and is an asv skip
+    b = suite("matching").MatchWalkWay()
+    if backend_name == "python":
+        with pytest.raises(NotImplementedError, match="walks one way only"):
+            b.setup(backend_name, way, 1024)
+        return
+    b.setup(backend_name, way, 1024)
+    try:
+        b.time_match_prefix(backend_name, way, 1024)
+        result, hashes = b.table.match_prefix(b.model, -1, b.query, b.ready)
+        assert result == {p: 100 for p in b.ready} and len(hashes) == b.state.n_blocks
+    finally:
+        b.teardown(backend_name, way, 1024)
+    costs = b.core._debug_walk_costs(b.table)["short"]
+    if way != "measured":  # a forced way is still timed: its cost is known, the other's maybe not
+        assert costs[{"chunked": 0, "beside": 1}[way]] > 0, costs
 
 
 @pytest.mark.parametrize("backend_name", BACKEND_NAMES)

@@ -70,3 +70,26 @@ class MatchContexts(_Match):
 
     def time_match_prefix(self, backend_name: str, hit: str, contexts: int) -> None:
         self._match()
+
+
+class MatchWalkWay(_Match):
+    """The compiled core's two ways of walking a query, each forced, and the table's measured choice
+    between them (docs/architecture.md, "The walk"): 100 contexts, one ready pod, full hits. On these
+    warm maps walking beside the hash chain is the faster way, so "measured" should read as "beside".
+    The fallback walks one way, and commits before the choice cannot force one: skipped there."""
+
+    params = (BACKENDS, ["measured", "chunked", "beside"], [1024, 32768])
+    param_names = ["backend", "way", "tokens"]
+
+    def setup(self, backend_name: str, way: str, tokens: int) -> None:
+        self.core = backend(backend_name)
+        if not hasattr(self.core, "_debug_set_walk_mode"):
+            raise NotImplementedError(f"the {backend_name} backend at this commit walks one way only")
+        self._setup(backend_name, "full", contexts=100, tokens=tokens, pods=1)
+        self.core._debug_set_walk_mode({"measured": 0, "chunked": 1, "beside": 2}[way])
+
+    def teardown(self, backend_name: str, way: str, tokens: int) -> None:
+        self.core._debug_set_walk_mode(0)
+
+    def time_match_prefix(self, backend_name: str, way: str, tokens: int) -> None:
+        self._match()

@@ -226,6 +226,8 @@ cdef inline Py_ssize_t walk(Ctx* c, uint64_t* h, size_t n, const uint8_t* data, 
             e = find_entry(c.prefixes, h[i])
             if e == NULL:
                 break
+            # (the same step as the chunked way's below, written out in each: as one inline helper
+            # function the 32,768-token walk took 10% longer, 33.1-33.8 -> 36.2-37.4 us)
             if i == 0:
                 start_pods(c, e, ready, alive)
             else:

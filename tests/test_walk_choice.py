@@ -40,6 +40,16 @@ def _store(tables, tokens, width, runs, model="m"):
                                                source_pod=pod))
 
 
+def _block_size_16(seed, blocks, runs):
+    """Both backends' tables at block_size 16 (64 token bytes a block), holding `runs` of a random
+    prompt of `blocks` blocks; the generator, the prompt's token bytes and the tables."""
+    rng = np.random.default_rng(seed)
+    tokens = rng.integers(0, 256, blocks * 64, dtype=np.uint8)
+    tables = _tables(16)
+    _store(tables, tokens, 64, runs)
+    return rng, tokens, tables
+
+
 def _answers(t, model, queries, readies):
     out = []
     for q in queries:
@@ -71,13 +81,9 @@ def test_either_way_answers_as_the_reference_does(walk_mode, block_size):
 @pytest.mark.parametrize("walk_mode", list(MODES), indirect=True)
 def test_either_way_answers_long_queries_as_the_reference_does(walk_mode):
     # a long query (16,384 token bytes or more) hashes and walks outside the GIL; the way applies there too
-    width = 64
-    rng = np.random.default_rng(9)
-    tokens = rng.integers(0, 256, 1200 * width, dtype=np.uint8)
-    tables = _tables(16)
-    _store(tables, tokens, width, [("a", 1200), ("b", 300), ("c", 257), ("d", 1)])
-    queries = [tokens[:k * width] for k in (256, 257, 300, 700, 1200)]
-    queries.append(np.concatenate([tokens[:500 * width], rng.integers(0, 256, 300 * width, dtype=np.uint8)]))
+    rng, tokens, tables = _block_size_16(9, 1200, [("a", 1200), ("b", 300), ("c", 257), ("d", 1)])
+    queries = [tokens[:k * 64] for k in (256, 257, 300, 700, 1200)]
+    queries.append(np.concatenate([tokens[:500 * 64], rng.integers(0, 256, 300 * 64, dtype=np.uint8)]))
     readies = [None, ["b", "c"], ["zz"]]
     assert _answers(tables[0], "m", queries, readies) == _answers(tables[1], "m", queries, readies)
 
@@ -86,11 +92,7 @@ def test_either_way_answers_long_queries_as_the_reference_does(walk_mode):
 def test_a_long_walk_that_the_index_changed_under_answers_as_of_now(walk_mode):
     # the hook runs between the walk outside the GIL and its closing section, as another thread could:
     # the closing section sees the change and walks again, inside, with the hashes the query already has
-    width = 64
-    rng = np.random.default_rng(3)
-    tokens = rng.integers(0, 256, 600 * width, dtype=np.uint8)
-    tables = _tables(16)
-    _store(tables, tokens, width, [("a", 600), ("b", 600)])
+    _, tokens, tables = _block_size_16(3, 600, [("a", 600), ("b", 600)])
     gone = BlockRemoved(np.arange(301, 601, dtype=np.uint64), "m", source_pod="a")
     tables[1].process_block_removed(gone)
     COMPILED._debug_set_after_walk(lambda: tables[0].process_block_removed(gone))
@@ -107,13 +109,9 @@ def test_the_choice_measures_both_ways_and_answers_alike():
     # by default each table measures each way's cost per hashed block and now and then walks the way
     # it does not prefer, so that both estimates follow the workload: after a few hundred walks both
     # are measured, for short and for long queries, and the answers are the reference's throughout
-    width = 64
-    rng = np.random.default_rng(4)
-    tokens = rng.integers(0, 256, 300 * width, dtype=np.uint8)
-    tables = _tables(16)
-    _store(tables, tokens, width, [("a", 300), ("b", 40)])
+    _, tokens, tables = _block_size_16(4, 300, [("a", 300), ("b", 40)])
     assert COMPILED._debug_walk_costs(tables[0]) == {"short": (0.0, 0.0), "long": (0.0, 0.0)}
-    short, long = tokens[:64 * width], tokens
+    short, long = tokens[:64 * 64], tokens
     for i in range(300):
         for q in (short, long) if i % 4 == 0 else (short,):
             got = tables[0].match_prefix("m", -1, q, ["a", "b"])

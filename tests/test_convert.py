@@ -135,6 +135,20 @@ def test_int_subclasses_are_not_plain_ints():
     assert all_agree("hashes_u64", [1, MyInt(2)]) is None
 
 
+@pytest.mark.parametrize("container", [list, tuple])
+def test_the_fallbacks_marshal_step_takes_only_plain_small_ints(container):
+    # the pure-Python converter first reads a list through marshal (one C pass; docs/performance.md):
+    # it must take exactly the exact ints in [0, 2**31) and decline everything else, which the
+    # general path then converts or refuses as before (the tests above hold the end results)
+    take = _convert_py._marshalled_ids
+    for seq in ([0], [2**31 - 1], list(range(1024)), [5] * 7):
+        assert take(container(seq)).tobytes() == oracle_ids(seq)
+    assert take(container([])).tobytes() == b""
+    for odd in ODD_ELEMENTS + [2**31, 2**32 - 1]:
+        for seq in ([odd], [1, 2, odd], [odd, 1, 2]):
+            assert take(container(seq)) is None, seq
+
+
 def test_canonical_inputs_pass_through(conv):
     data = b"\x00\x00\x00\x01" * 3
     assert conv.token_bytes(data) is data

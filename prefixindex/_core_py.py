@@ -22,7 +22,7 @@ import threading
 import time
 import weakref
 from collections import OrderedDict
-from typing import AbstractSet, Any, Callable, Dict, FrozenSet, List, Optional, Set, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Set, Tuple
 
 import numpy as np
 import xxhash
@@ -171,9 +171,6 @@ if hasattr(os, "register_at_fork"):
             lock._after_fork()
 
     os.register_at_fork(after_in_child=_reset_locks_in_child)
-
-
-_NO_PODS: FrozenSet[str] = frozenset()  # the holders of a block the context lacks
 
 
 class _Prefix:
@@ -440,32 +437,26 @@ class SyncPrefixHashTable:
             self._contexts.move_to_end(key)
             result: Dict[str, int] = {}
             alive: Set[str] = set()
-            matched: List[_Prefix] = []  # the entries of the blocks matched, block 0 first
-            get = ctx.prefixes.get
+            depth = 0
             for i, p in enumerate(hashes):
-                entry = get(p)
-                if entry is None:
-                    holders: AbstractSet[str] = _NO_PODS
-                else:
-                    holders = entry.pods
+                entry = ctx.prefixes.get(p)
+                holders = entry.pods if entry is not None else ()
                 if i == 0:
                     alive = set(holders) if ready is None else set(ready.intersection(holders))
-                elif not alive <= holders:  # one C-level test for the common case: every live pod holds it
-                    for pod in alive - holders:
+                else:
+                    for pod in [q for q in alive if q not in holders]:
                         result[pod] = i  # SPEC 4: a pod's match ends at its first missing block
-                    alive &= holders
+                        alive.discard(pod)
                 if not alive:
                     break
-                matched.append(entry)  # type: ignore[arg-type]  # (held: alive is not empty)
-            depth = len(matched)
+                depth = i + 1
             for pod in alive:
                 result[pod] = depth
             # The matched blocks were used just now; block 0 gets the newest tick (D4).
             tick = ctx.next_tick
             ctx.next_tick += depth
-            for entry in matched:
-                depth -= 1
-                entry.tick = tick + depth
+            for i in range(depth):
+                ctx.prefixes[hashes[i]].tick = tick + depth - 1 - i
             return result
 
     # -- maintenance -------------------------------------------------------------------------------

@@ -219,8 +219,6 @@ struct Walk {
   bool filter_ready = false;
   bool outside = false;       // the walk ran outside the GIL, in the table's WalkGate
   uint64_t generation = 0;    // the gate's generation in the query's first section
-  bool beside = false;        // the way it walks (WalkChoice) ...
-  uint64_t ticks = 0;         // ... and what the walk took, hashing included (walk_ticks)
   PodVec ready_ids;
   PodVec alive;
   RunVec found;
@@ -306,9 +304,10 @@ struct WalkChoice {
   }
 };
 
-// find(key)'s entry, or nullptr (find_in_bucket: given the bucket that touch_bucket computed): the same search as the map's own find() (the bucket's nodes, through
-// the map's public bucket interface), but inlined into the walk, so that the compiler can interleave a
-// probe with the hash chain's next link instead of calling out (and through the PLT) for each block.
+// find(key)'s entry, or nullptr (find_in_bucket: given the bucket that touch_bucket computed). The
+// same search as the map's own find() (the bucket's nodes, through the map's public bucket interface),
+// but inlined into the walk, so that the compiler can interleave a probe with the hash chain's next
+// link instead of calling out (and through the PLT) for each block.
 static inline Entry* find_in_bucket(PrefixMap& m, size_t b, uint64_t key) {  // b: m.bucket(key)
   for (auto it = m.begin(b), end = m.end(b); it != end; ++it)
     if (it->first == key) return &it->second;

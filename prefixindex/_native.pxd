@@ -131,8 +131,6 @@ cdef extern from "_native.h" namespace "pi" nogil:
         bint filter_ready
         bint outside
         uint64_t generation
-        bint beside
-        uint64_t ticks
         PodVec ready_ids
         PodVec alive
         RunVec found

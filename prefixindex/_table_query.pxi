@@ -111,18 +111,19 @@ cdef dict _walk_here(SyncPrefixHashTable self, str model, lora, const uint8_t* d
     cdef size_t prehashed = w.hashed
     cdef uint64_t start = 0
     cdef int how
+    cdef bint beside
     w.c = self._find_ctx(model, lora)
     if w.c == NULL:
         return {}
     _ready_ids(self, ready, w)
     how = _walk_how(choice)
-    w.beside = (how & WALK_BESIDE) != 0
+    beside = (how & WALK_BESIDE) != 0
     if how & WALK_TIMED:
         start = walk_ticks()
-    w.depth = walk(w.c, w.h, w.n, data, self.block_bytes, self.seed, w.hashed, PROBE_CHUNK, w.beside,
+    w.depth = walk(w.c, w.h, w.n, data, self.block_bytes, self.seed, w.hashed, PROBE_CHUNK, beside,
                    &w.ready_ids if w.filter_ready else NULL, &w.alive, &w.found, &w.touched, &w.hashed)
     if how & WALK_TIMED:
-        choice.learn(w.beside, walk_ticks() - start, w.hashed - prehashed)
+        choice.learn(beside, walk_ticks() - start, w.hashed - prehashed)
     return _matched(self, w, kind == PERCENT, now)
 
 
@@ -135,7 +136,8 @@ cdef dict _long_query(SyncPrefixHashTable self, str model, lora, const uint8_t* 
     or anything changed since. One handover of the GIL per query, however long."""
     cdef bint want = False
     cdef size_t pods, walked = 0
-    cdef uint64_t start
+    cdef uint64_t start, ticks = 0
+    cdef bint beside = False
     self._begin_read()
     try:
         self.n[N_MATCHES] += 1
@@ -149,7 +151,7 @@ cdef dict _long_query(SyncPrefixHashTable self, str model, lora, const uint8_t* 
             w.found.reserve(pods)
             w.touched.reserve(w.n)
             w.generation = walk_gate_generation(self.gate)
-            w.beside = (_walk_how(&self.walk_long) & WALK_BESIDE) != 0  # long walks: always timed
+            beside = (_walk_how(&self.walk_long) & WALK_BESIDE) != 0  # long walks: always timed
             want = True
     finally:
         self._end()
@@ -160,10 +162,10 @@ cdef dict _long_query(SyncPrefixHashTable self, str model, lora, const uint8_t* 
             # everything reserved: this cannot fail. It hashes as it walks (in the gate: a changing
             # section waits for it, ~20 ns a block), so that it can probe beside the hash chain
             start = walk_ticks()
-            w.depth = walk(w.c, w.h, w.n, data, self.block_bytes, self.seed, 0, PROBE_CHUNK, w.beside,
+            w.depth = walk(w.c, w.h, w.n, data, self.block_bytes, self.seed, 0, PROBE_CHUNK, beside,
                            &w.ready_ids if w.filter_ready else NULL, &w.alive, &w.found, &w.touched,
                            &w.hashed)
-            w.ticks = walk_ticks() - start
+            ticks = walk_ticks() - start
             walked = w.hashed
             walk_gate_leave(self.gate)
             w.outside = True
@@ -178,7 +180,7 @@ cdef dict _long_query(SyncPrefixHashTable self, str model, lora, const uint8_t* 
     self._begin_read()
     try:
         if w.outside:
-            self.walk_long.learn(w.beside, w.ticks, walked)
+            self.walk_long.learn(beside, ticks, walked)
         if w.outside and walk_gate_generation(self.gate) == w.generation:
             return _matched(self, w, kind == PERCENT, now)
         # it could not walk outside, or the index changed since the walk (its entries may be gone):

@@ -47,7 +47,7 @@ from prefixindex._native cimport (Ctx, CtxPtr, EngineMap, Entry, EntryVec, NodeP
                                   rarely)
 from prefixindex._entries cimport (entry_add, entry_has, entry_remove, holds, is_multi, pod_list,
                                    release_list, renumber, walk, TOUCH_BUCKETS_FROM)
-from prefixindex._xxh64 cimport hash_chain, xxh64, xxh64_link
+from prefixindex._xxh64 cimport chain_link, hash_chain, xxh64
 from prefixindex._convert cimport c_token_bytes, ids_count, ids_fill
 
 import time

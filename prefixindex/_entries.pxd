@@ -14,7 +14,7 @@ from cython.operator cimport dereference as deref, preincrement as inc
 
 from prefixindex._native cimport (NO_POD, Ctx, Entry, EntryPtr, EntryVec, PodRun, PodVec, PrefixMap, RunVec,
                                   binary_search, find_entry, find_in_bucket, kMulti, lower_bound, sort, touch_bucket)
-from prefixindex._xxh64 cimport hash_chain, xxh64_link
+from prefixindex._xxh64 cimport chain_link, hash_chain
 
 
 # From this many entries on, a map is taken to be possibly out of the caches: the walk touches a chunk's
@@ -217,10 +217,7 @@ cdef inline Py_ssize_t walk(Ctx* c, uint64_t* h, size_t n, const uint8_t* data, 
         link = h[hashed[0] - 1] if hashed[0] else seed
         while i < n:
             if hashed[0] < n:
-                if width == 64:  # block_size 16: the link inlined with its width a constant (unrolled)
-                    link = xxh64_link(link, data + hashed[0] * 64, 64, seed)
-                else:
-                    link = xxh64_link(link, data + hashed[0] * width, width, seed)
+                link = chain_link(link, data, hashed[0], width, seed)
                 h[hashed[0]] = link
                 hashed[0] += 1
             e = find_entry(c.prefixes, h[i])

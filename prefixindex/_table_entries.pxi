@@ -75,10 +75,7 @@ cdef int _place(SyncPrefixHashTable self, Ctx* c, PodState* ps, uint32_t pid, ui
                 touch_bucket(ps.engine, engines[i])
     for i in range(n):
         if tokens != NULL:
-            if width == 64:  # block_size 16: the link inlined with its width a constant (unrolled)
-                parent = xxh64_link(parent, tokens + i * 64, 64, self.seed)
-            else:
-                parent = xxh64_link(parent, tokens + i * width, width, self.seed)
+            parent = chain_link(parent, tokens, i, width, self.seed)
             prefixes[i] = parent
         p = prefixes[i]
         if engines != NULL:

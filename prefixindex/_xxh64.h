@@ -121,23 +121,25 @@ static inline uint64_t pi_xxh64_link(uint64_t parent, const uint8_t* block, size
   return pi_finish(h, block, n);
 }
 
+// Link i of a chain of `width`-byte blocks at data: XXH64(le_u64(parent) || block i, seed). For 64-byte
+// blocks (block_size 16, vLLM's default) the width is a constant here, so the compiler unrolls the
+// stripes and the tail of the link (no loop, no branch on the length), and what is left is the
+// latency of one link after another. The walk and a store's placing loop hash with it, one link at a
+// time, between their probes or inserts.
+static inline uint64_t pi_chain_link(uint64_t parent, const uint8_t* data, size_t i, size_t width,
+                                     uint64_t seed) {
+  if (width == 64) return pi_xxh64_link(parent, data + i * 64, 64, seed);
+  return pi_xxh64_link(parent, data + i * width, width, seed);
+}
+
 // out[i] = link(out[i-1], block i), out[-1] = parent: the chain of n_blocks blocks of `width` bytes.
 static inline void pi_hash_chain(const uint8_t* data, size_t n_blocks, size_t width, uint64_t seed,
                                  uint64_t parent, uint64_t* out) {
-  if (width == 64) {
-    // block_size 16, vLLM's default: with the width a constant the compiler unrolls the stripes and
-    // the tail of every link (no loop, no branch on the length); the chain is serial, so what is left
-    // is the latency of one link after another
-    for (size_t i = 0; i < n_blocks; i++) {
-      parent = pi_xxh64_link(parent, data + i * 64, 64, seed);
-      out[i] = parent;
-    }
+  if (width == 64) {  // written out: left to the compiler, the 32,768-token walk took 8% longer
+    for (size_t i = 0; i < n_blocks; i++) out[i] = parent = pi_chain_link(parent, data, i, 64, seed);
     return;
   }
-  for (size_t i = 0; i < n_blocks; i++) {
-    parent = pi_xxh64_link(parent, data + i * width, width, seed);
-    out[i] = parent;
-  }
+  for (size_t i = 0; i < n_blocks; i++) out[i] = parent = pi_chain_link(parent, data, i, width, seed);
 }
 
 #ifdef __cplusplus

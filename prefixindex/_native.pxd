@@ -17,6 +17,7 @@ cdef extern from "_native.h" namespace "pi" nogil:
         size_t node_size()
         size_t live()
         size_t reserved_bytes()
+        size_t mapped_bytes()
 
     cdef struct Entry:
         uint32_t tick

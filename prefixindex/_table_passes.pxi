@@ -103,7 +103,8 @@ cdef _debug_memory(SyncPrefixHashTable self):
                 buckets += deref(it).second.engine.bucket_count()
                 inc(it)
             c = c.newer
-        return {"pool_bytes": self.pool.reserved_bytes(), "pool_nodes": self.pool.live(),
+        return {"pool_bytes": self.pool.reserved_bytes(), "pool_mapped_bytes": self.pool.mapped_bytes(),
+                "pool_nodes": self.pool.live(),
                 "bucket_bytes": buckets * sizeof(void*), "pod_ids": len(self._pod_names),
                 "free_pod_ids": self.free_ids.size()}
     finally:

@@ -227,6 +227,31 @@ def test_memory_comes_back_after_storing_and_removing_a_million_blocks():
     assert max(rss[1:]) - rss[0] < 16 * 2**20, rss
 
 
+def test_a_large_pool_counts_its_small_and_huge_slabs_and_gives_them_back():
+    """Past its first 4 MiB the node pool takes 2 MiB slabs (huge pages where the system has them,
+    malloc'd slabs where not): every entry stays findable, the pool reports what it holds (at most one
+    slab of each kind more than its live nodes need), and removing everything hands it all back."""
+    table = COMPILED.SyncPrefixHashTable(seed=2, block_size=4, background_eviction=False,
+                                         max_prefixes_per_context=1 << 20)
+    rng = np.random.default_rng(4)
+    per, events = 500, 240  # 120,000 blocks: 240,000 nodes (prefix and engine maps), ~5.8 MB of them
+    chains = [rng.integers(0, 256, (per, 16), dtype=np.uint8) for _ in range(events)]
+    for i, tokens in enumerate(chains):
+        table.process_block_stored(BlockStored(np.arange(per, dtype=np.uint64) + i * per, tokens, "m", -1, "p"))
+    memory = table._debug_memory()
+    live_bytes = memory["pool_nodes"] * 24
+    assert memory["pool_nodes"] == 2 * per * events, memory
+    assert live_bytes <= memory["pool_bytes"] <= live_bytes + (2 << 20) + 4096 * 24, memory
+    assert memory["pool_bytes"] > 4 << 20, memory  # past the small slabs
+    assert memory["pool_mapped_bytes"] <= memory["pool_bytes"] - (4 << 20), memory  # the rest, mmap'd or not
+    for i in (0, events // 2, events - 1):
+        assert table.match_blocks("m", -1, chains[i].tobytes()[:64]) == {"p": 4}
+    for i in range(events):
+        table.process_block_removed(BlockRemoved(np.arange(per, dtype=np.uint64) + i * per, "m", -1, "p"))
+    memory = table._debug_memory()
+    assert memory["pool_nodes"] == 0 and memory["pool_bytes"] == memory["pool_mapped_bytes"] == 0, memory
+
+
 def test_pod_ids_are_recycled_when_pods_churn():
     """Kubernetes renames pods on every restart: 10,000 pod names passing through must not leave
     10,000 interned ids behind."""

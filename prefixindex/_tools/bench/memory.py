@@ -89,6 +89,9 @@ def _memory_probe_child(argv: List[str]) -> int:
     store_s = time.perf_counter() - t0
     gc.collect()
     after = _heap_bytes(method)
+    if method == "mallinfo2" and hasattr(table, "_debug_memory"):
+        # the compiled core's node pool maps its larger slabs itself (huge pages): malloc does not see them
+        after += table._debug_memory().get("pool_mapped_bytes", 0)
     stats = table.stats()
     print(json.dumps({
         "backend": backend, "method": method, "entries": stats["entries"], "prefixes": stats["prefixes"],
@@ -105,7 +108,8 @@ def memory_probe(backend: str, entries: int, method: str, timeout: float = 600.0
     before the first reading, so only the index is counted. Methods:
     - ``tracemalloc``: every Python allocation (the pure-Python backend's whole index);
     - ``mallinfo2``: glibc's bytes in use (``uordblks + hblkhd``), with ``PYTHONMALLOC=malloc`` so that
-      Python objects go through malloc too: C++ allocations are invisible to tracemalloc;
+      Python objects go through malloc too: C++ allocations are invisible to tracemalloc; plus the
+      slabs that the compiled core's node pool maps itself (``pool_mapped_bytes``);
     - ``rss``: the resident set, after ``malloc_trim(0)`` (a cross-check, page-granular).
     """
     env = dict(os.environ)

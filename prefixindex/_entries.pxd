@@ -13,7 +13,8 @@ from libcpp.vector cimport vector
 from cython.operator cimport dereference as deref, preincrement as inc
 
 from prefixindex._native cimport (NO_POD, Ctx, Entry, EntryPtr, EntryVec, PodRun, PodVec, PrefixMap, RunVec,
-                                  binary_search, find_entry, find_in_bucket, kMulti, lower_bound, sort, touch_bucket)
+                                  binary_search, find_entry, find_in_bucket, kMulti, NodeBase, RAW_BUCKETS,
+                                  bucket_array, fetch_slot, fetch_before, fetch_first, fetch_second, find_raw, lower_bound, sort, touch_bucket)
 from prefixindex._xxh64 cimport chain_link, hash_chain
 
 
@@ -25,6 +26,9 @@ from prefixindex._xxh64 cimport chain_link, hash_chain
 # context of 64 prefixes) touching took a 1,024-token match from 1.62 to 1.78 us (docs/performance.md).
 cdef enum:
     TOUCH_BUCKETS_FROM = 256
+    # Blocks between the prefetch stages of a probe beside the chain, on a map that may be cold: a
+    # link takes ~14 ns, a miss to memory ~100; 6, 8 and 10 measured alike, 4 worse (10^6 entries)
+    STAGE = 8
 
 
 cdef inline bint is_multi(uint32_t pods) noexcept nogil:
@@ -192,7 +196,10 @@ cdef inline Py_ssize_t walk(Ctx* c, uint64_t* h, size_t n, const uint8_t* data, 
     - beside the chain (`beside` true): after the first `chunk` blocks, each step hashes one block
       further and probes one whose hash is long done, so each probe runs in the time the chain waits
       for its parent's hash; the best way when the map is in the caches (a 1,024-token match ~1.5 ->
-      ~1.2 us).
+      ~1.2 us). On a map of TOUCH_BUCKETS_FROM entries or more (which may be cold) each probe is
+      prefetched in stages as the chain is hashed, through the map's bucket array (libstdc++), so
+      that its misses overlap the hashing too: at 10^6 entries over 100 contexts ~2.9 us a match
+      where the chunked way takes ~3.4 (and probing beside without the stages ~10).
     The first chunk is small because the most common miss is at block 0 (a new prompt). Hashing
     stops soon after matching does; *hashed says how many of h are valid on return. `ready` is
     sorted, or NULL for every pod; `alive` is empty scratch space.
@@ -208,6 +215,8 @@ cdef inline Py_ssize_t walk(Ctx* c, uint64_t* h, size_t n, const uint8_t* data, 
     cdef uint64_t link
     hashed[0] = prehashed
     cdef size_t size = chunk if chunk < 64 else 64
+    cdef NodeBase** bk
+    cdef size_t nb, k, first
     if beside:
         end = size if size < n else n
         if end > hashed[0]:
@@ -215,24 +224,82 @@ cdef inline Py_ssize_t walk(Ctx* c, uint64_t* h, size_t n, const uint8_t* data, 
                        h[hashed[0] - 1] if hashed[0] else seed, h + hashed[0])
             hashed[0] = end
         link = h[hashed[0] - 1] if hashed[0] else seed
-        while i < n:
-            if hashed[0] < n:
-                link = chain_link(link, data, hashed[0], width, seed)
-                h[hashed[0]] = link
-                hashed[0] += 1
-            e = find_entry(c.prefixes, h[i])
-            if e == NULL:
-                break
-            # (the same step as the chunked way's below, written out in each: as one inline helper
-            # function the 32,768-token walk took 10% longer, 33.1-33.8 -> 36.2-37.4 us)
-            if i == 0:
-                start_pods(c, e, ready, alive)
-            else:
-                keep_holders(c, e, alive, found, <uint32_t>i)
-            if alive.empty():
-                break
-            touched.push_back(e)
-            i += 1
+        if RAW_BUCKETS and c.prefixes.size() >= TOUCH_BUCKETS_FROM:
+            # A map that may be cold: each block's probe is prefetched in stages as the chain is
+            # hashed, STAGE blocks apart (its bucket's slot, the node before the bucket's first, that
+            # first node, the next one if the first holds another key), and probed 4 * STAGE blocks
+            # after its hash. Nothing waits for a miss while the chain has links to hash; once it is
+            # hashed, the stages the last blocks still lack run as passes whose misses overlap.
+            # (bucket_array and the fetches in _native.h; docs/architecture.md, "The walk")
+            bk = bucket_array(c.prefixes)
+            nb = c.prefixes.bucket_count()
+            # block 0's stages run at once, so that its probe (and the common miss there) comes about
+            # as soon as it would walking chunked, not after 32 more links; every later block's are
+            # spread over the hashing (1 measured best: 2 or 8 blocks at once made full hits slower)
+            first = 1 if hashed[0] > 0 else 0
+            for j in range(first):
+                buckets[j] = h[j] % nb  # m.bucket(h[j]): std::hash<uint64_t> is the identity
+                fetch_slot(bk, buckets[j])
+            for j in range(first):
+                fetch_before(bk, buckets[j])
+            for j in range(first):
+                fetch_first(bk, buckets[j])
+            for j in range(first):
+                fetch_second(bk, buckets[j], h[j])
+            k = first  # the next block to hash and to prefetch
+            while i < n:
+                while i >= first and k < n and k <= i + 4 * STAGE:
+                    if k >= hashed[0]:
+                        link = chain_link(link, data, hashed[0], width, seed)
+                        h[hashed[0]] = link
+                        hashed[0] += 1
+                    buckets[k & 63] = h[k] % nb
+                    fetch_slot(bk, buckets[k & 63])
+                    if k >= STAGE:
+                        fetch_before(bk, buckets[(k - STAGE) & 63])
+                    if k >= 2 * STAGE:
+                        fetch_first(bk, buckets[(k - 2 * STAGE) & 63])
+                    if k >= 3 * STAGE:
+                        fetch_second(bk, buckets[(k - 3 * STAGE) & 63], h[k - 3 * STAGE])
+                    k += 1
+                    if k == n:
+                        for j in range(n - STAGE if n > STAGE else 0, n):
+                            fetch_before(bk, buckets[j & 63])
+                        for j in range(n - 2 * STAGE if n > 2 * STAGE else 0, n):
+                            fetch_first(bk, buckets[j & 63])
+                        for j in range(n - 3 * STAGE if n > 3 * STAGE else 0, n):
+                            fetch_second(bk, buckets[j & 63], h[j])
+                e = find_raw(bk, nb, buckets[i & 63], h[i])
+                if e == NULL:
+                    break
+                # (the same step as in the other loops, written out: see below)
+                if i == 0:
+                    start_pods(c, e, ready, alive)
+                else:
+                    keep_holders(c, e, alive, found, <uint32_t>i)
+                if alive.empty():
+                    break
+                touched.push_back(e)
+                i += 1
+        else:
+            while i < n:
+                if hashed[0] < n:
+                    link = chain_link(link, data, hashed[0], width, seed)
+                    h[hashed[0]] = link
+                    hashed[0] += 1
+                e = find_entry(c.prefixes, h[i])
+                if e == NULL:
+                    break
+                # (the same step as the chunked way's below, written out in each: as one inline helper
+                # function the 32,768-token walk took 10% longer, 33.1-33.8 -> 36.2-37.4 us)
+                if i == 0:
+                    start_pods(c, e, ready, alive)
+                else:
+                    keep_holders(c, e, alive, found, <uint32_t>i)
+                if alive.empty():
+                    break
+                touched.push_back(e)
+                i += 1
         depth = i
     else:
         while i < n:

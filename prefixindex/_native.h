@@ -379,6 +379,76 @@ static inline Entry* find_in_bucket(PrefixMap& m, size_t b, uint64_t key) {  // 
 
 static inline Entry* find_entry(PrefixMap& m, uint64_t key) { return find_in_bucket(m, m.bucket(key), key); }
 
+// The prefix map's bucket array, for a walk that prefetches a probe's lines in stages ahead of it
+// (the pipelined way of _entries.walk). The standard interface gives a bucket only by reading it (and
+// the node it points to): one load that may miss, on which the next depends, so every cold probe held
+// the processor up. With the array, a walk prefetches the bucket's slot, then the node before the
+// bucket's first, then that first node, each a few blocks before its probe, and nothing waits.
+// libstdc++ only (other libraries: RAW_BUCKETS 0, the pipelined way is never chosen). The array is
+// the map's private member: the explicit instantiation below names it, which C++ allows (access is
+// not checked in the arguments of an explicit instantiation; [temp.spec.general]).
+#if defined(__GLIBCXX__)
+static constexpr int RAW_BUCKETS = 1;
+using NodeBase = std::__detail::_Hash_node_base;
+using PrefixNode = std::__detail::_Hash_node<std::pair<const uint64_t, Entry>, false>;
+using PrefixTable = std::__umap_hashtable<uint64_t, Entry, std::hash<uint64_t>, std::equal_to<uint64_t>,
+                                          PoolAllocator<std::pair<const uint64_t, Entry>>>;
+template <class Tag, typename Tag::type Member>
+struct Expose {
+  friend typename Tag::type exposed(Tag) { return Member; }
+};
+struct MapsTable {
+  using type = PrefixTable PrefixMap::*;
+  friend type exposed(MapsTable);
+};
+struct TablesBuckets {
+  using type = NodeBase** PrefixTable::*;
+  friend type exposed(TablesBuckets);
+};
+template struct Expose<MapsTable, &PrefixMap::_M_h>;
+template struct Expose<TablesBuckets, &PrefixTable::_M_buckets>;
+static inline NodeBase** bucket_array(PrefixMap& m) { return (m.*exposed(MapsTable())).*exposed(TablesBuckets()); }
+#else
+static constexpr int RAW_BUCKETS = 0;
+struct NodeBase {
+  NodeBase* _M_nxt;
+};
+static inline NodeBase** bucket_array(PrefixMap&) { return nullptr; }
+#endif
+
+// The stages, each given the bucket b = key % bucket count (what m.bucket(key) computes).
+static inline void fetch_slot(NodeBase** bk, size_t b) { __builtin_prefetch(bk + b); }
+static inline void fetch_before(NodeBase** bk, size_t b) { __builtin_prefetch(bk[b]); }  // (nullptr: harmless)
+static inline void fetch_first(NodeBase** bk, size_t b) {
+  NodeBase* before = bk[b];
+  if (before != nullptr && before->_M_nxt != nullptr) __builtin_prefetch(before->_M_nxt);
+}
+
+static inline void fetch_second(NodeBase** bk, size_t b, uint64_t key) {
+#if defined(__GLIBCXX__)
+  NodeBase* before = bk[b];
+  if (before == nullptr) return;
+  PrefixNode* first = static_cast<PrefixNode*>(before->_M_nxt);
+  if (first != nullptr && first->_M_v().first != key && first->_M_nxt != nullptr) __builtin_prefetch(first->_M_nxt);
+#endif
+}
+
+// find_in_bucket on the array: the bucket's nodes, compared before the bucket of the next is asked
+// (a node holding the key is in the key's bucket, so a hit needs no division past the first).
+static inline Entry* find_raw(NodeBase** bk, size_t nb, size_t b, uint64_t key) {
+#if defined(__GLIBCXX__)
+  NodeBase* before = bk[b];
+  if (before == nullptr) return nullptr;
+  for (PrefixNode* p = static_cast<PrefixNode*>(before->_M_nxt); p != nullptr; p = p->_M_next()) {
+    if (p->_M_v().first == key) return &p->_M_v().second;
+    PrefixNode* next = p->_M_next();
+    if (next == nullptr) return nullptr;
+    if (next->_M_v().first != key && next->_M_v().first % nb != b) return nullptr;
+  }
+#endif
+  return nullptr;
+}
+
 // Pointer aliases: Cython cannot spell a pointer type as a template argument.
 using EntryPtr = Entry*;
 using PodStatePtr = PodState*;

@@ -54,6 +54,15 @@ cdef extern from "_native.h" namespace "pi" nogil:
     size_t touch_bucket(const PrefixMap& m, uint64_t key)
     Entry* find_entry(PrefixMap& m, uint64_t key)
     Entry* find_in_bucket(PrefixMap& m, size_t bucket, uint64_t key)
+    cdef cppclass NodeBase:
+        pass
+    int RAW_BUCKETS
+    NodeBase** bucket_array(PrefixMap& m)
+    void fetch_slot(NodeBase** bk, size_t b)
+    void fetch_before(NodeBase** bk, size_t b)
+    void fetch_first(NodeBase** bk, size_t b)
+    void fetch_second(NodeBase** bk, size_t b, uint64_t key)
+    Entry* find_raw(NodeBase** bk, size_t nb, size_t b, uint64_t key)
     size_t touch_bucket(const EngineMap& m, uint64_t key)
     bint rarely(bint x)
 

@@ -294,3 +294,29 @@ def _debug_walk_choice(phases):
                 choice.learn((how & WALK_BESIDE) != 0, <uint64_t>(64 * (beside if how & WALK_BESIDE else chunked)), 64)
             out.append((how & WALK_BESIDE) != 0)
     return out
+
+
+def _debug_raw_probes(SyncPrefixHashTable table, model_name, lora_id, keys):
+    """Tests only: whether the prefix map of a context holds each key (a uint64), asked through the map's
+    own interface (find_entry) and through its bucket array (find_raw, the pipelined walk's probe), as
+    (RAW_BUCKETS, [(by find_entry, by find_raw), ...]); the second of each pair is None without a
+    bucket array (not libstdc++)."""
+    cdef Ctx* c
+    cdef uint64_t key
+    cdef size_t nb
+    model, lora = _check_context(model_name, lora_id)
+    keys = [int(k) for k in keys]
+    out = []
+    table._begin_read()
+    try:
+        c = table._find_ctx(model, lora)
+        if c == NULL:
+            raise KeyError((model, lora))
+        nb = c.prefixes.bucket_count()
+        for k in keys:
+            key = <uint64_t>k
+            out.append((find_entry(c.prefixes, key) != NULL,
+                        (find_raw(bucket_array(c.prefixes), nb, key % nb, key) != NULL) if RAW_BUCKETS else None))
+    finally:
+        table._end()
+    return bool(RAW_BUCKETS), out

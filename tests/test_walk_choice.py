@@ -68,11 +68,16 @@ def test_either_way_answers_as_the_reference_does(walk_mode, block_size):
     tokens = rng.integers(0, 256, 400 * width, dtype=np.uint8)
     tables = _tables(block_size)
     # runs ending before, at and after the first chunk (8) and the later ones (64 each); a context of
-    # 400 prefixes has its buckets touched by the chunked walk (TOUCH_BUCKETS_FROM)
+    # 400 prefixes has its buckets touched by the chunked walk, and is walked through its bucket array
+    # with staged prefetches beside the chain (TOUCH_BUCKETS_FROM; the stages are 8 blocks apart)
     _store(tables, tokens, width, [("a", 400), ("b", 7), ("c", 8), ("d", 9), ("e", 71), ("f", 72), ("g", 1)])
     _store(tables, tokens, width, [("a", 40), ("b", 3)], model="small")
-    queries = [tokens[:k * width + 3] for k in (0, 1, 2, 7, 8, 9, 63, 64, 65, 72, 73, 200)]
+    queries = [tokens[:k * width + 3] for k in (0, 1, 2, 7, 8, 9, 31, 32, 33, 63, 64, 65, 72, 73, 200)]
     queries.append(rng.integers(0, 256, 20 * width, dtype=np.uint8))  # a miss at block 0
+    # misses after a prefix: inside the first stages of the pipelined way (map of 256+ entries beside the
+    # chain), while it still hashes, and after it has hashed everything
+    for k, total in ((5, 20), (40, 120), (100, 130), (150, 160)):
+        queries.append(np.concatenate([tokens[:k * width], rng.integers(0, 256, (total - k) * width, dtype=np.uint8)]))
     readies = [None, ["a"], ["b", "e", "zz"], ["zz"], []]
     for model in ("m", "small", "nothing"):
         assert _answers(tables[0], model, queries, readies) == _answers(tables[1], model, queries, readies)
@@ -157,3 +162,25 @@ def test_the_choice_tries_the_other_way_often_while_the_two_are_close():
     picks = COMPILED._debug_walk_choice([(6400, 50.0, 45.0)])
     others = len(picks) - sum(picks)
     assert 90 <= others <= 110, others
+
+
+def test_the_bucket_array_probe_agrees_with_the_maps_own():
+    """The pipelined way probes through the prefix map's bucket array (libstdc++'s, reached by
+    _native.h's bucket_array): for stored keys and absent ones, in maps of several bucket counts, it
+    finds exactly what the map's own interface finds. On Linux (libstdc++) the array is in use."""
+    import sys
+
+    rng = np.random.default_rng(11)
+    t = COMPILED.SyncPrefixHashTable(seed=3, block_size=4, background_eviction=False,
+                                     max_prefixes_per_context=1 << 17)
+    for model, blocks in (("a", 1), ("b", 300), ("c", 5000), ("d", 70_000)):
+        tokens = rng.integers(0, 256, (blocks, 16), dtype=np.uint8)
+        t.process_block_stored(BlockStored(np.arange(blocks, dtype=np.uint64), tokens, model, source_pod="p"))
+        stored = [int(x) for x in t.get_prefix_hashes(tokens.reshape(-1))]
+        absent = [int(x) for x in rng.integers(0, 2**63, 2000, dtype=np.uint64)] + [0, 2**64 - 1]
+        raw, answers = COMPILED._debug_raw_probes(t, model, -1, stored + absent)
+        if sys.platform.startswith("linux"):
+            assert raw
+        assert [std for std, _ in answers] == [True] * len(stored) + [False] * len(absent)
+        if raw:
+            assert [by_raw for _, by_raw in answers] == [std for std, _ in answers]

@@ -198,8 +198,8 @@ cdef inline Py_ssize_t walk(Ctx* c, uint64_t* h, size_t n, const uint8_t* data, 
       for its parent's hash; the best way when the map is in the caches (a 1,024-token match ~1.5 ->
       ~1.2 us). On a map of TOUCH_BUCKETS_FROM entries or more (which may be cold) each probe is
       prefetched in stages as the chain is hashed, through the map's bucket array (libstdc++), so
-      that its misses overlap the hashing too: at 10^6 entries over 100 contexts ~2.9 us a match
-      where the chunked way takes ~3.4 (and probing beside without the stages ~10).
+      that its misses overlap the hashing too (10^6 entries over 100 contexts: ~3.3 us a match
+      where the chunked way takes ~3.6, and probing beside without the stages ~10).
     The first chunk is small because the most common miss is at block 0 (a new prompt). Hashing
     stops soon after matching does; *hashed says how many of h are valid on return. `ready` is
     sorted, or NULL for every pod; `alive` is empty scratch space.

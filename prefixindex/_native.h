@@ -449,6 +449,38 @@ static inline Entry* find_raw(NodeBase** bk, size_t nb, size_t b, uint64_t key) 
   return nullptr;
 }
 
+// find_entry for a map in the caches (the plain beside-the-chain walk): the first four nodes from the
+// bucket's first are compared with no branch on where the key is, and one branch on whether it was
+// among them. A node holding the key is in the key's bucket, so comparing nodes past the bucket's end
+// (other buckets' nodes, or the first again where the list ends) cannot give a wrong hit; only a key
+// not among the four takes the exact search (a miss: the walk's last probe). The loop of find_entry
+// branches on each node, and which node holds a key differs from one query to the next: beside the
+// chain, each mispredicted branch throws away the hashing the processor had run ahead.
+static inline Entry* find_near(PrefixMap& m, uint64_t key) {
+#if defined(__GLIBCXX__)
+  NodeBase** bk = bucket_array(m);
+  size_t nb = m.bucket_count();
+  size_t b = key % nb;
+  NodeBase* before = bk[b];
+  if (before == nullptr) return nullptr;  // an empty bucket's slot is null: the key is not held
+  PrefixNode* n1 = static_cast<PrefixNode*>(before->_M_nxt);  // a bucket with a slot has a first node
+  PrefixNode* n2 = n1->_M_next();
+  n2 = n2 != nullptr ? n2 : n1;
+  PrefixNode* n3 = n2->_M_next();
+  n3 = n3 != nullptr ? n3 : n2;
+  PrefixNode* n4 = n3->_M_next();
+  n4 = n4 != nullptr ? n4 : n3;
+  PrefixNode* hit = n4->_M_v().first == key ? n4 : nullptr;
+  hit = n3->_M_v().first == key ? n3 : hit;
+  hit = n2->_M_v().first == key ? n2 : hit;
+  hit = n1->_M_v().first == key ? n1 : hit;
+  if (__builtin_expect(hit != nullptr, 1)) return &hit->_M_v().second;
+  return find_raw(bk, nb, b, key);
+#else
+  return find_entry(m, key);
+#endif
+}
+
 // Pointer aliases: Cython cannot spell a pointer type as a template argument.
 using EntryPtr = Entry*;
 using PodStatePtr = PodState*;

@@ -63,6 +63,7 @@ cdef extern from "_native.h" namespace "pi" nogil:
     void fetch_first(NodeBase** bk, size_t b)
     void fetch_second(NodeBase** bk, size_t b, uint64_t key)
     Entry* find_raw(NodeBase** bk, size_t nb, size_t b, uint64_t key)
+    Entry* find_near(PrefixMap& m, uint64_t key)
     size_t touch_bucket(const EngineMap& m, uint64_t key)
     bint rarely(bint x)
 

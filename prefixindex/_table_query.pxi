@@ -298,9 +298,9 @@ def _debug_walk_choice(phases):
 
 def _debug_raw_probes(SyncPrefixHashTable table, model_name, lora_id, keys):
     """Tests only: whether the prefix map of a context holds each key (a uint64), asked through the map's
-    own interface (find_entry) and through its bucket array (find_raw, the pipelined walk's probe), as
-    (RAW_BUCKETS, [(by find_entry, by find_raw), ...]); the second of each pair is None without a
-    bucket array (not libstdc++)."""
+    own interface (find_entry), through its bucket array (find_raw, the staged walk's probe) and by
+    find_near (the plain beside-the-chain walk's), as (RAW_BUCKETS, [(find_entry, find_raw, find_near),
+    ...]); find_raw's answer is None without a bucket array (not libstdc++)."""
     cdef Ctx* c
     cdef uint64_t key
     cdef size_t nb
@@ -316,7 +316,8 @@ def _debug_raw_probes(SyncPrefixHashTable table, model_name, lora_id, keys):
         for k in keys:
             key = <uint64_t>k
             out.append((find_entry(c.prefixes, key) != NULL,
-                        (find_raw(bucket_array(c.prefixes), nb, key % nb, key) != NULL) if RAW_BUCKETS else None))
+                        (find_raw(bucket_array(c.prefixes), nb, key % nb, key) != NULL) if RAW_BUCKETS else None,
+                        find_near(c.prefixes, key) != NULL))
     finally:
         table._end()
     return bool(RAW_BUCKETS), out

@@ -164,16 +164,17 @@ def test_the_choice_tries_the_other_way_often_while_the_two_are_close():
     assert 90 <= others <= 110, others
 
 
-def test_the_bucket_array_probe_agrees_with_the_maps_own():
-    """The pipelined way probes through the prefix map's bucket array (libstdc++'s, reached by
-    _native.h's bucket_array): for stored keys and absent ones, in maps of several bucket counts, it
-    finds exactly what the map's own interface finds. On Linux (libstdc++) the array is in use."""
+def test_the_bucket_array_probes_agree_with_the_maps_own():
+    """The walk probes through the prefix map's bucket array (libstdc++'s, reached by _native.h's
+    bucket_array): find_raw (the staged way) and find_near (four nodes compared without branching, the
+    plain beside way) find exactly what the map's own interface finds, for stored keys and absent ones,
+    in maps of several bucket counts and chain lengths. On Linux (libstdc++) the array is in use."""
     import sys
 
     rng = np.random.default_rng(11)
     t = COMPILED.SyncPrefixHashTable(seed=3, block_size=4, background_eviction=False,
                                      max_prefixes_per_context=1 << 17)
-    for model, blocks in (("a", 1), ("b", 300), ("c", 5000), ("d", 70_000)):
+    for model, blocks in (("a", 1), ("b", 7), ("c", 300), ("d", 5000), ("e", 70_000)):
         tokens = rng.integers(0, 256, (blocks, 16), dtype=np.uint8)
         t.process_block_stored(BlockStored(np.arange(blocks, dtype=np.uint64), tokens, model, source_pod="p"))
         stored = [int(x) for x in t.get_prefix_hashes(tokens.reshape(-1))]
@@ -181,6 +182,8 @@ def test_the_bucket_array_probe_agrees_with_the_maps_own():
         raw, answers = COMPILED._debug_raw_probes(t, model, -1, stored + absent)
         if sys.platform.startswith("linux"):
             assert raw
-        assert [std for std, _ in answers] == [True] * len(stored) + [False] * len(absent)
+        expected = [True] * len(stored) + [False] * len(absent)
+        assert [std for std, _, _ in answers] == expected
+        assert [near for _, _, near in answers] == expected
         if raw:
-            assert [by_raw for _, by_raw in answers] == [std for std, _ in answers]
+            assert [by_raw for _, by_raw, _ in answers] == expected

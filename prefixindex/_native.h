@@ -68,7 +68,7 @@ class NodePool {
     // The first slabs are small (a table of a few prompts stays small). Past kHugeFrom bytes a slab is
     // one 2 MiB page of its own, advised as a huge page: a large index's random probes then miss the
     // TLB once per 87,000 nodes instead of once per 170. At 10^6 entries over 100 contexts a full-hit
-    // 1,024-token match went from 3.8-4.1 to 3.3-3.5 us (docs/performance.md, "Huge pages").
+    // 1,024-token match went from 3.8-4.1 to 3.3-3.5 us (docs/architecture.md, "Storage").
     size_t bytes = kSlabNodes * node_size_;
     char* slab = nullptr;
     bool huge = false;

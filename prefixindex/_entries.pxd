@@ -237,15 +237,12 @@ cdef inline Py_ssize_t walk(Ctx* c, uint64_t* h, size_t n, const uint8_t* data, 
             # as soon as it would walking chunked, not after 32 more links; every later block's are
             # spread over the hashing (1 measured best: 2 or 8 blocks at once made full hits slower)
             first = 1 if hashed[0] > 0 else 0
-            for j in range(first):
-                buckets[j] = h[j] % nb  # m.bucket(h[j]): std::hash<uint64_t> is the identity
-                fetch_slot(bk, buckets[j])
-            for j in range(first):
-                fetch_before(bk, buckets[j])
-            for j in range(first):
-                fetch_first(bk, buckets[j])
-            for j in range(first):
-                fetch_second(bk, buckets[j], h[j])
+            if first:
+                buckets[0] = h[0] % nb  # m.bucket(h[0]): std::hash<uint64_t> is the identity
+                fetch_slot(bk, buckets[0])
+                fetch_before(bk, buckets[0])
+                fetch_first(bk, buckets[0])
+                fetch_second(bk, buckets[0], h[0])
             k = first  # the next block to hash and to prefetch
             while i < n:
                 while i >= first and k < n and k <= i + 4 * STAGE:

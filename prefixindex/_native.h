@@ -380,11 +380,13 @@ static inline Entry* find_in_bucket(PrefixMap& m, size_t b, uint64_t key) {  // 
 static inline Entry* find_entry(PrefixMap& m, uint64_t key) { return find_in_bucket(m, m.bucket(key), key); }
 
 // The prefix map's bucket array, for a walk that prefetches a probe's lines in stages ahead of it
-// (the pipelined way of _entries.walk). The standard interface gives a bucket only by reading it (and
+// (the staged way of _entries.walk). The standard interface gives a bucket only by reading it (and
 // the node it points to): one load that may miss, on which the next depends, so every cold probe held
 // the processor up. With the array, a walk prefetches the bucket's slot, then the node before the
-// bucket's first, then that first node, each a few blocks before its probe, and nothing waits.
-// libstdc++ only (other libraries: RAW_BUCKETS 0, the pipelined way is never chosen). The array is
+// bucket's first, then that first node, then the second, each a few blocks before its probe, and
+// nothing waits; and find_near and find_raw search a bucket without asking the map for each node's
+// bucket. libstdc++ only (other libraries: RAW_BUCKETS 0, the walk probes through the map's public
+// interface, tests/test_walk_choice.py). The array is
 // the map's private member: the explicit instantiation below names it, which C++ allows (access is
 // not checked in the arguments of an explicit instantiation; [temp.spec.general]).
 #if defined(__GLIBCXX__)
@@ -452,7 +454,7 @@ static inline Entry* find_raw(NodeBase** bk, size_t nb, size_t b, uint64_t key) 
 // find_entry for a map in the caches (the plain beside-the-chain walk): the first four nodes from the
 // bucket's first are compared with no branch on where the key is, and one branch on whether it was
 // among them. A node holding the key is in the key's bucket, so comparing nodes past the bucket's end
-// (other buckets' nodes, or the first again where the list ends) cannot give a wrong hit; only a key
+// (other buckets' nodes, or the last node again where the list ends) cannot give a wrong hit; only a key
 // not among the four takes the exact search (a miss: the walk's last probe). The loop of find_entry
 // branches on each node, and which node holds a key differs from one query to the next: beside the
 // chain, each mispredicted branch throws away the hashing the processor had run ahead.

@@ -12,9 +12,10 @@ from libcpp.pair cimport pair
 from libcpp.vector cimport vector
 from cython.operator cimport dereference as deref, preincrement as inc
 
-from prefixindex._native cimport (NO_POD, Ctx, Entry, EntryPtr, EntryVec, PodRun, PodVec, PrefixMap, RunVec,
-                                  binary_search, find_entry, find_in_bucket, kMulti, NodeBase, RAW_BUCKETS,
-                                  bucket_array, fetch_slot, fetch_before, fetch_first, fetch_second, find_raw, find_near, lower_bound, sort, touch_bucket)
+from prefixindex._native cimport (NO_POD, RAW_BUCKETS, Ctx, Entry, EntryPtr, EntryVec, NodeBase, PodRun,
+                                  PodVec, PrefixMap, RunVec, binary_search, bucket_array, fetch_before,
+                                  fetch_first, fetch_second, fetch_slot, find_entry, find_in_bucket, find_near,
+                                  find_raw, kMulti, lower_bound, sort, touch_bucket)
 from prefixindex._xxh64 cimport chain_link, hash_chain
 
 
@@ -196,10 +197,11 @@ cdef inline Py_ssize_t walk(Ctx* c, uint64_t* h, size_t n, const uint8_t* data, 
     - beside the chain (`beside` true): after the first `chunk` blocks, each step hashes one block
       further and probes one whose hash is long done, so each probe runs in the time the chain waits
       for its parent's hash; the best way when the map is in the caches (a 1,024-token match ~1.5 ->
-      ~1.3 us; its probe, find_near, does not branch on where in its bucket a key is). On a map of TOUCH_BUCKETS_FROM entries or more (which may be cold) each probe is
-      prefetched in stages as the chain is hashed, through the map's bucket array (libstdc++), so
-      that its misses overlap the hashing too (10^6 entries over 100 contexts: ~3.3 us a match
-      where the chunked way takes ~3.6, and probing beside without the stages ~10).
+      ~1.3 us; its probe, find_near, does not branch on where in its bucket a key is). On a map of
+      TOUCH_BUCKETS_FROM entries or more (which may be cold) each probe is prefetched in stages as the
+      chain is hashed, through the map's bucket array (libstdc++), so that its misses overlap the
+      hashing too (10^6 entries over 100 contexts: ~3.3 us a match where the chunked way takes ~3.6,
+      and probing beside without the stages ~10).
     The first chunk is small because the most common miss is at block 0 (a new prompt). Hashing
     stops soon after matching does; *hashed says how many of h are valid on return. `ready` is
     sorted, or NULL for every pod; `alive` is empty scratch space.
@@ -269,7 +271,7 @@ cdef inline Py_ssize_t walk(Ctx* c, uint64_t* h, size_t n, const uint8_t* data, 
                 e = find_raw(bk, nb, buckets[i & 63], h[i])
                 if e == NULL:
                     break
-                # (the same step as in the other loops, written out: see below)
+                # (the same step as in the other two loops, written out in each: see below)
                 if i == 0:
                     start_pods(c, e, ready, alive)
                 else:
@@ -288,7 +290,9 @@ cdef inline Py_ssize_t walk(Ctx* c, uint64_t* h, size_t n, const uint8_t* data, 
                 if e == NULL:
                     break
                 # (the same step as the chunked way's below, written out in each: as one inline helper
-                # function the 32,768-token walk took 10% longer, 33.1-33.8 -> 36.2-37.4 us)
+                # function the 32,768-token walk took 10% longer, 33.1-33.8 -> 36.2-37.4 us; tried again
+                # with the staged loop's copy too, 45.5-48.0 -> 51.0-52.7 us, and 1,024 tokens cycling
+                # 100 contexts 1.54-1.58 -> 1.75-1.84)
                 if i == 0:
                     start_pods(c, e, ready, alive)
                 else:

@@ -409,7 +409,9 @@ struct TablesBuckets {
 };
 template struct Expose<MapsTable, &PrefixMap::_M_h>;
 template struct Expose<TablesBuckets, &PrefixTable::_M_buckets>;
-static inline NodeBase** bucket_array(PrefixMap& m) { return (m.*exposed(MapsTable())).*exposed(TablesBuckets()); }
+static inline NodeBase** bucket_array(PrefixMap& m) {
+  return (m.*exposed(MapsTable())).*exposed(TablesBuckets());
+}
 #else
 static constexpr int RAW_BUCKETS = 0;
 struct NodeBase {
@@ -420,7 +422,7 @@ static inline NodeBase** bucket_array(PrefixMap&) { return nullptr; }
 
 // The stages, each given the bucket b = key % bucket count (what m.bucket(key) computes).
 static inline void fetch_slot(NodeBase** bk, size_t b) { __builtin_prefetch(bk + b); }
-static inline void fetch_before(NodeBase** bk, size_t b) { __builtin_prefetch(bk[b]); }  // (nullptr: harmless)
+static inline void fetch_before(NodeBase** bk, size_t b) { __builtin_prefetch(bk[b]); }  // nullptr: harmless
 static inline void fetch_first(NodeBase** bk, size_t b) {
   NodeBase* before = bk[b];
   if (before != nullptr && before->_M_nxt != nullptr) __builtin_prefetch(before->_M_nxt);
@@ -431,7 +433,8 @@ static inline void fetch_second(NodeBase** bk, size_t b, uint64_t key) {
   NodeBase* before = bk[b];
   if (before == nullptr) return;
   PrefixNode* first = static_cast<PrefixNode*>(before->_M_nxt);
-  if (first != nullptr && first->_M_v().first != key && first->_M_nxt != nullptr) __builtin_prefetch(first->_M_nxt);
+  if (first != nullptr && first->_M_v().first != key && first->_M_nxt != nullptr)
+    __builtin_prefetch(first->_M_nxt);
 #endif
 }
 

@@ -232,7 +232,7 @@ cdef inline Py_ssize_t walk(Ctx* c, uint64_t* h, size_t n, const uint8_t* data, 
             # first node, the next one if the first holds another key), and probed 4 * STAGE blocks
             # after its hash. Nothing waits for a miss while the chain has links to hash; once it is
             # hashed, the stages the last blocks still lack run as passes whose misses overlap.
-            # (bucket_array and the fetches in _native.h; docs/architecture.md, "The walk")
+            # (bucket_array and the fetches in _map_internals.h; docs/architecture.md, "The walk")
             bk = bucket_array(c.prefixes)
             nb = c.prefixes.bucket_count()
             # block 0's stages run at once, so that its probe (and the common miss there) comes about

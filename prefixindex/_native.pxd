@@ -54,16 +54,6 @@ cdef extern from "_native.h" namespace "pi" nogil:
     size_t touch_bucket(const PrefixMap& m, uint64_t key)
     Entry* find_entry(PrefixMap& m, uint64_t key)
     Entry* find_in_bucket(PrefixMap& m, size_t bucket, uint64_t key)
-    cdef cppclass NodeBase:
-        pass
-    int RAW_BUCKETS
-    NodeBase** bucket_array(PrefixMap& m)
-    void fetch_slot(NodeBase** bk, size_t b)
-    void fetch_before(NodeBase** bk, size_t b)
-    void fetch_first(NodeBase** bk, size_t b)
-    void fetch_second(NodeBase** bk, size_t b, uint64_t key)
-    Entry* find_raw(NodeBase** bk, size_t nb, size_t b, uint64_t key)
-    Entry* find_near(PrefixMap& m, uint64_t key)
     size_t touch_bucket(const EngineMap& m, uint64_t key)
     bint rarely(bint x)
 
@@ -181,3 +171,17 @@ cdef extern from "<algorithm>" namespace "std" nogil:
     void sort[Iter](Iter first, Iter last) except +
     Iter lower_bound[Iter, T](Iter first, Iter last, const T& value)
     bint binary_search[Iter, T](Iter first, Iter last, const T& value)
+
+# What the core reaches inside libstdc++'s maps for (_map_internals.h): the prefix map's bucket array
+# for the walk's staged prefetches and probes.
+cdef extern from "_map_internals.h" namespace "pi" nogil:
+    cdef cppclass NodeBase:
+        pass
+    int RAW_BUCKETS
+    NodeBase** bucket_array(PrefixMap& m)
+    void fetch_slot(NodeBase** bk, size_t b)
+    void fetch_before(NodeBase** bk, size_t b)
+    void fetch_first(NodeBase** bk, size_t b)
+    void fetch_second(NodeBase** bk, size_t b, uint64_t key)
+    Entry* find_raw(NodeBase** bk, size_t nb, size_t b, uint64_t key)
+    Entry* find_near(PrefixMap& m, uint64_t key)

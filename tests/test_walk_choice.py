@@ -165,7 +165,7 @@ def test_the_choice_tries_the_other_way_often_while_the_two_are_close():
 
 
 def test_the_bucket_array_probes_agree_with_the_maps_own():
-    """The walk probes through the prefix map's bucket array (libstdc++'s, reached by _native.h's
+    """The walk probes through the prefix map's bucket array (libstdc++'s, reached by _map_internals.h's
     bucket_array): find_raw (the staged way) and find_near (four nodes compared without branching, the
     plain beside way) find exactly what the map's own interface finds, for stored keys and absent ones,
     in maps of several bucket counts and chain lengths. On Linux (libstdc++) the array is in use."""

@@ -1,0 +1,117 @@
+// What the compiled core reaches inside libstdc++'s std::unordered_map for, and the plain equivalents
+// for other standard libraries: the prefix map's bucket array (the walk's staged prefetches and its
+// branch-free probes). It is the map's private member, named by an explicit instantiation, which C++ allows (access is
+// not checked in the arguments of an explicit instantiation; [temp.spec.general]). Included by the
+// Cython modules after _native.h, whose types it works on.
+#pragma once
+
+#include "_native.h"
+
+namespace pi {
+
+// The prefix map's bucket array, for a walk that prefetches a probe's lines in stages ahead of it
+// (the staged way of _entries.walk). The standard interface gives a bucket only by reading it (and
+// the node it points to): one load that may miss, on which the next depends, so every cold probe held
+// the processor up. With the array, a walk prefetches the bucket's slot, then the node before the
+// bucket's first, then that first node, then the second, each a few blocks before its probe, and
+// nothing waits; and find_near and find_raw search a bucket without asking the map for each node's
+// bucket. libstdc++ only (other libraries: RAW_BUCKETS 0, the walk probes through the map's public
+// interface, tests/test_walk_choice.py).
+#if defined(__GLIBCXX__)
+static constexpr int RAW_BUCKETS = 1;
+using NodeBase = std::__detail::_Hash_node_base;
+using PrefixNode = std::__detail::_Hash_node<std::pair<const uint64_t, Entry>, false>;
+using PrefixTable = std::__umap_hashtable<uint64_t, Entry, std::hash<uint64_t>, std::equal_to<uint64_t>,
+                                          PoolAllocator<std::pair<const uint64_t, Entry>>>;
+template <class Tag, typename Tag::type Member>
+struct Expose {
+  friend typename Tag::type exposed(Tag) { return Member; }
+};
+struct MapsTable {
+  using type = PrefixTable PrefixMap::*;
+  friend type exposed(MapsTable);
+};
+struct TablesBuckets {
+  using type = NodeBase** PrefixTable::*;
+  friend type exposed(TablesBuckets);
+};
+template struct Expose<MapsTable, &PrefixMap::_M_h>;
+template struct Expose<TablesBuckets, &PrefixTable::_M_buckets>;
+static inline NodeBase** bucket_array(PrefixMap& m) {
+  return (m.*exposed(MapsTable())).*exposed(TablesBuckets());
+}
+#else
+static constexpr int RAW_BUCKETS = 0;
+struct NodeBase {
+  NodeBase* _M_nxt;
+};
+static inline NodeBase** bucket_array(PrefixMap&) { return nullptr; }
+#endif
+
+// The stages, each given the bucket b = key % bucket count (what m.bucket(key) computes).
+static inline void fetch_slot(NodeBase** bk, size_t b) { __builtin_prefetch(bk + b); }
+static inline void fetch_before(NodeBase** bk, size_t b) { __builtin_prefetch(bk[b]); }  // nullptr: harmless
+static inline void fetch_first(NodeBase** bk, size_t b) {
+  NodeBase* before = bk[b];
+  if (before != nullptr && before->_M_nxt != nullptr) __builtin_prefetch(before->_M_nxt);
+}
+
+static inline void fetch_second(NodeBase** bk, size_t b, uint64_t key) {
+#if defined(__GLIBCXX__)
+  NodeBase* before = bk[b];
+  if (before == nullptr) return;
+  PrefixNode* first = static_cast<PrefixNode*>(before->_M_nxt);
+  if (first != nullptr && first->_M_v().first != key && first->_M_nxt != nullptr)
+    __builtin_prefetch(first->_M_nxt);
+#endif
+}
+
+// find_in_bucket on the array: the bucket's nodes, compared before the bucket of the next is asked
+// (a node holding the key is in the key's bucket, so a hit needs no division past the first).
+static inline Entry* find_raw(NodeBase** bk, size_t nb, size_t b, uint64_t key) {
+#if defined(__GLIBCXX__)
+  NodeBase* before = bk[b];
+  if (before == nullptr) return nullptr;
+  for (PrefixNode* p = static_cast<PrefixNode*>(before->_M_nxt); p != nullptr; p = p->_M_next()) {
+    if (p->_M_v().first == key) return &p->_M_v().second;
+    PrefixNode* next = p->_M_next();
+    if (next == nullptr) return nullptr;
+    if (next->_M_v().first != key && next->_M_v().first % nb != b) return nullptr;
+  }
+#endif
+  return nullptr;
+}
+
+// find_entry for a map in the caches (the plain beside-the-chain walk): the first four nodes from the
+// bucket's first are compared with no branch on where the key is, and one branch on whether it was
+// among them. A node holding the key is in the key's bucket, so comparing nodes past the bucket's end
+// (other buckets' nodes, or the last node again where the list ends) cannot give a wrong hit; only a key
+// not among the four takes the exact search (a miss: the walk's last probe). The loop of find_entry
+// branches on each node, and which node holds a key differs from one query to the next: beside the
+// chain, each mispredicted branch throws away the hashing the processor had run ahead.
+static inline Entry* find_near(PrefixMap& m, uint64_t key) {
+#if defined(__GLIBCXX__)
+  NodeBase** bk = bucket_array(m);
+  size_t nb = m.bucket_count();
+  size_t b = key % nb;
+  NodeBase* before = bk[b];
+  if (before == nullptr) return nullptr;  // an empty bucket's slot is null: the key is not held
+  PrefixNode* n1 = static_cast<PrefixNode*>(before->_M_nxt);  // a bucket with a slot has a first node
+  PrefixNode* n2 = n1->_M_next();
+  n2 = n2 != nullptr ? n2 : n1;
+  PrefixNode* n3 = n2->_M_next();
+  n3 = n3 != nullptr ? n3 : n2;
+  PrefixNode* n4 = n3->_M_next();
+  n4 = n4 != nullptr ? n4 : n3;
+  PrefixNode* hit = n4->_M_v().first == key ? n4 : nullptr;
+  hit = n3->_M_v().first == key ? n3 : hit;
+  hit = n2->_M_v().first == key ? n2 : hit;
+  hit = n1->_M_v().first == key ? n1 : hit;
+  if (__builtin_expect(hit != nullptr, 1)) return &hit->_M_v().second;
+  return find_raw(bk, nb, b, key);
+#else
+  return find_entry(m, key);
+#endif
+}
+
+}  // namespace pi

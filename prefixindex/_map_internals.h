@@ -1,6 +1,7 @@
 // What the compiled core reaches inside libstdc++'s std::unordered_map for, and the plain equivalents
 // for other standard libraries: the prefix map's bucket array (the walk's staged prefetches and its
-// branch-free probes). It is the map's private member, named by an explicit instantiation, which C++ allows (access is
+// branch-free probes) and, for both maps, an insert that does not search the bucket a second time.
+// Each is the map's private member, named by an explicit instantiation, which C++ allows (access is
 // not checked in the arguments of an explicit instantiation; [temp.spec.general]). Included by the
 // Cython modules after _native.h, whose types it works on.
 #pragma once
@@ -23,6 +24,9 @@ using NodeBase = std::__detail::_Hash_node_base;
 using PrefixNode = std::__detail::_Hash_node<std::pair<const uint64_t, Entry>, false>;
 using PrefixTable = std::__umap_hashtable<uint64_t, Entry, std::hash<uint64_t>, std::equal_to<uint64_t>,
                                           PoolAllocator<std::pair<const uint64_t, Entry>>>;
+using EngineNode = std::__detail::_Hash_node<std::pair<const uint64_t, uint64_t>, false>;
+using EngineTable = std::__umap_hashtable<uint64_t, uint64_t, std::hash<uint64_t>, std::equal_to<uint64_t>,
+                                          PoolAllocator<std::pair<const uint64_t, uint64_t>>>;
 template <class Tag, typename Tag::type Member>
 struct Expose {
   friend typename Tag::type exposed(Tag) { return Member; }
@@ -35,8 +39,18 @@ struct TablesBuckets {
   using type = NodeBase** PrefixTable::*;
   friend type exposed(TablesBuckets);
 };
+struct EnginesTable {
+  using type = EngineTable EngineMap::*;
+  friend type exposed(EnginesTable);
+};
+struct EngineBuckets {
+  using type = NodeBase** EngineTable::*;
+  friend type exposed(EngineBuckets);
+};
 template struct Expose<MapsTable, &PrefixMap::_M_h>;
 template struct Expose<TablesBuckets, &PrefixTable::_M_buckets>;
+template struct Expose<EnginesTable, &EngineMap::_M_h>;
+template struct Expose<EngineBuckets, &EngineTable::_M_buckets>;
 static inline NodeBase** bucket_array(PrefixMap& m) {
   return (m.*exposed(MapsTable())).*exposed(TablesBuckets());
 }
@@ -113,5 +127,84 @@ static inline Entry* find_near(PrefixMap& m, uint64_t key) {
   return find_entry(m, key);
 #endif
 }
+
+
+// try_emplace(key, value) of a map that holds no node for the key in the common case (a store's new
+// block), as {the value's address, whether it was inserted}. The map's own try_emplace searches the
+// key's bucket to the end, asking the map for each node's bucket (a division by the prime bucket
+// count a node, and a branch on where the bucket ends, mispredicted once an insert): with a maximum
+// load factor of 2, a quarter of a loop of 10-block stores (0.70-0.75 -> 0.50-0.57 us an event), a
+// tenth of the bench's process_events (59.9-69.6 -> 55.6-62.8 ns a block; docs/performance.md).
+// Here the first four nodes from the bucket's first are compared without branching, as in
+// find_near; if none holds the key and the bucket ends within them (the fifth node is in another
+// bucket, or there is none: one division), the key is absent and the node goes in through the map's
+// own insert of a node known to be new (_M_insert_unique_node: the same rehash and the same place at
+// the bucket's head as try_emplace's), else try_emplace decides. libstdc++ 11 to 15 (whose insert has
+// this signature; tests/test_map_inserts.py), try_emplace itself elsewhere.
+#if defined(__GLIBCXX__) && defined(_GLIBCXX_RELEASE) && _GLIBCXX_RELEASE >= 11 && _GLIBCXX_RELEASE <= 15
+static constexpr int RAW_INSERTS = 1;
+struct PrefixInsert {
+  using type = PrefixTable::iterator (PrefixTable::*)(size_t, size_t, PrefixNode*, size_t);
+  friend type exposed(PrefixInsert);
+};
+struct EngineInsert {
+  using type = EngineTable::iterator (EngineTable::*)(size_t, size_t, EngineNode*, size_t);
+  friend type exposed(EngineInsert);
+};
+template struct Expose<PrefixInsert, &PrefixTable::_M_insert_unique_node>;
+template struct Expose<EngineInsert, &EngineTable::_M_insert_unique_node>;
+
+template <class Table, class Node, class TableTag, class BucketsTag, class InsertTag, class V>
+static inline std::pair<V*, bool> emplace_raw(U64Map<V>& m, uint64_t key, const V& value) {
+  Table& t = m.*exposed(TableTag());
+  NodeBase** bk = t.*exposed(BucketsTag());
+  size_t nb = m.bucket_count();
+  size_t b = key % nb;  // std::hash<uint64_t> is the identity: the map's bucket(key)
+  NodeBase* before = bk[b];
+  if (before != nullptr) {  // (an empty bucket: the key is absent)
+    Node* n1 = static_cast<Node*>(before->_M_nxt);
+    Node* n2 = n1->_M_next();
+    n2 = n2 != nullptr ? n2 : n1;
+    Node* n3 = n2->_M_next();
+    n3 = n3 != nullptr ? n3 : n2;
+    Node* n4 = n3->_M_next();
+    n4 = n4 != nullptr ? n4 : n3;
+    Node* n5 = n4->_M_next();  // (nullptr where the list ended within four)
+    Node* hit = n4->_M_v().first == key ? n4 : nullptr;
+    hit = n3->_M_v().first == key ? n3 : hit;
+    hit = n2->_M_v().first == key ? n2 : hit;
+    hit = n1->_M_v().first == key ? n1 : hit;
+    if (hit != nullptr) return {&hit->_M_v().second, false};
+    // a bucket's nodes are consecutive in the list: if the fifth is in it, so are the four before
+    if (rarely(n5 != nullptr && n5->_M_v().first % nb == b)) {
+      auto r = m.try_emplace(key, value);
+      return {&r.first->second, r.second};
+    }
+  }
+  // the node allocator is a private base of the table: a C-style cast may name it ([expr.cast])
+  using NodeAlloc = std::__detail::_Hashtable_alloc<std::__alloc_rebind<typename U64Map<V>::allocator_type, Node>>;
+  NodeAlloc& alloc = (NodeAlloc&)t;
+  Node* node = alloc._M_allocate_node(key, value);
+  try {
+    return {&(t.*exposed(InsertTag()))(b, key, node, 1)->second, true};
+  } catch (...) {  // a rehash that could not allocate: the map is as it was
+    alloc._M_deallocate_node(node);
+    throw;
+  }
+}
+static inline std::pair<Entry*, bool> emplace_new(PrefixMap& m, uint64_t key, const Entry& value) {
+  return emplace_raw<PrefixTable, PrefixNode, MapsTable, TablesBuckets, PrefixInsert>(m, key, value);
+}
+static inline std::pair<uint64_t*, bool> emplace_new(EngineMap& m, uint64_t key, const uint64_t& value) {
+  return emplace_raw<EngineTable, EngineNode, EnginesTable, EngineBuckets, EngineInsert>(m, key, value);
+}
+#else
+static constexpr int RAW_INSERTS = 0;
+template <class V>
+static inline std::pair<V*, bool> emplace_new(U64Map<V>& m, uint64_t key, const V& value) {
+  auto r = m.try_emplace(key, value);
+  return {&r.first->second, r.second};
+}
+#endif
 
 }  // namespace pi

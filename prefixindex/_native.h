@@ -2,7 +2,7 @@
 // map types built on them, the per-context structures, the pause of the garbage collector around a
 // critical section and the monotonic clock. All index logic lives in _core.pyx; this header only holds
 // types and one-line helpers. XXH64 has its own header, _xxh64.h; what the core reaches inside
-// libstdc++'s maps for (the prefix map's bucket array), _map_internals.h.
+// libstdc++'s maps for (their bucket arrays, an insert without a second search), _map_internals.h.
 #pragma once
 
 #include <atomic>
@@ -382,6 +382,7 @@ static inline Entry* find_entry(PrefixMap& m, uint64_t key) { return find_in_buc
 
 // Pointer aliases: Cython cannot spell a pointer type as a template argument.
 using EntryPtr = Entry*;
+using U64Ptr = uint64_t*;
 using PodStatePtr = PodState*;
 using CtxPtr = Ctx*;
 

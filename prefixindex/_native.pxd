@@ -24,6 +24,7 @@ cdef extern from "_native.h" namespace "pi" nogil:
         uint32_t pods
 
     ctypedef Entry* EntryPtr
+    ctypedef uint64_t* U64Ptr
     ctypedef PodState* PodStatePtr
 
     cdef uint32_t kMulti
@@ -173,7 +174,7 @@ cdef extern from "<algorithm>" namespace "std" nogil:
     bint binary_search[Iter, T](Iter first, Iter last, const T& value)
 
 # What the core reaches inside libstdc++'s maps for (_map_internals.h): the prefix map's bucket array
-# for the walk's staged prefetches and probes.
+# for the walk's staged prefetches and probes, and an insert that searches the bucket once.
 cdef extern from "_map_internals.h" namespace "pi" nogil:
     cdef cppclass NodeBase:
         pass
@@ -185,3 +186,6 @@ cdef extern from "_map_internals.h" namespace "pi" nogil:
     void fetch_second(NodeBase** bk, size_t b, uint64_t key)
     Entry* find_raw(NodeBase** bk, size_t nb, size_t b, uint64_t key)
     Entry* find_near(PrefixMap& m, uint64_t key)
+    int RAW_INSERTS
+    pair[EntryPtr, bint] emplace_new(PrefixMap& m, uint64_t key, const Entry& value) except +
+    pair[U64Ptr, bint] emplace_new(EngineMap& m, uint64_t key, const uint64_t& value) except +

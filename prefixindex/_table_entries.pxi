@@ -51,8 +51,8 @@ cdef int _place(SyncPrefixHashTable self, Ctx* c, PodState* ps, uint32_t pid, ui
     cdef size_t i
     cdef uint64_t p, tick
     cdef size_t width = self.block_bytes
-    cdef pair[EngineMap.iterator, bint] einserted
-    cdef pair[PrefixMap.iterator, bint] inserted
+    cdef pair[U64Ptr, bint] einserted
+    cdef pair[EntryPtr, bint] inserted
     cdef Entry fresh
     if c.next_tick + n >= RENUMBER_AT:
         renumber(c)
@@ -79,20 +79,20 @@ cdef int _place(SyncPrefixHashTable self, Ctx* c, PodState* ps, uint32_t pid, ui
             prefixes[i] = parent
         p = prefixes[i]
         if engines != NULL:
-            einserted = ps.engine.try_emplace(engines[i], p)
-            if not einserted.second and deref(einserted.first).second != p:
+            einserted = emplace_new(ps.engine, engines[i], p)  # (_map_internals.h: one search)
+            if not einserted.second and einserted.first[0] != p:
                 # a known engine hash with new content replaces its old entry (D3)
-                _drop_entry(self, c, deref(einserted.first).second, pid, ps)
-                deref(einserted.first).second = p
+                _drop_entry(self, c, einserted.first[0], pid, ps)
+                einserted.first[0] = p
         # block 0 gets the newest tick, so a trim drops the tails of chains first (D4)
         fresh.tick = <uint32_t>(tick + n - 1 - i)
-        inserted = c.prefixes.try_emplace(p, fresh)
+        inserted = emplace_new(c.prefixes, p, fresh)
         if inserted.second:
             ps.held += 1
         else:
-            if entry_add(c, &deref(inserted.first).second, pid):
+            if entry_add(c, inserted.first, pid):
                 ps.held += 1
-            deref(inserted.first).second.tick = fresh.tick
+            inserted.first.tick = fresh.tick
     if c.prefixes.size() > self.max_prefixes:
         _trim(self, c)
     return 0
@@ -146,3 +146,23 @@ cdef int _trim(SyncPrefixHashTable self, Ctx* c) except -1:
         self._delete_pod_state(deref(pit).second, pod)
         c.pods.erase(pit)
     return 0
+
+
+def _debug_buckets(SyncPrefixHashTable table, model_name, lora_id, pod):
+    """Tests only: (RAW_INSERTS, the context's prefix map's bucket count, the pod's engine map's bucket
+    count there), to build keys that share a bucket (tests/test_map_inserts.py)."""
+    cdef Ctx* c
+    cdef uint32_t pid
+    cdef PodMap.iterator found
+    model, lora = _check_context(model_name, lora_id)
+    cdef str name = check_pod(pod, "pod")
+    table._begin_read()
+    try:
+        c = table._find_ctx(model, lora)
+        pid = table._pod_id(name)
+        if c == NULL or pid == NO_POD or c.pods.find(pid) == c.pods.end():
+            raise KeyError((model, lora, name))
+        found = c.pods.find(pid)
+        return bool(RAW_INSERTS), c.prefixes.bucket_count(), deref(found).second.engine.bucket_count()
+    finally:
+        table._end()

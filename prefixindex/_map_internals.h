@@ -128,7 +128,6 @@ static inline Entry* find_near(PrefixMap& m, uint64_t key) {
 #endif
 }
 
-
 // try_emplace(key, value) of a map that holds no node for the key in the common case (a store's new
 // block), as {the value's address, whether it was inserted}. The map's own try_emplace searches the
 // key's bucket to the end, asking the map for each node's bucket (a division by the prime bucket
@@ -182,7 +181,8 @@ static inline std::pair<V*, bool> emplace_raw(U64Map<V>& m, uint64_t key, const 
     }
   }
   // the node allocator is a private base of the table: a C-style cast may name it ([expr.cast])
-  using NodeAlloc = std::__detail::_Hashtable_alloc<std::__alloc_rebind<typename U64Map<V>::allocator_type, Node>>;
+  using NodeAlloc =
+      std::__detail::_Hashtable_alloc<std::__alloc_rebind<typename U64Map<V>::allocator_type, Node>>;
   NodeAlloc& alloc = (NodeAlloc&)t;
   Node* node = alloc._M_allocate_node(key, value);
   try {

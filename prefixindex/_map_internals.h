@@ -27,26 +27,21 @@ using PrefixTable = std::__umap_hashtable<uint64_t, Entry, std::hash<uint64_t>, 
 using EngineNode = std::__detail::_Hash_node<std::pair<const uint64_t, uint64_t>, false>;
 using EngineTable = std::__umap_hashtable<uint64_t, uint64_t, std::hash<uint64_t>, std::equal_to<uint64_t>,
                                           PoolAllocator<std::pair<const uint64_t, uint64_t>>>;
+// exposed(Tag()) is the member that Expose<Tag, &Class::member> was instantiated with: a tag says the
+// member's type and declares the friend, which that instantiation defines.
 template <class Tag, typename Tag::type Member>
 struct Expose {
   friend typename Tag::type exposed(Tag) { return Member; }
 };
-struct MapsTable {
-  using type = PrefixTable PrefixMap::*;
-  friend type exposed(MapsTable);
-};
-struct TablesBuckets {
-  using type = NodeBase** PrefixTable::*;
-  friend type exposed(TablesBuckets);
-};
-struct EnginesTable {
-  using type = EngineTable EngineMap::*;
-  friend type exposed(EnginesTable);
-};
-struct EngineBuckets {
-  using type = NodeBase** EngineTable::*;
-  friend type exposed(EngineBuckets);
-};
+#define PI_MEMBER_TAG(Name, ...) \
+  struct Name {                  \
+    using type = __VA_ARGS__;    \
+    friend type exposed(Name);   \
+  }
+PI_MEMBER_TAG(MapsTable, PrefixTable PrefixMap::*);
+PI_MEMBER_TAG(TablesBuckets, NodeBase** PrefixTable::*);
+PI_MEMBER_TAG(EnginesTable, EngineTable EngineMap::*);
+PI_MEMBER_TAG(EngineBuckets, NodeBase** EngineTable::*);
 template struct Expose<MapsTable, &PrefixMap::_M_h>;
 template struct Expose<TablesBuckets, &PrefixTable::_M_buckets>;
 template struct Expose<EnginesTable, &EngineMap::_M_h>;
@@ -96,6 +91,26 @@ static inline Entry* find_raw(NodeBase** bk, size_t nb, size_t b, uint64_t key) 
   return nullptr;
 }
 
+#if defined(__GLIBCXX__)
+// The node among the first four from n1 (a bucket's first) that holds key, or nullptr, compared with
+// no branch on which it is; *fourth is the fourth node (the last one, where the list ends sooner).
+// Nodes past the bucket's end are other buckets' and cannot hold the key.
+template <class Node>
+static inline Node* among_first_four(Node* n1, uint64_t key, Node** fourth) {
+  Node* n2 = n1->_M_next();
+  n2 = n2 != nullptr ? n2 : n1;
+  Node* n3 = n2->_M_next();
+  n3 = n3 != nullptr ? n3 : n2;
+  Node* n4 = n3->_M_next();
+  n4 = n4 != nullptr ? n4 : n3;
+  *fourth = n4;
+  Node* hit = n4->_M_v().first == key ? n4 : nullptr;
+  hit = n3->_M_v().first == key ? n3 : hit;
+  hit = n2->_M_v().first == key ? n2 : hit;
+  return n1->_M_v().first == key ? n1 : hit;
+}
+#endif
+
 // find_entry for a map in the caches (the plain beside-the-chain walk): the first four nodes from the
 // bucket's first are compared with no branch on where the key is, and one branch on whether it was
 // among them. A node holding the key is in the key's bucket, so comparing nodes past the bucket's end
@@ -110,17 +125,8 @@ static inline Entry* find_near(PrefixMap& m, uint64_t key) {
   size_t b = key % nb;
   NodeBase* before = bk[b];
   if (before == nullptr) return nullptr;  // an empty bucket's slot is null: the key is not held
-  PrefixNode* n1 = static_cast<PrefixNode*>(before->_M_nxt);  // a bucket with a slot has a first node
-  PrefixNode* n2 = n1->_M_next();
-  n2 = n2 != nullptr ? n2 : n1;
-  PrefixNode* n3 = n2->_M_next();
-  n3 = n3 != nullptr ? n3 : n2;
-  PrefixNode* n4 = n3->_M_next();
-  n4 = n4 != nullptr ? n4 : n3;
-  PrefixNode* hit = n4->_M_v().first == key ? n4 : nullptr;
-  hit = n3->_M_v().first == key ? n3 : hit;
-  hit = n2->_M_v().first == key ? n2 : hit;
-  hit = n1->_M_v().first == key ? n1 : hit;
+  PrefixNode* fourth;  // (a bucket with a slot has a first node)
+  PrefixNode* hit = among_first_four(static_cast<PrefixNode*>(before->_M_nxt), key, &fourth);
   if (__builtin_expect(hit != nullptr, 1)) return &hit->_M_v().second;
   return find_raw(bk, nb, b, key);
 #else
@@ -134,22 +140,16 @@ static inline Entry* find_near(PrefixMap& m, uint64_t key) {
 // count a node, and a branch on where the bucket ends, mispredicted once an insert): with a maximum
 // load factor of 2, a quarter of a loop of 10-block stores (0.70-0.75 -> 0.50-0.57 us an event), a
 // tenth of the bench's process_events (59.9-69.6 -> 55.6-62.8 ns a block; docs/performance.md).
-// Here the first four nodes from the bucket's first are compared without branching, as in
-// find_near; if none holds the key and the bucket ends within them (the fifth node is in another
+// Here the first four nodes from the bucket's first are compared without branching (among_first_four,
+// as find_near does); if none holds the key and the bucket ends within them (the fifth node is in another
 // bucket, or there is none: one division), the key is absent and the node goes in through the map's
 // own insert of a node known to be new (_M_insert_unique_node: the same rehash and the same place at
 // the bucket's head as try_emplace's), else try_emplace decides. libstdc++ 11 to 15 (whose insert has
 // this signature; tests/test_map_inserts.py), try_emplace itself elsewhere.
 #if defined(__GLIBCXX__) && defined(_GLIBCXX_RELEASE) && _GLIBCXX_RELEASE >= 11 && _GLIBCXX_RELEASE <= 15
 static constexpr int RAW_INSERTS = 1;
-struct PrefixInsert {
-  using type = PrefixTable::iterator (PrefixTable::*)(size_t, size_t, PrefixNode*, size_t);
-  friend type exposed(PrefixInsert);
-};
-struct EngineInsert {
-  using type = EngineTable::iterator (EngineTable::*)(size_t, size_t, EngineNode*, size_t);
-  friend type exposed(EngineInsert);
-};
+PI_MEMBER_TAG(PrefixInsert, PrefixTable::iterator (PrefixTable::*)(size_t, size_t, PrefixNode*, size_t));
+PI_MEMBER_TAG(EngineInsert, EngineTable::iterator (EngineTable::*)(size_t, size_t, EngineNode*, size_t));
 template struct Expose<PrefixInsert, &PrefixTable::_M_insert_unique_node>;
 template struct Expose<EngineInsert, &EngineTable::_M_insert_unique_node>;
 
@@ -161,19 +161,10 @@ static inline std::pair<V*, bool> emplace_raw(U64Map<V>& m, uint64_t key, const 
   size_t b = key % nb;  // std::hash<uint64_t> is the identity: the map's bucket(key)
   NodeBase* before = bk[b];
   if (before != nullptr) {  // (an empty bucket: the key is absent)
-    Node* n1 = static_cast<Node*>(before->_M_nxt);
-    Node* n2 = n1->_M_next();
-    n2 = n2 != nullptr ? n2 : n1;
-    Node* n3 = n2->_M_next();
-    n3 = n3 != nullptr ? n3 : n2;
-    Node* n4 = n3->_M_next();
-    n4 = n4 != nullptr ? n4 : n3;
-    Node* n5 = n4->_M_next();  // (nullptr where the list ended within four)
-    Node* hit = n4->_M_v().first == key ? n4 : nullptr;
-    hit = n3->_M_v().first == key ? n3 : hit;
-    hit = n2->_M_v().first == key ? n2 : hit;
-    hit = n1->_M_v().first == key ? n1 : hit;
+    Node* fourth;
+    Node* hit = among_first_four(static_cast<Node*>(before->_M_nxt), key, &fourth);
     if (hit != nullptr) return {&hit->_M_v().second, false};
+    Node* n5 = fourth->_M_next();  // (nullptr where the list ended within four)
     // a bucket's nodes are consecutive in the list: if the fifth is in it, so are the four before
     if (rarely(n5 != nullptr && n5->_M_v().first % nb == b)) {
       auto r = m.try_emplace(key, value);

@@ -129,7 +129,7 @@ cdef int _load_state(SyncPrefixHashTable self, dict state, double now) except -1
     cdef vector[uint32_t] pids, members
     cdef size_t i, j, k, n, n_pods
     cdef Entry fresh
-    cdef pair[EntryPtr, bint] inserted
+    cdef pair[PrefixMap.iterator, bint] inserted
     cdef vector[uint32_t] mine
     counters = state["counters"]
     contexts = state["contexts"]
@@ -159,7 +159,7 @@ cdef int _load_state(SyncPrefixHashTable self, dict state, double now) except -1
                     raise ValueError("snapshot state: an engine map's keys and values disagree in length")
                 ps.engine.reserve(keys.shape[0])
                 for j in range(<size_t>keys.shape[0]):
-                    emplace_new(ps.engine, keys[j], values[j])  # (as a store inserts: _map_internals.h)
+                    ps.engine.try_emplace(keys[j], values[j])
             k = 0
             c.prefixes.reserve(n)
             for i in range(n):
@@ -181,7 +181,7 @@ cdef int _load_state(SyncPrefixHashTable self, dict state, double now) except -1
                     c.multi_free.reserve(c.multi.size() + 1)
                     c.multi.push_back(mine)
                     fresh.pods = kMulti | <uint32_t>(c.multi.size() - 1)
-                inserted = emplace_new(c.prefixes, prefixes[i], fresh)
+                inserted = c.prefixes.try_emplace(prefixes[i], fresh)
                 if not inserted.second:
                     raise ValueError("snapshot state: a prefix appears twice in a context")
             if k != <size_t>entry_pods.shape[0]:

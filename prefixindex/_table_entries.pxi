@@ -160,9 +160,10 @@ def _debug_buckets(SyncPrefixHashTable table, model_name, lora_id, pod):
     try:
         c = table._find_ctx(model, lora)
         pid = table._pod_id(name)
-        if c == NULL or pid == NO_POD or c.pods.find(pid) == c.pods.end():
-            raise KeyError((model, lora, name))
-        found = c.pods.find(pid)
-        return bool(RAW_INSERTS), c.prefixes.bucket_count(), deref(found).second.engine.bucket_count()
+        if c != NULL and pid != NO_POD:
+            found = c.pods.find(pid)
+            if found != c.pods.end():
+                return bool(RAW_INSERTS), c.prefixes.bucket_count(), deref(found).second.engine.bucket_count()
+        raise KeyError((model, lora, name))
     finally:
         table._end()

@@ -1,7 +1,8 @@
 """Decoding of vLLM KV-event payloads (prefixindex.vllm._wire, ._convert), without sockets.
 
-The encoders below are written from /work/shared/VLLM_KV_EVENTS.md with msgspec, in both encodings:
-legacy tagged arrays and current tagged maps. test_vllm_zmq.py publishes with them.
+The encoders below are written with msgspec from vLLM's wire format as docs/vllm.md describes it (checked
+against a vLLM 0.33.0 publisher), in both encodings: legacy tagged arrays and current tagged maps.
+test_vllm_zmq.py publishes with them.
 """
 
 from __future__ import annotations

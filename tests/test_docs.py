@@ -106,6 +106,20 @@ def test_no_doc_points_outside_the_repository(doc):
         assert needle not in text, f"{doc.name} mentions {needle}"
 
 
+
+def test_no_source_file_points_outside_the_repository():
+    """Code, tests and tools cite the project's docs too, never a reference file outside the checkout."""
+    sources = [ROOT / "setup.py", ROOT / "pyproject.toml", ROOT / ".ci" / "run"]
+    for folder, pattern in (("prefixindex", "*.py*"), ("prefixindex", "*.h"), ("prefixindex", "*.pxd"),
+                            ("tests", "*.py"), ("asv_benchmarks", "*.py")):
+        sources += sorted((ROOT / folder).rglob(pattern))
+    this = Path(__file__).resolve()
+    offenders = [f"{path.relative_to(ROOT)} mentions {needle}" for path in sources
+                 if path.is_file() and path.resolve() != this
+                 for needle in ("../shared", "/work/shared")
+                 if needle in path.read_text(encoding="utf-8", errors="replace")]
+    assert len(sources) > 50 and not offenders, offenders
+
 # Markdown files that docs once pointed to but that no user of the repository has.
 _FOREIGN = ("SPEC.md", "PERFORMANCE_NOTES.md", "VLLM_KV_EVENTS.md", "ROUTING.md")
 

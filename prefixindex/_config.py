@@ -27,6 +27,8 @@ COUNTER_KEYS = STAT_KEYS[4:]
 REINIT_MESSAGE = ("SyncPrefixHashTable.__init__ was called on a table that is already built; "
                   "make a new table instead")
 UNBUILT_MESSAGE = "this SyncPrefixHashTable was never initialised (SyncPrefixHashTable.__new__ without __init__)"
+REENTERED_MESSAGE = ("the table was re-entered from Python code that ran during one of its own calls (a finalizer, "
+                     "a __hash__ or __eq__): that call cannot be served")
 
 # field name -> environment variable, in the order of the SPEC table
 ENV_VARS = {

@@ -54,7 +54,8 @@ import time
 
 import numpy as np
 
-from ._config import COUNTER_KEYS, REINIT_MESSAGE, UNBUILT_MESSAGE, resolve_config, table_settings
+from ._config import (COUNTER_KEYS, REENTERED_MESSAGE, REINIT_MESSAGE, UNBUILT_MESSAGE, resolve_config,
+                      table_settings)
 from ._eviction import EvictionThread
 from ._events import (AllBlocksCleared, BlockRemoved, BlockStored, batch_event_fields, batch_list, check_chain_args,
                       check_lora_id, check_pod, check_str, check_u64, cleared_fields, hash_array, query_token_bytes,
@@ -270,11 +271,13 @@ cdef class _Stored:
 
 
 cdef tuple _removed(object event):
-    """(block_hashes, model, lora, pod) of a BlockRemoved, checked as stored ones are."""
-    hashes, model, lora, pod = event.block_hashes, event.model_name, event.lora_id, event.source_pod
-    if type(event) is BlockRemovedType and _is_u64_array(hashes) and type(model) is str and _is_lora(lora) \
-            and type(pod) is str:
-        return hashes, model, lora, pod
+    """(block_hashes, model, lora, pod) of a BlockRemoved, checked as stored ones are. A subclass goes
+    to the shared validator alone: its fields may be properties, which must be read once, as the
+    fallback reads them."""
+    if type(event) is BlockRemovedType:
+        hashes, model, lora, pod = event.block_hashes, event.model_name, event.lora_id, event.source_pod
+        if _is_u64_array(hashes) and type(model) is str and _is_lora(lora) and type(pod) is str:
+            return hashes, model, lora, pod
     return removed_fields(event)
 
 

@@ -27,7 +27,8 @@ from typing import Any, Callable, Dict, FrozenSet, List, Optional, Set, Tuple
 import numpy as np
 import xxhash
 
-from ._config import COUNTER_KEYS, REINIT_MESSAGE, UNBUILT_MESSAGE, Config, resolve_config, table_settings
+from ._config import (COUNTER_KEYS, REENTERED_MESSAGE, REINIT_MESSAGE, UNBUILT_MESSAGE, Config, resolve_config,
+                      table_settings)
 from ._eviction import EvictionThread
 from ._events import (AllBlocksCleared, BlockRemoved, BlockStored, batch_event_fields, batch_list, check_chain_args,
                       check_lora_id, check_pod, check_str, check_u64, cleared_fields, hash_array, query_token_bytes,
@@ -42,16 +43,13 @@ SOURCE_HASH = None  # the compiled core's records the sources it was built from
 _pack_u64 = struct.Struct("<Q").pack
 _xxh64 = xxhash.xxh64_intdigest
 
-_REENTERED = ("the table was re-entered from Python code that ran during one of its own calls (a finalizer, "
-              "a __hash__ or __eq__): that call cannot be served")
 _FORKED = ("the process forked while another thread was inside this table, which may be half-changed in the "
            "child: build a new table in the child")
 
 
 def xxh64_digest(data: Any, seed: int = 0) -> int:
     """XXH64 of a bytes-like object (the xxhash package's)."""
-    check_u64(seed, "seed")
-    return _xxh64(memoryview(data).cast("B"), seed)
+    return _xxh64(memoryview(data).cast("B"), check_u64(seed, "seed"))
 
 
 def prefix_hash_chain(data: Any, block_bytes: int, seed: int, parent: int, n_blocks: int) -> List[int]:
@@ -110,6 +108,14 @@ def token_bytes_from_msgpack(raw: Any) -> np.ndarray:
     raise AssertionError("unreachable: a valid array of token ids took the slow path")
 
 
+def _float_clock(clock: Callable[[], Any]) -> Callable[[], float]:
+    """A clock= whose readings are taken as float(), as the compiled core takes them: a reading that is
+    not a number is its TypeError or ValueError before the call changes anything (SPEC 8)."""
+    def read() -> float:
+        return float(clock())
+    return read
+
+
 class _TableLock:
     """The table's lock: one holder at a time; the holder's thread re-entering is a RuntimeError.
 
@@ -126,7 +132,7 @@ class _TableLock:
     def __enter__(self) -> None:
         me = threading.get_ident()
         if self._owner == me:
-            raise RuntimeError(_REENTERED)
+            raise RuntimeError(REENTERED_MESSAGE)
         self._lock.acquire()
         self._owner = me
 
@@ -226,7 +232,7 @@ class SyncPrefixHashTable:
         self._max_contexts = settings.max_contexts
         self._max_prefixes = settings.max_prefixes
         self._stale_after = settings.stale_after
-        self._clock = time.monotonic if clock is None else clock
+        self._clock = time.monotonic if clock is None or clock is time.monotonic else _float_clock(clock)
         self._contexts: "OrderedDict[Tuple[str, int], _Context]" = OrderedDict()
         self._counters = dict.fromkeys(COUNTER_KEYS, 0)
         lock = _TableLock()
@@ -399,35 +405,37 @@ class SyncPrefixHashTable:
     def match_prefix(self, model_name: str, lora_id: int, tokens: Any,
                      ready_pods: Any = None) -> Tuple[Dict[str, int], np.ndarray]:
         """pod -> percent of the query's blocks it holds from block 0 on, and the query's prefix hashes."""
-        key, hashes, ready = self._query(model_name, lora_id, tokens, ready_pods)
-        matched = self._match(key, hashes, ready)
+        key, hashes, ready, now = self._query(model_name, lora_id, tokens, ready_pods)
+        matched = self._match(key, hashes, ready, now)
         n = len(hashes)
         return {pod: m * 100 // n for pod, m in matched.items()}, np.array(hashes, dtype=np.uint64)
 
     def match_blocks(self, model_name: str, lora_id: int, tokens: Any, ready_pods: Any = None) -> Dict[str, int]:
         """pod -> number of the query's blocks it holds from block 0 on."""
-        key, hashes, ready = self._query(model_name, lora_id, tokens, ready_pods)
-        return self._match(key, hashes, ready)
+        key, hashes, ready, now = self._query(model_name, lora_id, tokens, ready_pods)
+        return self._match(key, hashes, ready, now)
 
     def match(self, model_name: str, lora_id: int, tokens: Any,
               ready_pods: Any = None) -> Tuple[Dict[str, int], np.ndarray]:
         """pod -> number of the query's blocks it holds from block 0 on, and the query's prefix hashes:
         what match_blocks and match_prefix say, from one walk and one recency update."""
-        key, hashes, ready = self._query(model_name, lora_id, tokens, ready_pods)
-        return self._match(key, hashes, ready), np.array(hashes, dtype=np.uint64)
+        key, hashes, ready, now = self._query(model_name, lora_id, tokens, ready_pods)
+        return self._match(key, hashes, ready, now), np.array(hashes, dtype=np.uint64)
 
     def _query(self, model_name: Any, lora_id: Any, tokens: Any,
-               ready_pods: Any) -> Tuple[Tuple[str, int], List[int], Optional[FrozenSet[str]]]:
-        # Everything that may run the caller's code comes before the lock: names, tokens, the
-        # ready_pods iterator and the clock (SPEC 7).
+               ready_pods: Any) -> Tuple[Tuple[str, int], List[int], Optional[FrozenSet[str]], float]:
+        # Everything that may run the caller's code comes before the lock: names, tokens, the clock
+        # and then the ready_pods iterator (SPEC 7; the compiled core reads them in this order too, so
+        # that a clock that changes the ready list is seen alike).
         key = (check_str(model_name, "model_name"), check_lora_id(lora_id))
         data = query_token_bytes(tokens)
+        now = self._clock()
         ready = ready_set(ready_pods)
         n = len(data) // self._block_bytes
-        return key, prefix_hash_chain(data, self._block_bytes, self.seed, self.seed, n), ready
+        return key, prefix_hash_chain(data, self._block_bytes, self.seed, self.seed, n), ready, now
 
-    def _match(self, key: Tuple[str, int], hashes: List[int], ready: Optional[FrozenSet[str]]) -> Dict[str, int]:
-        now = self._clock()
+    def _match(self, key: Tuple[str, int], hashes: List[int], ready: Optional[FrozenSet[str]],
+               now: float) -> Dict[str, int]:
         with self._lock:
             self._counters["matches"] += 1
             ctx = self._contexts.get(key)

@@ -283,6 +283,8 @@ struct Walk {
   bool filter_ready = false;
   bool outside = false;       // the walk ran outside the GIL, in the table's WalkGate
   uint64_t generation = 0;    // the gate's generation in the query's first section
+  bool ready_fresh = false;   // ready_ids were looked up, not copied: the table remembers them after the section
+  uint64_t ready_when = 0;    // ... as of this pod_ids_changed
   PodVec ready_ids;
   PodVec alive;
   RunVec found;

@@ -133,6 +133,8 @@ cdef extern from "_native.h" namespace "pi" nogil:
         bint filter_ready
         bint outside
         uint64_t generation
+        bint ready_fresh
+        uint64_t ready_when
         PodVec ready_ids
         PodVec alive
         RunVec found

@@ -35,6 +35,7 @@ cdef class SyncPrefixHashTable:
     cdef size_t live_pods
     cdef uint64_t n[N_COUNTERS]
     cdef int gc_was
+    cdef bint in_section          # between _begin/_begin_read and _end (a call from inside one is refused)
     cdef WalkGate* gate           # the long walks outside the GIL, waited for by changing sections
     cdef WalkChoice walk_short    # how short queries walk, and how long ones do (_native.h) ...
     cdef WalkChoice walk_long     # ... two workloads, measured apart
@@ -116,8 +117,11 @@ cdef class SyncPrefixHashTable:
         until _end (SPEC 7), and no long walk is running outside the GIL (walk_gate_wait)."""
         if not self.built:
             raise RuntimeError(UNBUILT_MESSAGE)
+        if self.in_section:  # Python code ran inside a section after all: it must not see it half-done
+            raise RuntimeError(REENTERED_MESSAGE)
         self.gc_was = gc_pause()
         walk_gate_wait(self.gate)
+        self.in_section = True
         return 0
 
     cdef inline int _begin_read(self) except -1:
@@ -125,7 +129,10 @@ cdef class SyncPrefixHashTable:
         recency update): long walks outside the GIL may go on meanwhile, as they only read those."""
         if not self.built:
             raise RuntimeError(UNBUILT_MESSAGE)
+        if self.in_section:
+            raise RuntimeError(REENTERED_MESSAGE)
         self.gc_was = gc_pause()
+        self.in_section = True
         return 0
 
     cdef void _end(self) noexcept:
@@ -133,6 +140,7 @@ cdef class SyncPrefixHashTable:
         then let the garbage collector run again."""
         if not self.released.empty():
             self._drain_released()
+        self.in_section = False
         gc_resume(self.gc_was)
 
     cdef inline double _now(self) except? -1.0:
@@ -448,18 +456,16 @@ cdef class SyncPrefixHashTable:
                 ev = _Stored.__new__(_Stored)
                 try:
                     ev.read(event, self.block_bytes, self.block_size)
-                except (TypeError, ValueError):
-                    batch_event_fields(i, event, self.block_size)  # raises the positioned error
-                    raise
+                except (TypeError, ValueError) as exc:  # the shared validator's error, positioned
+                    raise type(exc)(f"events[{i}]: {exc}") from None  # (as batch_event_fields words it)
                 if ev.n > longest:
                     longest = ev.n
                 checked.append(ev)
             elif t is BlockRemovedType or isinstance(event, BlockRemovedType):
                 try:
                     checked.append(_removed(event))
-                except (TypeError, ValueError):
-                    batch_event_fields(i, event, self.block_size)
-                    raise
+                except (TypeError, ValueError) as exc:
+                    raise type(exc)(f"events[{i}]: {exc}") from None
             else:
                 checked.append(batch_event_fields(i, event, self.block_size)[1])  # cleared, or the error
         cdef double now = self._now()

@@ -22,8 +22,9 @@ cdef object _query(SyncPrefixHashTable self, model_name, lora_id, tokens, ready_
 cdef inline object _query_bytes(SyncPrefixHashTable self, str model, lora, const uint8_t* data, size_t nbytes,
                                 ready_pods, int kind):
     """The rest of _query, once the tokens are token bytes at data[0:nbytes]."""
-    ready = _ready_names(ready_pods)
+    # the clock first: it is Python code, and the ready list is not read again before the section
     cdef double now = self._now()
+    ready = _ready_names(ready_pods)
     cdef cnp.npy_intp n = nbytes // self.block_bytes
     cdef cnp.ndarray out = None
     cdef uint64_t few[SMALL_QUERY_BLOCKS]  # match_blocks' hashes of a 1,024-token query, with no malloc
@@ -43,6 +44,7 @@ cdef inline object _query_bytes(SyncPrefixHashTable self, str model, lora, const
     w.n = n
     if nbytes >= NOGIL_BYTES:
         result = _long_query(self, model, lora, data, ready, kind, now, &w)
+        _remember_ready(self, ready, &w)
     else:
         self._begin_read()
         try:
@@ -50,6 +52,7 @@ cdef inline object _query_bytes(SyncPrefixHashTable self, str model, lora, const
             result = _walk_here(self, model, lora, data, ready, kind, now, &w, &self.walk_short)
         finally:
             self._end()
+        _remember_ready(self, ready, &w)
         if kind != BLOCKS and w.hashed < <size_t>n:  # the walk stopped early; every hash is returned
             hash_chain(data + w.hashed * self.block_bytes, n - w.hashed, self.block_bytes, self.seed,
                        h[w.hashed - 1] if w.hashed else self.seed, h + w.hashed)
@@ -219,16 +222,39 @@ cdef int _ready_ids(SyncPrefixHashTable self, ready, Walk* w) except -1:
                     w.ready_ids.push_back(self.ready_ids_seen[i])
                 return 0
     for name in ready:
+        # _ready_names saw only plain str, but another thread may have changed the list since, while a
+        # long query let the GIL go: anything else would run its __hash__ here (it counts as not given)
+        if type(name) is not str:
+            continue
         known = PyDict_GetItem(self._pod_ids, name)
         if known is not NULL:
             w.ready_ids.push_back(<uint32_t>(<object>known))
     sort(w.ready_ids.begin(), w.ready_ids.end())
-    if type(ready) is list or type(ready) is tuple:
-        self.ready_ids_seen.assign(w.ready_ids.begin(), w.ready_ids.end())
-        self.ready_names_seen = tuple(ready)
-        self.ready_seen = ready
-        self.ready_ids_when = self.pod_ids_changed
+    w.ready_fresh = type(ready) is list or type(ready) is tuple
+    w.ready_when = self.pod_ids_changed
     return 0
+
+
+cdef void _remember_ready(SyncPrefixHashTable self, ready, Walk* w) noexcept:
+    """After the query's last section: remember its ready list and the ids found for it (_ready_ids).
+    Not inside the section: replacing the list remembered before drops the table's reference to it,
+    and the caller may have put anything in it since, whose finalizer runs when it goes (SPEC 7). The
+    old objects go last, once the three parts of the memory agree again."""
+    if not w.ready_fresh:
+        return
+    w.ready_fresh = False
+    old_list = self.ready_seen
+    old_names = self.ready_names_seen
+    try:
+        names = tuple(ready)  # (a plain list or tuple: C-level; an allocation may run the collector)
+    except BaseException:  # a MemoryError: the query's answer stands, the memory is only not updated
+        return
+    self.ready_seen = None
+    self.ready_ids_seen.assign(w.ready_ids.begin(), w.ready_ids.end())
+    self.ready_names_seen = names
+    self.ready_seen = ready
+    self.ready_ids_when = w.ready_when
+    del old_list, old_names
 
 
 cdef inline bint _newest_already(Ctx* c, Walk* w, size_t depth) noexcept:

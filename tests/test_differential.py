@@ -318,3 +318,85 @@ def test_matches_in_a_large_context_agree():
     got = [[(t.match_blocks("m", -1, q), t.match_prefix("m", -1, q, ["p0", "p2"])[0]) for q in queries] for t in tables]
     assert got[0] == got[1]
     assert got[0][0][0] == {"p1": 64} and got[0][2][0] == {"p0": 10}
+
+
+def test_a_clock_reading_is_a_float_on_both_backends():
+    # The compiled core took every reading as float() before it changed anything; the fallback stored the
+    # reading as it came, applied the store and failed later, in evict_now or save (a hostile-input
+    # search). Both now take float(reading): the same answer or error for each call, and a refused call
+    # changes nothing (SPEC 8)
+    import decimal
+    import io
+
+    for reading in ["1000", None, complex(1, 0), 10**400, decimal.Decimal(1000), "soon", 12]:
+        sides = []
+        for backend in (COMPILED, _core_py):
+            t = backend.SyncPrefixHashTable(seed=0, block_size=BLOCK, background_eviction=False,
+                                            clock=lambda v=reading: v)
+            seen = []
+            for call in (lambda: t.process_block_stored(BlockStored([1], list(range(BLOCK)), "m", -1, "p")),
+                         lambda: t.match_blocks("m", -1, list(range(BLOCK)), ["p"]),
+                         t.evict_now, lambda: t.save(io.BytesIO())):
+                try:
+                    seen.append(("ok", call()))
+                except Exception as exc:  # noqa: BLE001 - compared across the backends below
+                    seen.append((type(exc).__name__, str(exc)))
+            sides.append((seen, t.stats()["entries"]))
+        assert sides[0] == sides[1], reading
+        assert (sides[0][1] == 1) == (sides[0][0][0][0] == "ok"), (reading, sides[0])
+
+
+def test_a_clock_that_changes_the_ready_list_is_seen_alike():
+    # The clock is read before ready_pods on both backends: a name the clock adds counts as ready
+    answers = []
+    for backend in (COMPILED, _core_py):
+        ready = ["p"]
+
+        def clock():
+            if "q" not in ready:
+                ready.append("q")
+            return 1000.0
+
+        t = backend.SyncPrefixHashTable(seed=0, block_size=BLOCK, background_eviction=False, clock=clock)
+        for pod in ("p", "q"):
+            t.process_block_stored(BlockStored([1, 2], list(range(2 * BLOCK)), "m", -1, pod))
+        ready[:] = ["p"]
+        answers.append(t.match_blocks("m", -1, list(range(2 * BLOCK)), ready))
+    assert answers[0] == answers[1] == {"p": 2, "q": 2}
+
+
+def test_an_event_subclass_is_read_once_alike():
+    # A subclass may make its fields properties that answer differently on each read. The compiled core
+    # read a BlockRemoved subclass's fields, then again through the shared validator when they failed its
+    # check, and worded a batch's error from yet another read: a removal the fallback refused was applied,
+    # and a batch's error lost its position (a hostile-input search). Both now read such fields once
+    import itertools
+
+    def shifty(base, field, values):
+        answers = itertools.cycle(values)
+        return type("Shifty" + base.__name__, (base,), {"__slots__": (), field: property(lambda self: next(answers))})
+
+    def calls():
+        removed = shifty(BlockRemoved, "model_name", [5, "m"])
+        stored = shifty(BlockStored, "tokens", [np.zeros((1, BLOCK * 4 // 2), np.uint8),
+                                               np.zeros((1, BLOCK * 4), np.uint8)])
+        return [lambda t: t.process_block_removed(removed([1], "m", -1, "p")),
+                lambda t: t.process_events([removed([1], "m", -1, "p")]),
+                lambda t: t.process_events([stored([7], list(range(BLOCK)), "m", -1, "q")])]
+
+    sides = []
+    for backend in (COMPILED, _core_py):
+        seen = []
+        for k in range(3):
+            t = backend.SyncPrefixHashTable(seed=0, block_size=BLOCK, background_eviction=False, clock=FakeClock())
+            t.process_block_stored(BlockStored([1], list(range(BLOCK)), "m", -1, "p"))
+            try:
+                calls()[k](t)
+                seen.append(("ok", t.snapshot()))
+            except (TypeError, ValueError) as exc:
+                seen.append((type(exc).__name__, str(exc), t.snapshot()))
+        sides.append(seen)
+    assert sides[0] == sides[1]
+    assert sides[0][0][:2] == ("TypeError", "model_name must be a str, not int")
+    assert sides[0][1][:2] == ("TypeError", "events[0]: model_name must be a str, not int")
+    assert sides[0][2][1].startswith("events[0]: ")

@@ -14,7 +14,7 @@ import itertools
 import threading
 from typing import Any, Callable, Dict, List
 
-from common import (BlockRemoved, BlockStored, REENTRY, attempt, chain, check_usable, consistent,
+from common import (AllBlocksCleared, BlockRemoved, BlockStored, REENTRY, attempt, chain, check_usable, consistent,
                     make_table, stored, toks)
 
 M = "model"
@@ -243,6 +243,86 @@ def _gc(inner: str, eviction_thread: bool = False) -> Callable[[Any], None]:
     return run
 
 
+# --- the ready list a table remembers, freed by a later query --------------------------------------------
+
+def _dropped_ready_list(inner: str) -> Callable[[Any], None]:
+    """The compiled table remembers the last ready list it was given (by identity, with the ids found
+    for it); the query that replaces it drops the table's reference. The caller has since put an object
+    into that list whose finalizer calls back into the table: it ran inside the section of the query
+    that dropped it and, clearing the context being walked, freed what the walk read (SIGSEGV); or its
+    inner call started a section of its own there, which left the garbage collector disabled for good."""
+    def run(backend: Any) -> None:
+        t = make_table(backend, max_contexts=3)
+        calls = _inner_calls(t)
+        calls["clear"] = lambda: t.process_all_blocks_cleared(AllBlocksCleared("p"))
+        fired: List[int] = [0]
+        bad: List[str] = []
+
+        class Finalizer:
+            def __del__(self) -> None:
+                fired[0] += 1
+                try:
+                    calls[inner]()
+                except RuntimeError as exc:
+                    if not REENTRY.search(str(exc)):
+                        bad.append(repr(exc))
+                except Exception as exc:  # noqa: BLE001 - reported below
+                    bad.append(repr(exc))
+
+        assert gc.isenabled()
+        for i in range(30):
+            attempt(t.process_block_stored, BlockStored([1, 2, 3], toks(0, 1, 2), M, -1, "p"))
+            ready = ["p"]
+            attempt(t.match_blocks, M, -1, toks(0, 1, 2), ready)  # the table may remember `ready` now
+            ready.append(Finalizer())
+            del ready  # the table's reference may be the last one
+            query = toks(0, 1, 2) if i % 2 else toks(*range(1200))  # short, and long (outside the GIL)
+            attempt(t.match_blocks, M, -1, query, ["p"])
+            assert gc.isenabled(), f"the garbage collector was left disabled (round {i})"
+        gc.collect()
+        assert fired[0] > 0, "no finalizer ran: the scenario tested nothing"
+        assert not bad, f"finalizers that called back into the table failed: {bad[:5]}"
+        consistent(t)
+        check_usable(t, backend)
+    return run
+
+
+def clock_puts_a_callback_in_the_ready_list(backend: Any) -> None:
+    """A clock= that appends, to the ready list of the call that reads it, an object whose __hash__
+    calls back into the table: the clock is read before ready_pods, so the object is refused as a pod
+    name (a TypeError) on both backends, and its __hash__ never runs inside a section."""
+    ready: List[Any] = ["p"]
+    armed = {"on": False}
+    hashed: List[int] = [0]
+
+    class Evil:
+        def __hash__(self) -> int:
+            hashed[0] += 1
+            attempt(t.process_all_blocks_cleared, AllBlocksCleared("p"))
+            return 1
+
+    def clock() -> float:
+        if armed["on"]:
+            armed["on"] = False
+            ready.append(Evil())
+        return 1000.0
+
+    t = make_table(backend, clock=clock)
+    for i in range(10):
+        attempt(t.process_block_stored, BlockStored([1, 2, 3], toks(0, 1, 2), M, -1, "p"))
+        del ready[1:]
+        armed["on"] = True
+        try:
+            t.match_blocks(M, -1, toks(0, 1, 2) if i % 2 else toks(*range(1200)), ready)
+        except TypeError as exc:
+            assert "ready_pods must hold pod names (str), got Evil" in str(exc), exc
+        else:
+            raise AssertionError("a ready list holding a non-str object was accepted")
+    assert hashed[0] == 0, "the object's __hash__ ran"
+    consistent(t)
+    check_usable(t, backend)
+
+
 # --- the background eviction thread meeting a re-entering clock --------------------------------------
 
 def eviction_thread_with_reentering_clock(backend: Any) -> None:
@@ -281,4 +361,8 @@ for _inner in ("stats", "store", "match"):
     globals()[f"gc_finalizer_calls_{_inner}"] = _gc(_inner)
     globals()[f"gc_finalizer_calls_{_inner}_with_eviction_thread"] = _gc(_inner, True)
     SCENARIOS += [f"gc_finalizer_calls_{_inner}", f"gc_finalizer_calls_{_inner}_with_eviction_thread"]
-SCENARIOS += ["clock_raises", "clock_returns_junk", "eviction_thread_with_reentering_clock"]
+SCENARIOS += ["clock_raises", "clock_returns_junk", "eviction_thread_with_reentering_clock",
+              "clock_puts_a_callback_in_the_ready_list"]
+for _inner in ("stats", "match", "store", "clear", "evict"):
+    globals()[f"dropped_ready_list_finalizer_calls_{_inner}"] = _dropped_ready_list(_inner)
+    SCENARIOS.append(f"dropped_ready_list_finalizer_calls_{_inner}")

@@ -64,6 +64,8 @@ def hashes_u64(values):
 from cpython.object cimport PyObject, PyObject_TypeCheck, PyTypeObject
 from cpython.ref cimport Py_INCREF, Py_XDECREF
 
+from types import MemberDescriptorType
+
 cdef extern from "Python.h":
     ctypedef struct PyMemberDef:
         int type
@@ -112,8 +114,10 @@ def slot_writer(cls):
     writer.n = len(names)
     for i, name in enumerate(names):
         descr = cls.__dict__[name]
-        if type(descr).__name__ != "member_descriptor" or \
+        # a member descriptor of another class (put into cls's dict) has that class's offsets: writing
+        # at them into a cls would write past its end
+        if type(descr) is not MemberDescriptorType or descr.__objclass__ is not cls or \
                 (<PyMemberDescrObject*>descr).d_member.type != T_OBJECT_EX:
-            raise TypeError(f"{cls.__name__}.{name} is not an object slot")
+            raise TypeError(f"{cls.__name__}.{name} is not an object slot of {cls.__name__}")
         writer.offsets[i] = (<PyMemberDescrObject*>descr).d_member.offset
     return writer

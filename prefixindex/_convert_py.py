@@ -12,6 +12,7 @@ import array
 import marshal
 import operator
 import sys
+import types
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -76,8 +77,9 @@ def _marshalled_ids(values: Any) -> Optional[np.ndarray]:
     return out
 
 
-def _ids_to_bytes(tokens: Any) -> Optional[np.ndarray]:
-    """Token ids (_ids_count says which) as flat token bytes, or None for an odd element."""
+def _ids_to_bytes(tokens: Any, rows: int = 0) -> Optional[np.ndarray]:
+    """Token ids (_ids_count says which) as flat token bytes, or as `rows` rows of them, or None for an
+    odd element."""
     if type(tokens) is list or type(tokens) is tuple:
         small = _marshalled_ids(tokens)
         if small is not None:
@@ -93,11 +95,14 @@ def _ids_to_bytes(tokens: Any) -> Optional[np.ndarray]:
         return np.frombuffer(ids, dtype=np.uint8) if len(ids) else np.empty(0, dtype=np.uint8)
     arr = np.frombuffer(tokens, dtype=tokens.typecode) if type(tokens) is array.array else tokens
     dtype = arr.dtype
+    # the output first, as the compiled core allocates it: ids that cannot fit in memory are its
+    # MemoryError at once (a zero-stride array of 2**40 ids is 8 bytes), before a pass over them
+    out: np.ndarray = np.empty((rows, 4 * len(arr) // rows) if rows else 4 * len(arr), dtype=np.uint8)
     if dtype.kind == "i" or dtype.itemsize > 4:
         # one pass: the OR of all ids is negative if one is, and has high bits if one is >= 2**32
         if int(np.bitwise_or.reduce(arr)) >> 32:
             return None
-    out: np.ndarray = np.ascontiguousarray(arr, dtype=">u4").view(np.uint8)
+    out.reshape(-1).view(">u4")[:] = arr
     return out
 
 
@@ -127,10 +132,10 @@ def token_ids_block_bytes(tokens: Any, n_blocks: int) -> Optional[np.ndarray]:
     n = _ids_count(tokens)
     if n < 0 or n_blocks <= 0 or n % n_blocks:
         return None
-    flat = _ids_to_bytes(tokens)
-    if flat is None or len(flat) != 4 * n:  # a finalizer resized tokens during the conversion
+    out = _ids_to_bytes(tokens, n_blocks)
+    if out is None or out.size != 4 * n:  # a finalizer resized tokens during the conversion
         return None
-    return flat.reshape(n_blocks, -1)
+    return out.reshape(n_blocks, -1)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -195,6 +200,10 @@ def slot_writer(cls: type) -> Callable[..., None]:
     ``cls.__slots__`` order, past the class's own ``__setattr__`` (which refuses, for immutable events),
     and past any name a subclass shadows."""
     names = cls.__slots__  # type: ignore[attr-defined]
+    for name in names:
+        descr = cls.__dict__[name]
+        if type(descr) is not types.MemberDescriptorType or descr.__objclass__ is not cls:
+            raise TypeError(f"{cls.__name__}.{name} is not an object slot of {cls.__name__}")
     setters = tuple(cls.__dict__[name].__set__ for name in names)
     n = len(setters)
 

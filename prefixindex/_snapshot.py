@@ -203,6 +203,8 @@ class _Reader:
                 raise TypeError(f"load needs a binary stream, but read() returned {type(data).__name__}")
             if not data:
                 break
+            if len(data) > min(need, _READ_CHUNK):  # counting on would never end (need < 0)
+                raise OSError(f"read({min(need, _READ_CHUNK)}) returned {len(data)} bytes, more than it was asked for")
             chunks.append(bytes(data))
             need -= len(data)
         self.offset += n - need
@@ -552,6 +554,8 @@ def _write_stream(stream: Any, chunks: Sequence[bytes]) -> None:
             n = stream.write(view)
             if n is None:  # a non-blocking raw stream that took nothing
                 raise BlockingIOError("the stream took no data (a non-blocking stream cannot be saved to)")
+            if type(n) is not int or not 0 < n <= len(view):  # 0 or less would never end, more loses data
+                raise OSError(f"write() of {len(view)} bytes returned {n!r}: it must take 1 to {len(view)} bytes")
             view = view[n:]
     flush = getattr(stream, "flush", None)
     if flush is not None:

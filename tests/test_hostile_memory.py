@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
                                 reason="reads /proc/self/status and sets RLIMIT_AS: Linux only")
 
 SCENARIOS = ["memory_cases:add_prefix_of_six_million_hashes", "memory_cases:block_stored_of_three_million_blocks",
-             "memory_cases:match_of_a_huge_query"]
+             "memory_cases:match_of_a_huge_query", "memory_cases:token_ids_that_cannot_fit_in_memory"]
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -94,3 +94,24 @@ def match_of_a_huge_query(backend: Any) -> None:
     except MemoryError:
         pass
     _check_after(t, backend, 10)
+
+
+def token_ids_that_cannot_fit_in_memory(backend: Any) -> None:
+    """A zero-stride array of 2**38 int32 ids is 4 bytes of memory but a TiB of token bytes: a MemoryError
+    at once, the same on both backends (the fallback used to range-check every id first, ~100 s)."""
+    from numpy.lib.stride_tricks import as_strided
+
+    t = make_table(backend)
+    t.process_block_stored(BlockStored([1, 2], toks(0, 1), "m", -1, "pod"))
+    ids = as_strided(np.zeros(1, dtype=np.int32), shape=(2**38,), strides=(0,))
+    expected = "Unable to allocate 1.00 TiB for an array with shape ({}) and data type uint8"
+    for shape, call in (("1099511627776,", lambda: t.match_blocks("m", -1, ids)),
+                        ("1099511627776,", lambda: t.get_prefix_hashes(ids)),
+                        ("1, 1099511627776", lambda: BlockStored([1], ids, "m", -1, "pod"))):
+        try:
+            call()
+        except MemoryError as exc:
+            assert str(exc) == expected.format(shape), exc
+        else:
+            raise AssertionError("a TiB of token bytes was accepted")
+    _check_after(t, backend, 10)

@@ -16,6 +16,24 @@ import numpy as np
 X64 = b"x" * 64
 _strided = memoryview(bytes(range(64)))[::2]
 
+
+class LyingInt(int):
+    """An int whose __int__, __index__ and comparisons answer for another value: its own value counts."""
+
+    def __int__(self) -> int:
+        return int.__int__(self) + 1
+
+    def __index__(self) -> int:
+        return int.__int__(self) + 1
+
+    def __lt__(self, other: object) -> bool:
+        return False
+
+    def __ge__(self, other: object) -> bool:
+        return True
+
+    __hash__ = int.__hash__
+
 CHAIN: Dict[str, Tuple[Any, ...]] = {
     "spec_vector": (bytes(range(64)), 16, 0, 0, 4),
     "seed_and_parent": (bytes(range(64)), 16, 12345, 2**64 - 1, 4),
@@ -23,6 +41,12 @@ CHAIN: Dict[str, Tuple[Any, ...]] = {
     "no_blocks": (X64, 16, 0, 0, 0),
     "empty_data_no_blocks": (b"", 16, 0, 0, 0),
     "zero_width_blocks": (X64, 0, 7, 7, 3),
+    "zero_width_no_blocks": (X64, 0, 7, 7, 0),
+    "zero_width_huge_n_blocks": (b"", 0, 0, 0, 2**64 - 1),  # the fallback looped 2**64 times
+    "zero_width_2_40_blocks": (b"", 0, 0, 0, 2**40),
+    "zero_width_at_the_bound": (b"", 0, 5, 6, 2**20),
+    "zero_width_past_the_bound": (b"", 0, 5, 6, 2**20 + 1),
+    "lying_int_seed_and_parent": (X64, 16, LyingInt(2), LyingInt(9), 4),
     "bytearray": (bytearray(X64), 8, 1, 2, 8),
     "uint64_array": (np.arange(8, dtype=np.uint64), 16, 0, 0, 4),
     "2d_uint8_array": (np.zeros((4, 16), dtype=np.uint8), 16, 0, 0, 4),
@@ -50,7 +74,9 @@ CHAIN: Dict[str, Tuple[Any, ...]] = {
 }
 EXPECT_VALUE_ERROR = {"chain_" + k for k in (
     "wrapping_size", "wrapping_size_2", "wrapping_size_3", "huge_block_bytes", "huge_n_blocks",
-    "one_block_too_many", "block_past_the_end", "empty_data_one_block")}
+    "one_block_too_many", "block_past_the_end", "empty_data_one_block",
+    # blocks of 0 bytes: no data bounds how many (docs/decisions.md)
+    "zero_width_huge_n_blocks", "zero_width_2_40_blocks", "zero_width_past_the_bound")}
 
 DIGEST: Dict[str, Tuple[Any, ...]] = {
     "empty": (b"",),
@@ -60,6 +86,8 @@ DIGEST: Dict[str, Tuple[Any, ...]] = {
     "seed_negative": (b"abc", -1),
     "seed_float": (b"abc", 1.5),
     "seed_bool": (b"abc", True),
+    "seed_lying_int": (b"abc", LyingInt(2)),  # the fallback hashed with __int__'s 3, the core with 2
+    "seed_lying_int_huge": (b"abc", LyingInt(2**64)),  # out of range, whatever its comparisons say
     "bytearray": (bytearray(b"abc" * 100), 3),
     "uint32_array": (np.arange(100, dtype=np.uint32), 9),
     "readonly_array": (np.frombuffer(b"abcdefgh" * 8, dtype=np.uint8), 1),

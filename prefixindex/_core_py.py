@@ -49,7 +49,8 @@ _FORKED = ("the process forked while another thread was inside this table, which
 
 def xxh64_digest(data: Any, seed: int = 0) -> int:
     """XXH64 of a bytes-like object (the xxhash package's)."""
-    return _xxh64(memoryview(data).cast("B"), check_u64(seed, "seed"))
+    value = check_u64(seed, "seed")  # the seed first, as the compiled core checks it
+    return _xxh64(memoryview(data).cast("B"), value)
 
 
 def prefix_hash_chain(data: Any, block_bytes: int, seed: int, parent: int, n_blocks: int) -> List[int]:

@@ -88,6 +88,8 @@ DIGEST: Dict[str, Tuple[Any, ...]] = {
     "seed_bool": (b"abc", True),
     "seed_lying_int": (b"abc", LyingInt(2)),  # the fallback hashed with __int__'s 3, the core with 2
     "seed_lying_int_huge": (b"abc", LyingInt(2**64)),  # out of range, whatever its comparisons say
+    "bad_data_and_bad_seed": (None, -1),  # two bad arguments: the seed's error, on both backends
+    "str_data_and_float_seed": ("abc", 1.5),
     "bytearray": (bytearray(b"abc" * 100), 3),
     "uint32_array": (np.arange(100, dtype=np.uint32), 9),
     "readonly_array": (np.frombuffer(b"abcdefgh" * 8, dtype=np.uint8), 1),

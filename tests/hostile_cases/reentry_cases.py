@@ -189,6 +189,25 @@ def clock_returns_junk(backend: Any) -> None:
     check_usable(t, backend)
 
 
+def _call_recording(call: Callable[[], Any], bad: List[str]) -> None:
+    """A finalizer's inner call: a RuntimeError saying the table was re-entered is accepted, anything
+    else is recorded in `bad` (an exception cannot leave a finalizer), for the scenario to report."""
+    try:
+        call()
+    except RuntimeError as exc:
+        if not REENTRY.search(str(exc)):
+            bad.append(repr(exc))
+    except Exception as exc:  # noqa: BLE001 - everything else is a failure, reported by the caller
+        bad.append(repr(exc))
+
+
+def _judge_finalizers(t: Any, backend: Any, fired: int, bad: List[str]) -> None:
+    assert fired > 0, "no finalizer ran: the scenario tested nothing"
+    assert not bad, f"finalizers that called back into the table failed: {bad[:5]}"
+    consistent(t)
+    check_usable(t, backend)
+
+
 # --- garbage-collector finalizers ---------------------------------------------------------------------
 
 def _gc(inner: str, eviction_thread: bool = False) -> Callable[[Any], None]:
@@ -210,12 +229,7 @@ def _gc(inner: str, eviction_thread: bool = False) -> Callable[[Any], None]:
                 busy.on = True
                 try:
                     fired[0] += 1
-                    calls[inner]()
-                except RuntimeError as exc:
-                    if not REENTRY.search(str(exc)):
-                        bad.append(repr(exc))
-                except Exception as exc:  # noqa: BLE001 - everything else is a failure, reported below
-                    bad.append(repr(exc))
+                    _call_recording(calls[inner], bad)
                 finally:
                     busy.on = False
 
@@ -236,10 +250,7 @@ def _gc(inner: str, eviction_thread: bool = False) -> Callable[[Any], None]:
             gc.set_threshold(*old)
             gc.collect()
         t.close()
-        assert fired[0] > 0, "no finalizer ran: the scenario tested nothing"
-        assert not bad, f"finalizers that called back into the table failed: {bad[:5]}"
-        consistent(t)
-        check_usable(t, backend)
+        _judge_finalizers(t, backend, fired[0], bad)
     return run
 
 
@@ -261,13 +272,7 @@ def _dropped_ready_list(inner: str) -> Callable[[Any], None]:
         class Finalizer:
             def __del__(self) -> None:
                 fired[0] += 1
-                try:
-                    calls[inner]()
-                except RuntimeError as exc:
-                    if not REENTRY.search(str(exc)):
-                        bad.append(repr(exc))
-                except Exception as exc:  # noqa: BLE001 - reported below
-                    bad.append(repr(exc))
+                _call_recording(calls[inner], bad)
 
         assert gc.isenabled()
         for i in range(30):
@@ -280,10 +285,7 @@ def _dropped_ready_list(inner: str) -> Callable[[Any], None]:
             attempt(t.match_blocks, M, -1, query, ["p"])
             assert gc.isenabled(), f"the garbage collector was left disabled (round {i})"
         gc.collect()
-        assert fired[0] > 0, "no finalizer ran: the scenario tested nothing"
-        assert not bad, f"finalizers that called back into the table failed: {bad[:5]}"
-        consistent(t)
-        check_usable(t, backend)
+        _judge_finalizers(t, backend, fired[0], bad)
     return run
 
 

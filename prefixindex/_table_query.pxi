@@ -243,12 +243,15 @@ cdef void _remember_ready(SyncPrefixHashTable self, ready, Walk* w) noexcept:
     if not w.ready_fresh:
         return
     w.ready_fresh = False
-    old_list = self.ready_seen
-    old_names = self.ready_names_seen
-    try:
-        names = tuple(ready)  # (a plain list or tuple: C-level; an allocation may run the collector)
+    cdef int was = gc_pause()  # the copy of a list reads its items after allocating the tuple: no
+    try:                       # collection (and no finalizer changing the list) may come in between
+        names = tuple(ready)
     except BaseException:  # a MemoryError: the query's answer stands, the memory is only not updated
         return
+    finally:
+        gc_resume(was)
+    old_list = self.ready_seen
+    old_names = self.ready_names_seen
     self.ready_seen = None
     self.ready_ids_seen.assign(w.ready_ids.begin(), w.ready_ids.end())
     self.ready_names_seen = names

@@ -200,11 +200,11 @@ def slot_writer(cls: type) -> Callable[..., None]:
     ``cls.__slots__`` order, past the class's own ``__setattr__`` (which refuses, for immutable events),
     and past any name a subclass shadows."""
     names = cls.__slots__  # type: ignore[attr-defined]
-    for name in names:
-        descr = cls.__dict__[name]
+    descriptors = [cls.__dict__[name] for name in names]
+    for name, descr in zip(names, descriptors):
         if type(descr) is not types.MemberDescriptorType or descr.__objclass__ is not cls:
             raise TypeError(f"{cls.__name__}.{name} is not an object slot of {cls.__name__}")
-    setters = tuple(cls.__dict__[name].__set__ for name in names)
+    setters = tuple(descr.__set__ for descr in descriptors)
     n = len(setters)
 
     def write(obj: Any, *values: Any) -> None:

@@ -196,15 +196,16 @@ class _Reader:
         chunks: List[bytes] = []
         need = n
         while need:
-            data = self._stream.read(min(need, _READ_CHUNK))
+            ask = min(need, _READ_CHUNK)
+            data = self._stream.read(ask)
             if data is None:
                 raise BlockingIOError("the stream has no data ready (a non-blocking stream cannot be loaded from)")
             if not isinstance(data, (bytes, bytearray)):
                 raise TypeError(f"load needs a binary stream, but read() returned {type(data).__name__}")
             if not data:
                 break
-            if len(data) > min(need, _READ_CHUNK):  # counting on would never end (need < 0)
-                raise OSError(f"read({min(need, _READ_CHUNK)}) returned {len(data)} bytes, more than it was asked for")
+            if len(data) > ask:  # counting on would never end (need < 0)
+                raise OSError(f"read({ask}) returned {len(data)} bytes, more than it was asked for")
             chunks.append(bytes(data))
             need -= len(data)
         self.offset += n - need

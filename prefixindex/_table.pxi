@@ -115,13 +115,8 @@ cdef class SyncPrefixHashTable:
     cdef inline int _begin(self) except -1:
         """Start a critical section that may change the index: the GIL is held, no finalizer may run
         until _end (SPEC 7), and no long walk is running outside the GIL (walk_gate_wait)."""
-        if not self.built:
-            raise RuntimeError(UNBUILT_MESSAGE)
-        if self.in_section:  # Python code ran inside a section after all: it must not see it half-done
-            raise RuntimeError(REENTERED_MESSAGE)
-        self.gc_was = gc_pause()
-        walk_gate_wait(self.gate)
-        self.in_section = True
+        self._begin_read()
+        walk_gate_wait(self.gate)  # (spins with the GIL held: no other section can start meanwhile)
         return 0
 
     cdef inline int _begin_read(self) except -1:
@@ -129,7 +124,7 @@ cdef class SyncPrefixHashTable:
         recency update): long walks outside the GIL may go on meanwhile, as they only read those."""
         if not self.built:
             raise RuntimeError(UNBUILT_MESSAGE)
-        if self.in_section:
+        if self.in_section:  # Python code ran inside a section after all: it must not see it half-done
             raise RuntimeError(REENTERED_MESSAGE)
         self.gc_was = gc_pause()
         self.in_section = True

@@ -44,7 +44,6 @@ cdef inline object _query_bytes(SyncPrefixHashTable self, str model, lora, const
     w.n = n
     if nbytes >= NOGIL_BYTES:
         result = _long_query(self, model, lora, data, ready, kind, now, &w)
-        _remember_ready(self, ready, &w)
     else:
         self._begin_read()
         try:
@@ -52,10 +51,10 @@ cdef inline object _query_bytes(SyncPrefixHashTable self, str model, lora, const
             result = _walk_here(self, model, lora, data, ready, kind, now, &w, &self.walk_short)
         finally:
             self._end()
-        _remember_ready(self, ready, &w)
         if kind != BLOCKS and w.hashed < <size_t>n:  # the walk stopped early; every hash is returned
             hash_chain(data + w.hashed * self.block_bytes, n - w.hashed, self.block_bytes, self.seed,
                        h[w.hashed - 1] if w.hashed else self.seed, h + w.hashed)
+    _remember_ready(self, ready, &w)
     if kind == BLOCKS:
         return result
     return result, out
@@ -239,10 +238,9 @@ cdef void _remember_ready(SyncPrefixHashTable self, ready, Walk* w) noexcept:
     """After the query's last section: remember its ready list and the ids found for it (_ready_ids).
     Not inside the section: replacing the list remembered before drops the table's reference to it,
     and the caller may have put anything in it since, whose finalizer runs when it goes (SPEC 7). The
-    old objects go last, once the three parts of the memory agree again."""
+    old objects are held until this returns, once the three parts of the memory agree again."""
     if not w.ready_fresh:
         return
-    w.ready_fresh = False
     cdef int was = gc_pause()  # the copy of a list reads its items after allocating the tuple: no
     try:                       # collection (and no finalizer changing the list) may come in between
         names = tuple(ready)
@@ -250,14 +248,11 @@ cdef void _remember_ready(SyncPrefixHashTable self, ready, Walk* w) noexcept:
         return
     finally:
         gc_resume(was)
-    old_list = self.ready_seen
-    old_names = self.ready_names_seen
-    self.ready_seen = None
+    old_list, old_names = self.ready_seen, self.ready_names_seen  # (released when this returns)
     self.ready_ids_seen.assign(w.ready_ids.begin(), w.ready_ids.end())
     self.ready_names_seen = names
     self.ready_seen = ready
     self.ready_ids_when = w.ready_when
-    del old_list, old_names
 
 
 cdef inline bint _newest_already(Ctx* c, Walk* w, size_t depth) noexcept:

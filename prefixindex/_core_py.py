@@ -8,7 +8,7 @@ Structure (docs/architecture.md):
     table._contexts: OrderedDict[(model, lora_id)] -> _Context, least recently used first
     _Context.prefixes: prefix hash -> _Prefix(tick, pods)
     _Context.pods:     pod name -> _PodState(engine: engine hash -> prefix hash, held: prefix hashes, last_seen)
-One lock per table guards all of it (_TableLock): a call that re-enters the table from Python code
+One lock per table guards all of it (_TableLock, in _core_py_lock): a call that re-enters the table from Python code
 run inside a critical section (a finalizer, say) is a RuntimeError, never a deadlock (SPEC 7).
 Callbacks of the caller's (the clock, a ready_pods iterator) run before the lock is taken.
 """
@@ -16,19 +16,16 @@ Callbacks of the caller's (the clock, a ready_pods iterator) run before the lock
 from __future__ import annotations
 
 import heapq
-import os
 import struct
-import threading
 import time
-import weakref
 from collections import OrderedDict
 from typing import Any, Callable, Dict, FrozenSet, List, Optional, Set, Tuple
 
 import numpy as np
 import xxhash
 
-from ._config import (COUNTER_KEYS, REENTERED_MESSAGE, REINIT_MESSAGE, UNBUILT_MESSAGE, Config, resolve_config,
-                      table_settings)
+from ._config import COUNTER_KEYS, REINIT_MESSAGE, Config, resolve_config, table_settings
+from ._core_py_lock import _LOCKS, _TableLock, _Unbuilt
 from ._eviction import EvictionThread
 from ._events import (AllBlocksCleared, BlockRemoved, BlockStored, batch_event_fields, batch_list, check_chain_args,
                       check_lora_id, check_pod, check_str, check_u64, cleared_fields, hash_array, query_token_bytes,
@@ -42,9 +39,6 @@ SOURCE_HASH = None  # the compiled core's records the sources it was built from
 
 _pack_u64 = struct.Struct("<Q").pack
 _xxh64 = xxhash.xxh64_intdigest
-
-_FORKED = ("the process forked while another thread was inside this table, which may be half-changed in the "
-           "child: build a new table in the child")
 
 
 def xxh64_digest(data: Any, seed: int = 0) -> int:
@@ -115,69 +109,6 @@ def _float_clock(clock: Callable[[], Any]) -> Callable[[], float]:
     def read() -> float:
         return float(clock())
     return read
-
-
-class _TableLock:
-    """The table's lock: one holder at a time; the holder's thread re-entering is a RuntimeError.
-
-    Python code can run inside a critical section of this backend (a garbage-collector finalizer runs
-    wherever an allocation triggers a collection); if it calls back into the same table, a plain lock
-    would deadlock and a reentrant one would let it see a half-made change (SPEC 7)."""
-
-    __slots__ = ("_lock", "_owner", "__weakref__")
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._owner: Optional[int] = None
-
-    def __enter__(self) -> None:
-        me = threading.get_ident()
-        if self._owner == me:
-            raise RuntimeError(REENTERED_MESSAGE)
-        self._lock.acquire()
-        self._owner = me
-
-    def __exit__(self, *exc: Any) -> None:
-        self._owner = None
-        self._lock.release()
-
-    def _after_fork(self) -> None:
-        # In a child of fork() only the forking thread lives: a lock another thread held stays held.
-        if self._owner is not None and self._owner != threading.get_ident():
-            self._lock = _Poisoned()  # type: ignore[assignment]
-        else:
-            self._lock = threading.Lock()
-        self._owner = None
-
-
-class _Poisoned:
-    """The lock of a table that another thread was changing when the process forked."""
-
-    def acquire(self) -> None:
-        raise RuntimeError(_FORKED)
-
-    def release(self) -> None:  # pragma: no cover - acquire never succeeds
-        pass
-
-
-class _Unbuilt:
-    """The class-level lock of a table whose __init__ never ran."""
-
-    def __enter__(self) -> None:
-        raise RuntimeError(UNBUILT_MESSAGE)
-
-    def __exit__(self, *exc: Any) -> None:  # pragma: no cover - __enter__ always raises
-        pass
-
-
-_LOCKS: "weakref.WeakSet[_TableLock]" = weakref.WeakSet()
-if hasattr(os, "register_at_fork"):
-
-    def _reset_locks_in_child() -> None:
-        for lock in list(_LOCKS):
-            lock._after_fork()
-
-    os.register_at_fork(after_in_child=_reset_locks_in_child)
 
 
 class _Prefix:

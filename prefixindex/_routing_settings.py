@@ -22,7 +22,11 @@ def _number(name: str, low: float, low_inclusive: bool = True) -> Callable[[Any]
     def check(value: Any) -> float:
         if not isinstance(value, (int, float, np.integer, np.floating)) or isinstance(value, (bool, np.bool_)):
             raise TypeError(f"setting {name} must be a number, not {_type_name(value)}")
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an int past any float
+            bits = int(value).bit_length()
+            raise ValueError(f"setting {name} must be a finite number, got an int of {bits} bits") from None
         if math.isnan(number) or math.isinf(number) or number < low or (number == low and not low_inclusive):
             bound = ">=" if low_inclusive else ">"
             raise ValueError(f"setting {name} must be a finite number {bound} {low:g}, got {number}")

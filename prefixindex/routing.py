@@ -37,6 +37,7 @@ router keeps (in-flight work, predictions, counters) changes under one lock, so 
 from __future__ import annotations
 
 import heapq
+import math
 import threading
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -45,6 +46,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optio
 import numpy as np
 import numpy.typing as npt
 
+from ._events import check_lora_id, check_str
 from ._routing_settings import DEFAULTS, _type_name, resolve_settings
 
 __all__ = ["Choice", "PodLoad", "Router"]
@@ -64,9 +66,11 @@ class PodLoad:
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)):
                 raise TypeError(f"PodLoad.{name} must be an int, not {_type_name(value)}")
-            if value < 0:
-                raise ValueError(f"PodLoad.{name} must be >= 0, got {value}")
-            object.__setattr__(self, name, int(value))
+            number = int.__int__(value) if isinstance(value, int) else int(value)  # its own value, not __int__'s
+            if not 0 <= number < MAX_REQUESTS:
+                shown = number if abs(number) < 1 << 64 else f"an int of {number.bit_length()} bits"
+                raise ValueError(f"PodLoad.{name} must be in [0, 2**53), got {shown}")
+            object.__setattr__(self, name, number)
         usage = self.kv_usage
         if usage is not None:
             if not isinstance(usage, (int, float, np.integer, np.floating)) or isinstance(usage, (bool, np.bool_)):
@@ -76,8 +80,73 @@ class PodLoad:
             object.__setattr__(self, "kv_usage", float(usage))
 
 
-_NO_LOAD = PodLoad()
+# Requests a PodLoad may report: counts a float holds exactly, so that every cost is a float
+MAX_REQUESTS = 1 << 53
+# Pods whose prediction counters are kept while idle (stats()["predictions"]; docs/routing.md)
+COUNTED_PODS = 1024
+_NO_LOAD = (0, 0.0)  # (requests the caller reports, kv usage) of a candidate given without a PodLoad
 _V = TypeVar("_V")
+_REENTERED = ("the Router was re-entered from Python code that ran during one of its own calls on the same "
+              "thread (a finalizer or a signal handler): call choose() from outside it")
+
+
+def _load_terms(name: str, load: Any) -> Tuple[int, float]:
+    """A candidate's PodLoad as (requests it reports, kv usage), read once and checked again.
+
+    A PodLoad was checked when it was made, but its fields can be replaced since (object.__setattr__)
+    or be a subclass's properties; read here, before the router's lock is taken, they cannot run the
+    caller's code under it, and what the cost uses is what was checked."""
+    if not isinstance(load, PodLoad):
+        raise TypeError(f"pods maps a pod name to a PodLoad, got {_type_name(load)} for {name!r}")
+    running, waiting, usage = load.running, load.waiting, load.kv_usage
+    if (type(running) is int and type(waiting) is int and 0 <= running < MAX_REQUESTS
+            and 0 <= waiting < MAX_REQUESTS and (usage is None or type(usage) is float and 0.0 <= usage <= 1.0)):
+        return running + waiting, usage or 0.0
+    try:
+        checked = PodLoad(running, waiting, usage)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"pods[{name!r}]: {exc}") from None
+    return checked.running + checked.waiting, checked.kv_usage or 0.0
+
+
+class _RouterLock:
+    """The router's lock, which its own thread can meet again: a finalizer or a signal handler runs
+    between any two bytecodes, also inside one of the router's sections, and may call the router.
+
+    The mutex is reentrant so that such a call never waits for its own thread; ``inside`` says whether
+    the thread that holds it is in the middle of a section. It is set after the mutex is taken and
+    cleared before it is released, so a call that lands in either gap finds the state whole and may go
+    on. A call that finds ``inside`` set is told so by ``enter()``; what it may do then is the
+    router's to decide (docs/routing.md, "Threads")."""
+
+    __slots__ = ("_mutex", "inside", "deferred")
+
+    def __init__(self) -> None:
+        self._mutex = threading.RLock()
+        self.inside = False
+        self.deferred: List[Callable[[], None]] = []  # work of re-entered calls, done before leaving
+
+    def enter(self) -> bool:
+        """Take the lock and start a section; False (holding nothing more) when this thread is inside one."""
+        self._mutex.acquire()
+        if self.inside:
+            self._mutex.release()
+            return False
+        self.inside = True
+        return True
+
+    def leave(self) -> None:
+        while self.deferred:
+            self.deferred.pop(0)()
+        self.inside = False
+        self._mutex.release()
+
+    def __enter__(self) -> None:  # a section that a re-entered call may not open
+        if not self.enter():
+            raise RuntimeError(_REENTERED)
+
+    def __exit__(self, *exc: Any) -> None:
+        self.leave()
 
 
 class _CandidateView(Mapping[str, _V]):
@@ -124,9 +193,13 @@ class _Ticket:
         self.state = 0  # 0 prefilling, 1 decoding, 2 finished
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Choice:
-    """One routing decision. Its mappings are read-only and its array is not writeable."""
+    """One routing decision. Its mappings are read-only and its array is not writeable.
+
+    A choice stands for one request in flight: two choices are equal only when they are the same
+    object (so that choices can be dict keys, set members and list items), a copy or deep copy is the
+    choice itself, and pickling one is a TypeError (it belongs to its router, in this process)."""
 
     pod: str
     n_blocks: int
@@ -136,6 +209,16 @@ class Choice:
     reason: str
     prefix_hashes: npt.NDArray[np.uint64] = field(repr=False)
     _ticket: _Ticket = field(repr=False, compare=False)
+
+    def __copy__(self) -> "Choice":
+        return self
+
+    def __deepcopy__(self, memo: Any) -> "Choice":
+        return self
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a Choice cannot be pickled: it stands for a request in flight on its Router, "
+                        "in this process (send its fields instead)")
 
 
 class _Prediction:
@@ -186,7 +269,7 @@ class Router:
         self._max_entries: int = resolved["max_predicted_entries"]
         self._clock: Callable[[], float] = resolved["clock"]
 
-        self._lock = threading.Lock()
+        self._lock = _RouterLock()
         # in flight, per pod: requests (prefilling + decoding), prefilling requests, tokens to prefill
         self._requests: Dict[str, int] = {}
         self._prefilling: Dict[str, int] = {}
@@ -198,7 +281,8 @@ class Router:
         self._seq = 0
         self._decisions = 0
         self._by_reason: Dict[str, int] = {}
-        self._made: Dict[str, List[int]] = {}  # pod -> [made, confirmed, expired]
+        self._made: Dict[str, List[int]] = {}  # pod -> [made, confirmed, expired, live]
+        self._made_bound = COUNTED_PODS  # past it, the counters of idle pods go (_forget_idle_pods)
         # the most of this router's requests seen decoding at once on one pod (see the docstring)
         self._concurrency = 0
         self._candidate_cache: Dict[Tuple[Any, ...], Tuple[List[str], Dict[str, int]]] = {}
@@ -213,14 +297,19 @@ class Router:
     def choose(self, model_name: str, lora_id: int, tokens: Any, pods: PodsArg) -> Choice:
         """Choose one of ``pods`` for the prompt and record the request as in flight there."""
         names, candidates, loads = self._candidates(pods)  # candidates: every name -> 0, in order
+        now = self._now()  # the caller's code (the clock, names, loads) runs before the lock is taken
         matched_some, hashes_array = self._table.match(model_name, lora_id, tokens, names)
-        hashes_array.flags.writeable = False
+        # read-only for good: an array over bytes cannot be made writeable again (one that owns its
+        # data can), so a choice's hashes stay what was chosen on
+        hashes_array = np.frombuffer(hashes_array.tobytes(), dtype=hashes_array.dtype)
         hashes: Optional[List[int]] = None  # as Python ints, made only when predictions need them
         n = len(hashes_array)
         bs = self._block_size
-        key = (model_name, int(lora_id))
-        with self._lock:
-            now = self._clock()
+        # plain values (match has checked them): a str subclass's hash never runs under the lock
+        key = (model_name if type(model_name) is str else check_str(model_name, "model_name"),
+               lora_id if type(lora_id) is int else check_lora_id(lora_id))
+        self._lock.__enter__()
+        try:
             self._expire(now)
             preds = self._predicted.get(key)
             requests, pending = self._requests, self._pending
@@ -233,7 +322,7 @@ class Router:
                 else:
                     interesting.update(p for p in names if p in requests)
             if loads is not None:
-                interesting.update(p for p, load in loads.items() if load.running or load.waiting or load.kv_usage)
+                interesting.update(p for p, (extra, usage) in loads.items() if extra or usage)
             predicted_run: Dict[str, int] = {}
             if preds:
                 hashes = hashes_array.tolist()
@@ -255,21 +344,24 @@ class Router:
             for p in interesting:
                 got = predicted.get(p, 0)
                 m = matched.get(p, 0)
-                load = loads[p] if loads is not None else _NO_LOAD
-                reqs = requests.get(p, 0) + load.running + load.waiting
+                extra, usage = loads[p] if loads is not None else _NO_LOAD
+                reqs = requests.get(p, 0) + extra
                 pend = pending.get(p, 0)
                 shared = min(pend, (got - m) * bs)
                 c = self._prefill_weight * (n - got) * bs + self._pending_weight * (pend - shared)
                 if not concurrency:
-                    c += self._request_tokens * reqs ** self._load_exponent
+                    try:
+                        c += self._request_tokens * reqs ** self._load_exponent
+                    except OverflowError:  # a load past any float: the most a cost can be (0 if unweighted)
+                        c = math.inf if self._request_tokens else c
                 elif reqs < concurrency:
                     c += self._request_tokens * reqs
                 else:
                     c += self._request_tokens * reqs + self._queue_tokens * (reqs + 1 - concurrency)
                 if not reqs:
                     idle_count += 1
-                if load.kv_usage:
-                    c += self._kv_usage_tokens * load.kv_usage
+                if usage:
+                    c += self._kv_usage_tokens * usage
                 cost[p] = c
                 ranked.append((c, reqs, pend, order[p] if order is not None else names.index(p), p))
             best = min(ranked)
@@ -295,10 +387,12 @@ class Router:
             pending[pod] = pending.get(pod, 0) + ticket.tokens
             self._decisions += 1
             self._by_reason[reason] = self._by_reason.get(reason, 0) + 1
+        finally:
+            self._lock.leave()
         return Choice(pod, n, _CandidateView(candidates, matched, 0), _CandidateView(candidates, predicted, 0),
                       _CandidateView(candidates, cost, base), reason, hashes_array, ticket)
 
-    def _candidates(self, pods: Any) -> Tuple[List[str], Dict[str, int], Optional[Dict[str, PodLoad]]]:
+    def _candidates(self, pods: Any) -> Tuple[List[str], Dict[str, int], Optional[Dict[str, Tuple[int, float]]]]:
         """_candidates(pods), remembered for lists and tuples of names: a router usually sees the same
         few candidate lists again and again, and checking 64 names each time is a good part of a choice.
         The cached list and dict are shared by choices and never changed."""
@@ -312,10 +406,23 @@ class Router:
             return _candidates(pods)
         if hit is None:
             names, zeros, _ = _candidates(pods)
+            if any(a is not b for a, b in zip(names, key)):  # str subclasses, now plain: not cached
+                return names, zeros, None
             if len(self._candidate_cache) >= 64:  # bounded: many different lists are just not cached
                 self._candidate_cache.clear()
             hit = self._candidate_cache[key] = (names, zeros)
         return hit[0], hit[1], None
+
+    def _now(self) -> float:
+        """The clock's reading as finite seconds, or the error that says what it returned instead."""
+        reading = self._clock()
+        try:
+            now = float(reading)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"the Router's clock must return seconds, got {_type_name(reading)}: {exc}") from None
+        if not math.isfinite(now):
+            raise ValueError(f"the Router's clock must return finite seconds, got {now}")
+        return now
 
     def _walk_predictions(self, preds: Dict[int, Dict[str, _Prediction]], nameset: Mapping[str, int],
                           matched_some: Mapping[str, int], hashes: List[int], out: Dict[str, int]) -> None:
@@ -389,7 +496,13 @@ class Router:
                 owners[pod] = rec
         self._entries += added
         heapq.heappush(self._expiry, rec)
-        self._made.setdefault(pod, [0, 0, 0])[0] += 1
+        counts = self._made.get(pod)
+        if counts is None:
+            counts = self._made[pod] = [0, 0, 0, 0]
+        counts[0] += 1
+        counts[3] += 1
+        if len(self._made) > self._made_bound:
+            self._forget_idle_pods()
 
     def _expire(self, now: float) -> None:
         heap = self._expiry
@@ -400,8 +513,18 @@ class Router:
         """A prediction leaves the index (its TTL passed, or room was needed for a newer one)."""
         self._drop_entries(rec, rec.start, rec.stop)
         rec.start = rec.stop
+        counts = self._made[rec.pod]
+        counts[3] -= 1
         if not rec.confirmed:
-            self._made[rec.pod][2] += 1
+            counts[2] += 1
+
+    def _forget_idle_pods(self) -> None:
+        """Drop the prediction counters of every pod with no live prediction and no request in flight,
+        so that pods that come and go (renamed at each restart) do not grow the router for ever."""
+        requests = self._requests
+        for pod in [p for p, counts in self._made.items() if not counts[3] and p not in requests]:
+            del self._made[pod]
+        self._made_bound = max(COUNTED_PODS, 2 * len(self._made))  # a sweep costs O(pods) once per doubling
 
     def _drop_entries(self, rec: _Prediction, start: int, stop: int) -> None:
         preds = self._predicted.get(rec.key)
@@ -427,40 +550,60 @@ class Router:
     def prefill_done(self, choice: Choice) -> None:
         """The chosen pod has prefilled the prompt: the request now decodes (its prefill tokens no
         longer count as pending)."""
-        ticket = self._ticket(choice, "prefill_done")
-        with self._lock:
-            if ticket.state != 0:
-                raise ValueError("prefill_done: this choice has already "
-                                 + ("been through prefill_done" if ticket.state == 1 else "finished"))
-            ticket.state = 1
-            self._release_prefill(ticket)
-            if self._learn_concurrency:
-                pod = ticket.pod
-                decoding = self._requests[pod] - self._prefilling.get(pod, 0)
-                if decoding > self._concurrency:
-                    self._concurrency = decoding
+        self._settle(self._ticket(choice, "prefill_done"), 1)
 
     def finished(self, choice: Choice) -> None:
         """The request has ended (completed or aborted; prefill_done first is not required)."""
-        ticket = self._ticket(choice, "finished")
-        with self._lock:
-            if ticket.state == 2:
-                raise ValueError("finished: this choice has already finished")
-            if ticket.state == 0:
-                self._release_prefill(ticket)
-            ticket.state = 2
-            pod = ticket.pod
-            left = self._requests[pod] - 1
-            if left:
-                self._requests[pod] = left
-            else:
-                del self._requests[pod]
+        self._settle(self._ticket(choice, "finished"), 2)
+
+    def _settle(self, ticket: _Ticket, state: int) -> None:
+        """prefill_done (state 1) or finished (2). Called from a finalizer or a signal handler that
+        interrupted one of this router's calls on the same thread, it is checked at once and done when
+        that call leaves its section, so that it never sees or leaves a half-made change."""
+        lock = self._lock
+        if not lock.enter():
+            self._check_settle(ticket, state)
+            lock.deferred.append(lambda: self._apply_settle(ticket, state))
+            return
+        try:
+            self._check_settle(ticket, state)
+            self._apply_settle(ticket, state)
+        finally:
+            lock.leave()
+
+    def _check_settle(self, ticket: _Ticket, state: int) -> None:
+        if ticket.state != 2 and ticket.pod not in self._requests:  # only a forged ticket can be here
+            raise ValueError("this choice is not one of this router's requests in flight")
+        if ticket.state == 2:
+            what = "prefill_done" if state == 1 else "finished"
+            raise ValueError(f"{what}: this choice has already finished")
+        if state == 1 and ticket.state == 1:
+            raise ValueError("prefill_done: this choice has already been through prefill_done")
+
+    def _apply_settle(self, ticket: _Ticket, state: int) -> None:
+        if ticket.state == 2 or ticket.state == state:  # a deferred call that another one overtook
+            return
+        if ticket.state == 0:
+            self._release_prefill(ticket)
+        ticket.state = state
+        pod = ticket.pod
+        if state == 1:
+            if self._learn_concurrency:
+                decoding = self._requests[pod] - self._prefilling.get(pod, 0)
+                if decoding > self._concurrency:
+                    self._concurrency = decoding
+            return
+        left = self._requests[pod] - 1
+        if left:
+            self._requests[pod] = left
+        else:
+            del self._requests[pod]
 
     def _ticket(self, choice: Any, what: str) -> _Ticket:
         if not isinstance(choice, Choice):
             raise TypeError(f"{what} takes a Choice, not {_type_name(choice)}")
         ticket = choice._ticket
-        if not isinstance(ticket, _Ticket) or ticket.router is not self:
+        if type(ticket) is not _Ticket or ticket.router is not self:
             raise ValueError(f"{what}: this choice was made by another router")
         return ticket
 
@@ -480,9 +623,15 @@ class Router:
     # -- introspection -----------------------------------------------------------------------------
 
     def stats(self) -> Dict[str, Any]:
-        """Decisions, in-flight work and predictions (see docs/routing.md for each key)."""
-        with self._lock:
-            self._expire(self._clock())
+        """Decisions, in-flight work and predictions (see docs/routing.md for each key).
+
+        From a finalizer or a signal handler that interrupted one of this router's calls on the same
+        thread, it reads the counts as they are at that moment and expires nothing."""
+        now = self._now()
+        entered = self._lock.enter()
+        try:
+            if entered:
+                self._expire(now)
             in_flight = {}
             for pod, reqs in self._requests.items():
                 pre = self._prefilling.get(pod, 0)
@@ -492,35 +641,34 @@ class Router:
                 "decisions_by_reason": dict(self._by_reason),
                 "in_flight": in_flight,
                 "predictions": {pod: {"made": m, "confirmed": c, "expired": e}
-                                for pod, (m, c, e) in self._made.items()},
+                                for pod, (m, c, e, _) in self._made.items()},
                 "predicted_entries": self._entries,
             }
+        finally:
+            if entered:
+                self._lock.leave()
 
 
-def _candidates(pods: Any) -> Tuple[List[str], Dict[str, int], Optional[Dict[str, PodLoad]]]:
-    """The candidates' names in order, a dict of them -> 0 (in order), and their loads when given as a
-    mapping (all checked first)."""
-    loads: Optional[Dict[str, PodLoad]] = None
+def _candidates(pods: Any) -> Tuple[List[str], Dict[str, int], Optional[Dict[str, Tuple[int, float]]]]:
+    """The candidates' names in order (plain str: a str subclass's own hash and eq never run under the
+    router's lock), a dict of them -> 0 (in order), and their loads as (requests, kv usage) when given
+    as a mapping (all checked first)."""
+    loads: Optional[Dict[str, Tuple[int, float]]] = None
     kind = type(pods)
     if kind is list or kind is tuple:  # the common case, without the ABC checks below
         names = list(pods)
     elif isinstance(pods, Mapping):
-        names = list(pods)
-        loads = {}
-        for name in names:
-            load = pods[name]
-            if not isinstance(load, PodLoad):
-                raise TypeError(f"pods maps a pod name to a PodLoad, got {_type_name(load)} for {name!r}")
-            loads[name] = load
+        given = [(name, pods[name]) for name in list(pods)]
+        names = [name for name, _ in given]
+        _plain_names(names)
+        loads = {plain: _load_terms(plain, load) for plain, (_, load) in zip(names, given)}
     elif isinstance(pods, (str, bytes, bytearray, memoryview)) or not isinstance(pods, Iterable):
         raise TypeError(f"pods must be an iterable of pod names or a mapping name -> PodLoad, "
                         f"not {_type_name(pods)}")
     else:
         names = list(pods)
-    if set(map(type, names)) - {str}:
-        for name in names:
-            if not isinstance(name, str):
-                raise TypeError(f"pods must hold pod names (str), got {_type_name(name)}")
+    if loads is None:
+        _plain_names(names)
     if not names:
         raise ValueError("pods is empty: choose needs at least one candidate pod")
     zeros = dict.fromkeys(names, 0)
@@ -529,3 +677,14 @@ def _candidates(pods: Any) -> Tuple[List[str], Dict[str, int], Optional[Dict[str
         twice = next(p for p in names if p in seen or seen.add(p))  # type: ignore[func-returns-value]
         raise ValueError(f"pods lists {twice!r} more than once")
     return names, zeros, loads
+
+
+def _plain_names(names: List[Any]) -> None:
+    """Check that names holds pod names, and make each a plain str in place."""
+    if set(map(type, names)) - {str}:
+        for i, name in enumerate(names):
+            if not isinstance(name, str):
+                raise TypeError(f"pods must hold pod names (str), got {_type_name(name)}")
+            names[i] = str.__str__(name)  # not str(name): that is "Pod.A" for a str enum
+    if "" in names:
+        raise ValueError("pods holds an empty name: a pod name is a non-empty str")

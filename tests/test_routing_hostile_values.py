@@ -1,0 +1,238 @@
+"""prefixindex.routing given odd values: str subclasses, loads changed after they were checked, loads
+and settings past any float, bad clock readings, choices copied, compared, pickled and forged, and pods
+that come and go. Each was a wrong answer, a bare error or unbounded growth (a hostile-input search after
+issue 8); the hangs are in test_hostile_routing.py. Both backends (the make_table fixture).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import enum
+import math
+import pickle
+
+import pytest
+
+from prefixindex import metrics
+from prefixindex.routing import COUNTED_PODS, PodLoad, Router
+
+from helpers import toks
+
+pytest.importorskip("prometheus_client", reason="prometheus_client (in the 'test' extra) is not installed")
+from prometheus_client import CollectorRegistry, generate_latest  # noqa: E402
+
+PODS = ["vllm-0", "vllm-1", "vllm-2"]
+
+
+class Pod(str, enum.Enum):
+    A = "vllm-0"
+    B = "vllm-1"
+    C = "vllm-2"
+
+
+@pytest.fixture
+def router_for(make_table, clock):
+    def make(table=None, **settings):
+        settings.setdefault("clock", clock)
+        return Router(table if table is not None else make_table(), **settings)
+    return make
+
+
+# -- names ------------------------------------------------------------------------------------------
+
+def test_a_str_enum_of_pods_is_kept_as_plain_names(router_for):
+    router = router_for()
+    choices = [router.choose("m", -1, toks(i), list(Pod)) for i in range(3)]
+    assert {c.pod for c in choices} <= set(PODS)
+    assert all(type(c.pod) is str for c in choices)
+    assert all(type(p) is str for c in choices for p in c.cost)
+    stats = router.stats()
+    assert all(type(p) is str for p in stats["in_flight"]) and all(type(p) is str for p in stats["predictions"])
+    # a later call with the plain names is answered with plain names too (the candidate cache)
+    plain = router.choose("m", -1, toks(9), list(PODS))
+    assert type(plain.pod) is str
+    registry = CollectorRegistry()
+    metrics.register(router=router, registry=registry)
+    text = generate_latest(registry).decode()
+    assert 'pod="vllm-0"' in text and "Pod." not in text
+
+
+def test_names_that_compare_oddly_are_compared_as_their_text(router_for):
+    class Folded(str):
+        def __eq__(self, other):
+            return str(self).lower() == str(other).lower()
+
+        def __hash__(self):
+            return hash(str(self).lower())
+
+    router = router_for()
+    pods = [Folded(f"Pod{i}") for i in range(12)]  # more than 8 candidates: the ranked path
+    choice = router.choose("m", -1, toks(1, 2), pods)
+    assert choice.pod in [f"Pod{i}" for i in range(12)] and type(choice.pod) is str
+
+
+def test_a_model_name_subclass_keys_predictions_by_its_text(router_for):
+    class Model(str):
+        pass
+
+    router = router_for()
+    router.finished(router.choose(Model("m"), -1, toks(1, 2), PODS))
+    assert [type(k[0]) for k in router._predicted] == [str]
+    again = router.choose("m", -1, toks(1, 2), PODS)
+    assert again.predicted[again.pod] == 2  # the prediction made under the subclass is the same context's
+
+
+def test_an_empty_pod_name_is_refused(router_for):
+    router = router_for()
+    with pytest.raises(ValueError, match="empty name"):
+        router.choose("m", -1, toks(1), ["vllm-0", ""])
+    assert router.stats()["decisions"] == 0
+
+
+# -- loads ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("field, value, error, words", [
+    ("running", -1, ValueError, "PodLoad.running must be in [0, 2**53), got -1"),
+    ("running", math.nan, TypeError, "PodLoad.running must be an int, not float"),
+    ("waiting", None, TypeError, "PodLoad.waiting must be an int, not NoneType"),
+    ("kv_usage", math.nan, ValueError, "PodLoad.kv_usage must be in [0, 1], got nan"),
+    ("kv_usage", "x", TypeError, "PodLoad.kv_usage must be a float in [0, 1] or None, not str"),
+])
+def test_a_podload_changed_after_its_check_is_checked_again(router_for, field, value, error, words):
+    router = router_for()
+    load = PodLoad()
+    object.__setattr__(load, field, value)
+    with pytest.raises(error) as info:
+        router.choose("m", -1, toks(1), {"vllm-0": PodLoad(), "vllm-1": load})
+    assert str(info.value) == f"pods['vllm-1']: {words}"
+    assert router.stats()["decisions"] == 0 and router.stats()["in_flight"] == {}
+
+
+def test_a_podload_counts_requests_a_float_holds():
+    assert PodLoad(running=2**53 - 1).running == 2**53 - 1
+    with pytest.raises(ValueError, match=r"PodLoad.waiting must be in \[0, 2\*\*53\), got 9007199254740992"):
+        PodLoad(waiting=2**53)
+    with pytest.raises(ValueError, match="got an int of 665 bits"):
+        PodLoad(running=10**200)
+
+
+@pytest.mark.parametrize("settings, running", [({"load_exponent": 20.0}, 2**53 - 1), ({"load_exponent": 100.0}, 2000),
+                                               ({"load_exponent": 1000.0}, 3)])
+def test_a_load_past_any_float_costs_infinity(router_for, settings, running):
+    router = router_for(**settings)
+    choice = router.choose("m", -1, toks(1), {"vllm-0": PodLoad(running=running), "vllm-1": PodLoad()})
+    assert choice.pod == "vllm-1" and choice.cost["vllm-0"] == math.inf
+
+
+def test_an_unweighted_load_past_any_float_costs_nothing(router_for):
+    router = router_for(load_exponent=1000.0, request_tokens=0.0)
+    choice = router.choose("m", -1, toks(1), {"vllm-0": PodLoad(running=3), "vllm-1": PodLoad()})
+    assert choice.cost["vllm-0"] == choice.cost["vllm-1"] == 4.0  # not inf * 0 = nan
+
+
+@pytest.mark.parametrize("name", ["prefill_weight", "request_tokens", "queue_tokens", "load_exponent",
+                                  "predicted_ttl_seconds"])
+def test_a_setting_past_any_float_names_the_setting(make_table, name):
+    with pytest.raises(ValueError, match=f"setting {name} must be a finite number, got an int of 1329 bits"):
+        Router(make_table(), **{name: 10**400})
+
+
+# -- the clock --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("reading, error, words", [
+    (math.nan, ValueError, "the Router's clock must return finite seconds, got nan"),
+    (math.inf, ValueError, "the Router's clock must return finite seconds, got inf"),
+    (1 + 2j, TypeError, "the Router's clock must return seconds, got complex"),
+    ("soon", ValueError, "the Router's clock must return seconds, got str"),
+])
+def test_a_bad_clock_reading_is_refused_and_poisons_nothing(make_table, reading, error, words):
+    readings = iter([reading])
+    now = [0.0]
+
+    def clock():
+        return next(readings, now[0])
+
+    router = Router(make_table(), clock=clock)
+    with pytest.raises(error, match=words.replace("(", r"\(")):
+        router.choose("m", -1, toks(1, 2), PODS)
+    assert router.stats()["decisions"] == 0
+    router.finished(router.choose("m", -1, toks(1, 2), PODS))
+    now[0] = 1000.0  # the prediction expires as it should
+    stats = router.stats()
+    assert stats["predicted_entries"] == 0 and sum(p["expired"] for p in stats["predictions"].values()) == 1
+
+
+# -- choices ----------------------------------------------------------------------------------------
+
+def test_choices_are_equal_only_to_themselves_and_hashable(router_for):
+    router = router_for(max_predicted_entries=0)
+    first = router.choose("m", -1, toks(1, 2), PODS)
+    router.finished(first)
+    second = router.choose("m", -1, toks(1, 2), PODS)  # the same content, another request
+    assert first == first and first != second and hash(first) != hash(second)
+    pending = [first, second]
+    pending.remove(second)
+    assert pending == [first] and second not in pending and {first: 1}[first] == 1
+    router.finished(second)
+
+
+def test_a_copy_of_a_choice_is_the_choice_and_pickling_one_is_refused(router_for):
+    router = router_for()
+    choice = router.choose("m", -1, toks(1), PODS)
+    assert copy.copy(choice) is choice and copy.deepcopy({"c": choice})["c"] is choice
+    with pytest.raises(TypeError, match="a Choice cannot be pickled"):
+        pickle.dumps(choice)
+    router.finished(copy.deepcopy(choice))
+    assert router.stats()["in_flight"] == {}
+
+
+def test_a_choices_hashes_cannot_be_made_writeable(router_for):
+    choice = router_for().choose("m", -1, toks(1, 2), PODS)
+    with pytest.raises(ValueError, match="cannot set WRITEABLE flag"):
+        choice.prefix_hashes.flags.writeable = True
+    assert list(choice.prefix_hashes) == list(choice.prefix_hashes.copy())
+
+
+def test_a_forged_ticket_is_a_clear_error_and_changes_nothing(router_for):
+    router = router_for()
+    choice = router.choose("m", -1, toks(1), PODS)
+    forged = type(choice._ticket)(router, "nobody", 4)
+    fake = dataclasses.replace(choice, _ticket=forged)
+    for call in (router.prefill_done, router.finished):
+        with pytest.raises(ValueError, match="not one of this router's requests in flight"):
+            call(fake)
+    assert forged.state == 0 and router.stats()["in_flight"] == {choice.pod: {"prefilling": 1, "decoding": 0}}
+    router.finished(choice)
+
+
+# -- pods that come and go ---------------------------------------------------------------------------
+
+def test_the_prediction_counters_of_idle_pods_are_forgotten(router_for, clock):
+    router = router_for(predicted_ttl_seconds=1.0)
+    steady = "steady-pod"
+    for i in range(3 * COUNTED_PODS):
+        pods = [f"gen{i}-a", f"gen{i}-b"] if i % 10 else [steady]
+        router.finished(router.choose("m", -1, toks(i, i + 1), pods))
+        clock.now += 2.0  # each prediction expires before the next choice
+    predictions = router.stats()["predictions"]
+    assert len(predictions) <= 2 * COUNTED_PODS, len(predictions)
+    assert len(router._made) <= 2 * COUNTED_PODS
+    # a pod with a request in flight keeps its counters through every sweep
+    busy = router.choose("m", -1, toks(1), ["busy-pod"])
+    for i in range(3 * COUNTED_PODS):
+        router.finished(router.choose("m", -1, toks(i, 7), [f"late{i}"]))
+        clock.now += 2.0
+    assert router.stats()["predictions"]["busy-pod"]["made"] == 1
+    router.finished(busy)
+
+
+def test_a_pod_name_utf8_cannot_write_does_not_break_the_scrape(router_for, make_table):
+    table = make_table()
+    router = router_for(table)
+    router.choose("m", -1, toks(1), ["bad-\udcff"])
+    registry = CollectorRegistry()
+    metrics.register(table=table, router=router, registry=registry)
+    text = generate_latest(registry).decode()
+    assert 'pod="bad-\\\\udcff"' in text
+    assert "prefixindex_table_entries" in text

@@ -100,6 +100,17 @@ def _number(value: Any) -> Optional[float]:
     return None
 
 
+def _label(value: Any) -> str:
+    """A label value that the exposition can encode: a pod name is any str (SPEC, Public API), lone
+    surrogates included, which UTF-8 cannot write; those are written as backslash escapes instead."""
+    text = value if type(value) is str else str(value)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 def _mapping(value: Any) -> Mapping[Any, Any]:
     return value if isinstance(value, Mapping) else {}
 
@@ -143,7 +154,7 @@ def _subscriber_families(stats: Optional[Mapping[str, Any]]) -> List[Family]:
         for pod, pod_stats in pods.items():
             value = _number(_mapping(pod_stats).get(key))
             if value is not None:
-                fam.add_metric([str(pod)], value)
+                fam.add_metric([_label(pod)], value)
         families.append(fam)
     replaying = _family("subscriber_replaying", False, "1 while a replay runs for the pod, else 0", ["pod"])
     last_seq = _family("subscriber_last_sequence", False,
@@ -153,7 +164,7 @@ def _subscriber_families(stats: Optional[Mapping[str, Any]]) -> List[Family]:
         for fam, key in ((replaying, "replaying"), (last_seq, "last_seq")):
             value = _number(pod_stats.get(key))
             if value is not None:
-                fam.add_metric([str(pod)], value)
+                fam.add_metric([_label(pod)], value)
     families += [replaying, last_seq]
     return families
 
@@ -180,12 +191,12 @@ def _router_families(stats: Optional[Mapping[str, Any]]) -> List[Family]:
             for phase in _IN_FLIGHT_PHASES:
                 value = _number(_mapping(phases).get(phase))
                 if value is not None:
-                    in_flight.add_metric([str(pod), phase], value)
+                    in_flight.add_metric([_label(pod), phase], value)
         for pod, counts in _mapping(stats.get("predictions")).items():
             for outcome, fam in outcomes.items():
                 value = _number(_mapping(counts).get(outcome))
                 if value is not None:
-                    fam.add_metric([str(pod)], value)
+                    fam.add_metric([_label(pod)], value)
     return [decisions, by_reason, in_flight, entries, *outcomes.values()]
 
 

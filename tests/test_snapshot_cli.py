@@ -5,6 +5,7 @@ checked with the loader's own decoder; a bad or missing file is exit status 1 wi
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -48,6 +49,22 @@ def test_json_summary(snapshot_file):
     assert [(c["model"], c["lora_id"]) for c in info["contexts"]] == list(table.snapshot())  # LRU first
     assert [c["idle_seconds"] for c in info["contexts"]] == [26.5, 21.5, 16.5, 16.5]
     assert info["extra_bytes"] == 0
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "ascii"])
+def test_json_summary_of_names_the_output_cannot_encode(tmp_path, encoding):
+    """Names are any str: a lone surrogate (or, on an ASCII terminal, any non-ASCII name) was a
+    UnicodeEncodeError traceback of --json; it is now written as a JSON \\u escape."""
+    table = _core_py.SyncPrefixHashTable(seed=0, block_size=4, background_eviction=False)
+    table.add_prefix("x\ud800y", -1, "p\u00e9", [1, 2])
+    path = tmp_path / "odd.snapshot"
+    table.save(path)
+    proc = subprocess.run([sys.executable, "-m", "prefixindex", "snapshot-info", str(path), "--json"],
+                          capture_output=True, timeout=120, cwd=ROOT,
+                          env={**os.environ, "PYTHONIOENCODING": encoding})
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert [c["model"] for c in info["contexts"]] == ["x\ud800y"]
 
 
 def test_text_summary(snapshot_file):

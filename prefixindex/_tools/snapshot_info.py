@@ -22,10 +22,10 @@ def describe(state: Dict[str, Any], extra: bytes, size: int) -> Dict[str, Any]:
     contexts: List[Dict[str, Any]] = []
     pods = set()
     for c in state["contexts"]:
-        owner = np.repeat(c["prefixes"], c["entry_pod_counts"].astype(np.intp))
+        by_pod = _snapshot.held_by_pod(c["prefixes"], c["entry_pod_counts"], c["entry_pods"], len(c["pods"]))
         stale = 0
         for j, (_, values) in enumerate(c["engine"]):  # D3: values naming a prefix the pod does not hold
-            stale += int(np.count_nonzero(~np.isin(values, owner[c["entry_pods"] == j])))
+            stale += int(np.count_nonzero(~np.isin(values, by_pod[j])))
         pods.update(c["pods"])
         contexts.append({"model": c["model"], "lora_id": c["lora"], "idle_seconds": c["idle"],
                          "prefixes": len(c["prefixes"]), "entries": len(c["entry_pods"]), "pods": len(c["pods"]),
@@ -99,7 +99,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 1
     info = describe(state, extra, size)
     if args.json:
-        print(json.dumps(info, indent=2, ensure_ascii=False))
+        text = json.dumps(info, indent=2, ensure_ascii=False)
+        try:  # names are any str: lone surrogates, or what this terminal cannot show, go as \u escapes
+            text.encode(sys.stdout.encoding or "utf-8")
+        except (UnicodeEncodeError, LookupError):
+            text = json.dumps(info, indent=2)
+        print(text)
     else:
         print(format_summary(info, args.path, None if args.all else max(args.contexts, 0)))
     return 0

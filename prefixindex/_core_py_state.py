@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 
 from ._core_py import _Context, _PodState, _Prefix
+from ._snapshot import held_by_pod
 
 __all__ = ["context_from_state", "export_state", "from_state"]
 
@@ -99,9 +100,9 @@ def context_from_state(c: Dict[str, Any], now: float) -> _Context:
         entry.pods = set(holders[pos:pos + k])
         pos += k
     ctx.next_tick = len(ctx.prefixes)
-    owner = np.repeat(c["prefixes"], c["entry_pod_counts"].astype(np.intp))  # the prefix of each entry
+    by_pod = held_by_pod(c["prefixes"], c["entry_pod_counts"], entry_pods, len(names))
     for i, (name, idle, (keys, values)) in enumerate(zip(names, c["pod_idle"].tolist(), c["engine"])):
         ps = ctx.pods[name] = _PodState(now - idle)
-        ps.held = set(owner[entry_pods == i].tolist())
+        ps.held = set(by_pod[i].tolist())
         ps.engine = dict(zip(keys.tolist(), values.tolist()))
     return ctx

@@ -310,6 +310,8 @@ def _decode_config(payload: bytes) -> Tuple[Config, Dict[str, int], Tuple[int, i
         if name not in COUNTER_NAMES or name in counters:
             raise _corrupted(f"the configuration section names an unknown or repeated counter {name!r}")
         (counters[name],) = cur.unpack(_U64)
+        if counters[name] >> 63:  # no table counts that far; past it a running total would wrap
+            raise _corrupted(f"the configuration section's counter {name!r} is past 2**63")
     totals = cur.unpack(_TOTALS)
     cur.finish()
     return config, {name: counters.get(name, 0) for name in COUNTER_NAMES}, (totals[0], totals[1], totals[2])
@@ -407,7 +409,11 @@ def decode(reader: _Reader) -> Tuple[Dict[str, Any], bytes]:
     extra = b""
     if flags & FLAG_EXTRA:
         _, extra = _read_section(reader, (TAG_EXTRA,), "the extra section")
-    _read_section(reader, (TAG_END,), "the end section")
+        if not extra:  # the writer sets the flag only for an extra section with something in it
+            raise _corrupted("the header announces an extra section, and it is empty")
+    _, end = _read_section(reader, (TAG_END,), "the end section")
+    if end:
+        raise _corrupted("the end section is not empty")
     if len({(c["model"], c["lora"]) for c in contexts}) != n_contexts:
         raise _corrupted("two contexts have the same (model, LoRA)")
     if (sum(len(c["prefixes"]) for c in contexts), sum(len(c["entry_pods"]) for c in contexts)) \
@@ -456,6 +462,15 @@ def resolve_load_config(saved: Config, config: Optional[Config], fields: Mapping
     return final
 
 
+def held_by_pod(prefixes: np.ndarray, counts: np.ndarray, entry_pods: np.ndarray, n_pods: int) -> List[np.ndarray]:
+    """The prefix hashes each pod of a context holds, from its entries (one sort: a pass per pod over
+    all the entries was quadratic in a context of many pods)."""
+    owner = np.repeat(prefixes, counts.astype(np.intp))  # the prefix of each entry
+    order = np.argsort(entry_pods, kind="stable")
+    bounds = np.cumsum(np.bincount(entry_pods, minlength=n_pods))[:n_pods]
+    return np.split(owner[order], bounds[:-1]) if n_pods else []
+
+
 def _trim_context(c: Dict[str, Any], keep: int) -> Dict[str, Any]:
     """The context after a trim to its ``keep`` newest prefixes, exactly as a store's trim (D4): the
     oldest go with all their pods, pods left with nothing go (D2), and every remaining pod forgets the
@@ -466,11 +481,11 @@ def _trim_context(c: Dict[str, Any], keep: int) -> Dict[str, Any]:
     prefixes, counts, entry_pods = c["prefixes"][drop:], counts[drop:], c["entry_pods"][cut:]
     used = np.bincount(entry_pods, minlength=len(c["pods"])) > 0
     remap = (np.cumsum(used) - 1).astype(np.uint32)
-    owner = np.repeat(prefixes, counts.astype(np.int64))  # the prefix of each entry
+    by_pod = held_by_pod(prefixes, counts, entry_pods, len(c["pods"]))
     engine = []
     for j in np.flatnonzero(used):
         keys, values = c["engine"][j]
-        held = np.isin(values, owner[entry_pods == j])
+        held = np.isin(values, by_pod[j])
         engine.append((keys[held], values[held]))
     return dict(c, prefixes=prefixes, entry_pod_counts=counts, entry_pods=remap[entry_pods],
                 pods=[p for p, u in zip(c["pods"], used) if u], pod_idle=c["pod_idle"][used], engine=engine)

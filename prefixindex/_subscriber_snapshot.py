@@ -70,7 +70,7 @@ def decode_positions(data: bytes) -> Dict[str, Dict[str, Any]]:
         return {}
     try:
         doc = json.loads(bytes(data).decode("utf-8", "surrogatepass"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: nested past the parser's depth
         raise SnapshotError("corrupted", "corrupted prefixindex snapshot: the extra section is not the "
                                          "subscriber's positions (not UTF-8 JSON)") from None
     if not isinstance(doc, dict) or doc.get("kind") != POSITIONS_KIND:
@@ -78,7 +78,10 @@ def decode_positions(data: bytes) -> Dict[str, Dict[str, Any]]:
         raise SnapshotError("foreign", "the snapshot's extra section holds something other than the "
                                        f"subscriber's positions (kind {kind!r})")
     version = doc.get("version")
-    if type(version) is not int or version > POSITIONS_VERSION or version < 1:
+    if type(version) is not int or version < 1:
+        raise SnapshotError("corrupted", f"corrupted prefixindex snapshot: the subscriber positions have "
+                                         f"version {version!r}, not a version number")
+    if version > POSITIONS_VERSION:
         raise SnapshotError("newer", f"the subscriber positions in this snapshot have version {version!r}; this "
                                      f"prefixindex reads version {POSITIONS_VERSION}")
     pods = doc.get("pods")

@@ -316,3 +316,29 @@ def test_a_failed_save_check_names_the_backend_bug():
 
 def test_the_subprocess_fuzz_script_compiles():
     compile(textwrap.dedent(FUZZ), "fuzz", "exec")
+
+
+# -- found by a hostile-input search after issue 8 --------------------------------------------------------
+
+
+def test_an_end_section_with_a_payload_is_corrupted(data, spy):
+    assert sections(data)[-1][1] == b"END."
+    expect("corrupted", rewrite(data, len(sections(data)) - 1, lambda p: p + b"junk"), spy, "end section")
+
+
+def test_an_announced_extra_section_that_is_empty_is_corrupted(data, spy):
+    blob = b"".join(_snapshot.encode(small_state(), b"x"))  # a snapshot with an XTRA section
+    index = [tag for _, tag, _, _ in sections(blob)].index(b"XTRA")
+    expect("corrupted", rewrite(blob, index, lambda p: b""), spy, "extra section", "empty")
+
+
+@pytest.mark.parametrize("value", [2**63, 2**64 - 1])
+def test_a_counter_past_two_to_the_63_is_corrupted(spy, value):
+    """A total near 2**64 wrapped on the compiled core and broke the fallback's next save (struct.error)."""
+    state = small_state()
+    state["counters"] = dict(state["counters"], evicted_contexts=value)
+    expect("corrupted", forged(state), spy, "'evicted_contexts'", "2**63")
+    state["counters"]["evicted_contexts"] = 2**63 - 1  # the last accepted: loads, and saves again
+    table = spy.load(io.BytesIO(forged(state)), background_eviction=False, max_contexts=1)
+    assert table.stats()["evicted_contexts"] >= 2**63 - 1
+    table.save(io.BytesIO())

@@ -93,6 +93,14 @@ def extra_snapshot(table, extra: bytes) -> bytes:
     (json.dumps({"kind": POSITIONS_KIND, "version": 2, "pods": {}}).encode(), "newer"),
     (json.dumps({"kind": POSITIONS_KIND, "version": 1, "pods": {"p": {"seq": "x"}}}).encode(), "corrupted"),
     (json.dumps({"kind": POSITIONS_KIND, "version": 1, "pods": []}).encode(), "corrupted"),
+    # a version that is no version is corrupted, not "newer"; nesting past the parser's depth was a bare
+    # RecursionError (a hostile-input search after issue 8)
+    pytest.param(json.dumps({"kind": POSITIONS_KIND, "version": 0, "pods": {}}).encode(), "corrupted", id="version 0"),
+    pytest.param(json.dumps({"kind": POSITIONS_KIND, "version": -3, "pods": {}}).encode(), "corrupted",
+                 id="version -3"),
+    pytest.param(json.dumps({"kind": POSITIONS_KIND, "version": "1", "pods": {}}).encode(), "corrupted",
+                 id="version as a string"),
+    pytest.param(b"[" * 100_000 + b"]" * 100_000, "corrupted", id="nested past the parser's depth"),
 ])
 def test_bad_positions_in_a_file_build_nothing(table, backend, extra, kind):
     built = []

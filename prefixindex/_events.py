@@ -18,6 +18,7 @@ errors are the same whichever converter ran.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Set as AbcSet
 from typing import Any, Callable, Iterable, List, NoReturn, Optional, Tuple
 
 import numpy as np
@@ -121,7 +122,7 @@ def hash_array(values: Any, what: str) -> np.ndarray:
             out = _hash_list(values.tolist(), what)
         else:
             raise TypeError(f"{what} must hold ints, got an array of dtype {values.dtype}")
-    elif isinstance(values, (str,) + _BYTES_LIKE) or not isinstance(values, Iterable):
+    elif isinstance(values, (str,) + _BYTES_LIKE) or not isinstance(values, Iterable) or _unordered(values):
         raise TypeError(f"{what} must be a sequence of ints, not {_type_name(values)}")
     else:
         out = _hash_list(values if isinstance(values, list) else list(values), what)
@@ -178,7 +179,7 @@ def encode_tokens(token_ids: Any) -> np.ndarray:
         if token_ids.ndim != 1:
             raise ValueError(f"token ids must be one-dimensional, got an array of shape {token_ids.shape}")
         return _token_ids_to_bytes(token_ids, "token ids")
-    if isinstance(token_ids, (str,) + _BYTES_LIKE) or not isinstance(token_ids, Iterable):
+    if isinstance(token_ids, (str,) + _BYTES_LIKE) or not isinstance(token_ids, Iterable) or _unordered(token_ids):
         raise TypeError(f"token ids must be a list of ints or an integer array, not {_type_name(token_ids)}")
     return _token_ids_to_bytes(_list_to_ids(list(token_ids), "token ids"), "token ids")
 
@@ -204,9 +205,14 @@ def query_token_bytes(tokens: Any) -> Any:
         arr = np.frombuffer(tokens, dtype=np.uint8) if not isinstance(tokens, memoryview) \
             else np.asarray(tokens)
         return query_token_bytes(arr) if arr.dtype != np.uint8 or arr.ndim != 1 else np.ascontiguousarray(arr)
-    if isinstance(tokens, str) or not isinstance(tokens, Iterable):
+    if isinstance(tokens, str) or not isinstance(tokens, Iterable) or _unordered(tokens):
         raise TypeError(f"tokens must be token bytes or token ids, not {_type_name(tokens)}")
     return _token_ids_to_bytes(_list_to_ids(list(tokens), "tokens"), "tokens")
+
+
+def _unordered(value: Any) -> bool:
+    """A set or a mapping: iterable, but in no order a sequence of tokens or hashes could mean."""
+    return isinstance(value, (AbcSet, Mapping))
 
 
 def _is_block(value: Any) -> bool:
@@ -236,7 +242,7 @@ def event_token_bytes(tokens: Any, n_blocks: int) -> np.ndarray:
         return _split_blocks(_token_ids_to_bytes(tokens, "tokens"), n_blocks, 4)
     if isinstance(tokens, _BYTES_LIKE):
         return _split_blocks(query_token_bytes(tokens), n_blocks, 1)
-    if isinstance(tokens, str) or not isinstance(tokens, Iterable):
+    if isinstance(tokens, str) or not isinstance(tokens, Iterable) or _unordered(tokens):
         raise TypeError(f"tokens must be token bytes or token ids, not {_type_name(tokens)}")
     items = tokens if isinstance(tokens, list) else list(tokens)
     if not items or not _is_block(items[0]):  # a flat list of token ids (anything else in it: TypeError)

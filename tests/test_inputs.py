@@ -52,6 +52,8 @@ BAD_HASHES = [
     (TypeError, "block_hashes", b"\x01\x02"),
     (TypeError, "block_hashes", 12),
     (TypeError, "block_hashes", None),
+    (TypeError, "block_hashes must be a sequence of ints, not set", {1, 2}),  # in no order (a hostile-input search after issue 8)
+    (TypeError, "block_hashes must be a sequence of ints, not dict", {1: 0, 2: 0}),
     (TypeError, "block_hashes", np.array([1.0, 2.0])),
     (TypeError, "block_hashes", np.array([True, False])),
     (ValueError, "block_hashes", [1, 2**64]),
@@ -94,6 +96,8 @@ BAD_TOKENS = [
     (ValueError, "rows", np.zeros((3, 16), dtype=np.uint8)),
     (ValueError, "blocks", [[1, 2, 3, 4]] * 3),
     (ValueError, "differ", [[1, 2, 3, 4], [1, 2, 3]]),
+    (TypeError, "tokens must be token bytes or token ids, not set", set(range(8))),
+    (TypeError, "tokens must be token bytes or token ids, not frozenset", frozenset(range(8))),
 ]
 
 
@@ -211,6 +215,10 @@ BAD_QUERY_TOKENS = [
     (TypeError, "tokens", [1.0, 2, 3, 4]),
     (TypeError, "tokens", [1, 2, 3, None]),
     (TypeError, "tokens", [1, 2, 3, True]),
+    # a set or a mapping has no order a prompt could mean: it was hashed in whatever order it iterated
+    (TypeError, "tokens must be token bytes or token ids, not set", {1, 2, 3, 4}),
+    (TypeError, "tokens must be token bytes or token ids, not dict_keys", dict.fromkeys([1, 2, 3, 4]).keys()),
+    (TypeError, "tokens must be token bytes or token ids, not dict", dict.fromkeys([1, 2, 3, 4])),
     (TypeError, "dtype", np.arange(8, dtype=np.float64)),
     (TypeError, "dtype", np.ones(8, dtype=bool)),
     (TypeError, "dtype", np.array(list(range(8)), dtype=object)),

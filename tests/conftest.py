@@ -43,3 +43,15 @@ def make_table(backend, clock):
     yield make
     for table in made:
         table.close()
+
+
+@pytest.fixture
+def router_for(make_table, clock):
+    """router_for(table=None, **settings) -> a Router on a table of the backend under test (a new one
+    unless given), sharing the fake clock unless a clock setting is given."""
+    from prefixindex.routing import Router  # here: the routing module is not every test's concern
+
+    def make(table=None, **settings):
+        settings.setdefault("clock", clock)
+        return Router(table if table is not None else make_table(), **settings)
+    return make

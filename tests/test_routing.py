@@ -23,14 +23,6 @@ def store(table, pod, ks, model=MODEL, lora=-1, salt=0):
     table.process_block_stored(BlockStored(engine, toks(*ks), model, lora, pod, None))
 
 
-@pytest.fixture
-def router_for(make_table, clock):
-    def make(table=None, **settings):
-        settings.setdefault("clock", clock)
-        return Router(table if table is not None else make_table(), **settings)
-    return make
-
-
 # -- PodLoad ----------------------------------------------------------------------------------------
 
 def test_podload_defaults_and_values():

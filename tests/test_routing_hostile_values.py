@@ -31,14 +31,6 @@ class Pod(str, enum.Enum):
     C = "vllm-2"
 
 
-@pytest.fixture
-def router_for(make_table, clock):
-    def make(table=None, **settings):
-        settings.setdefault("clock", clock)
-        return Router(table if table is not None else make_table(), **settings)
-    return make
-
-
 # -- names ------------------------------------------------------------------------------------------
 
 def test_a_str_enum_of_pods_is_kept_as_plain_names(router_for):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import gc
 import random
 import signal
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List
 
 from common import REENTRY, FakeClock, make_table, toks
 
@@ -153,7 +153,8 @@ def _with_finalizers(router: Router, action: Any, rounds: int = 2000) -> None:
         gc.set_threshold(*old)
 
 
-def gc_finalizer_calls_stats(backend: Any) -> None:
+def _reads_stats(backend: Any, interrupt: Callable[[Router, Callable[[], None]], None], who: str) -> None:
+    """stats() called from Python code that interrupts the router's calls completes, inside too."""
     router = Router(make_table(backend))
     inside: List[bool] = []
 
@@ -161,16 +162,16 @@ def gc_finalizer_calls_stats(backend: Any) -> None:
         inside.append(router._lock.inside)
         router.stats()
 
-    _with_finalizers(router, read)
-    assert any(inside), f"no finalizer ran inside a section ({len(inside)} ran)"
+    interrupt(router, read)
+    assert any(inside), f"no {who} ran inside a section ({len(inside)} ran)"
     _balanced(router)
 
 
-def gc_finalizer_finishes_a_request(backend: Any) -> None:
-    """A request object whose finalizer tells the router it finished: the end is never lost."""
+def _finishes_requests(backend: Any, interrupt: Callable[[Router, Callable[[], None]], None], who: str,
+                       requests: int) -> None:
+    """Requests whose end is reported from Python code that interrupts the router: none is lost."""
     router = Router(make_table(backend))
-    pending: List[Choice] = [router.choose("m", -1, toks(k), PODS) for k in range(200)]
-
+    pending: List[Choice] = [router.choose("m", -1, toks(k), PODS) for k in range(requests)]
     inside: List[bool] = []
 
     def finish_one() -> None:
@@ -178,11 +179,20 @@ def gc_finalizer_finishes_a_request(backend: Any) -> None:
             inside.append(router._lock.inside)
             router.finished(pending.pop())
 
-    _with_finalizers(router, finish_one)
-    assert any(inside), f"no finalizer ran inside a section ({len(inside)} ran)"
+    interrupt(router, finish_one)
+    assert any(inside), f"no {who} ran inside a section ({len(inside)} ran)"
     while pending:
         router.finished(pending.pop())
     _balanced(router)
+
+
+def gc_finalizer_calls_stats(backend: Any) -> None:
+    _reads_stats(backend, _with_finalizers, "finalizer")
+
+
+def gc_finalizer_finishes_a_request(backend: Any) -> None:
+    """A request object whose finalizer tells the router it finished: the end is never lost."""
+    _finishes_requests(backend, _with_finalizers, "finalizer", 200)
 
 
 def gc_finalizer_calls_choose(backend: Any) -> None:
@@ -204,7 +214,7 @@ def gc_finalizer_calls_choose(backend: Any) -> None:
     _balanced(router)
 
 
-def _with_signals(router: Router, handler: Any, rounds: int = 3000) -> int:
+def _with_signals(router: Router, handler: Callable[[], None], rounds: int = 3000) -> None:
     fired = [0]
 
     def on_alarm(signum: int, frame: Any) -> None:
@@ -218,37 +228,15 @@ def _with_signals(router: Router, handler: Any, rounds: int = 3000) -> int:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
-    return fired[0]
+    assert fired[0] > 10, fired
 
 
 def signal_handler_calls_stats(backend: Any) -> None:
-    router = Router(make_table(backend))
-    inside: List[bool] = []
-
-    def read() -> None:
-        inside.append(router._lock.inside)
-        router.stats()
-
-    assert _with_signals(router, read) > 10
-    assert any(inside), f"no handler ran inside a section ({len(inside)} ran)"
-    _balanced(router)
+    _reads_stats(backend, _with_signals, "handler")
 
 
 def signal_handler_finishes_a_request(backend: Any) -> None:
-    router = Router(make_table(backend))
-    pending: List[Choice] = [router.choose("m", -1, toks(k), PODS) for k in range(500)]
-    inside: List[bool] = []
-
-    def finish_one() -> None:
-        if pending:
-            inside.append(router._lock.inside)
-            router.finished(pending.pop())
-
-    assert _with_signals(router, finish_one) > 10
-    assert any(inside), f"no handler ran inside a section ({len(inside)} ran)"
-    while pending:
-        router.finished(pending.pop())
-    _balanced(router)
+    _finishes_requests(backend, _with_signals, "handler", 500)
 
 
 SCENARIOS = ["clock_calls_stats", "pod_name_hash_calls_the_router", "model_name_hash_calls_the_router",

@@ -38,7 +38,9 @@ from __future__ import annotations
 
 import heapq
 import math
+import os
 import threading
+import weakref
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Set, Tuple, TypeVar, Union
@@ -86,6 +88,8 @@ MAX_REQUESTS = 1 << 53
 COUNTED_PODS = 1024
 _NO_LOAD = (0, 0.0)  # (requests the caller reports, kv usage) of a candidate given without a PodLoad
 _V = TypeVar("_V")
+_FORKED = ("the process forked while another thread was inside this Router, which may be half-changed in the "
+           "child: build a new Router in the child")
 _REENTERED = ("the Router was re-entered from Python code that ran during one of its own calls on the same "
               "thread (a finalizer or a signal handler): call choose() from outside it")
 
@@ -119,12 +123,25 @@ class _RouterLock:
     on. A call that finds ``inside`` set is told so by ``enter()``; what it may do then is the
     router's to decide (docs/routing.md, "Threads")."""
 
-    __slots__ = ("_mutex", "inside", "deferred")
+    __slots__ = ("_mutex", "inside", "deferred", "__weakref__")
 
     def __init__(self) -> None:
-        self._mutex = threading.RLock()
+        self._mutex: Any = threading.RLock()
         self.inside = False
         self.deferred: List[Callable[[], None]] = []  # work of re-entered calls, done before leaving
+        _LOCKS.add(self)
+
+    def _after_fork(self) -> None:
+        """In a child of fork(), where only the forking thread lives: a mutex another thread held stays
+        held for ever. A router that no other thread was changing gets a new one; one that another
+        thread was inside a section of may be half-changed, and refuses every call (docs/routing.md)."""
+        if self._mutex._is_owned():  # the forking thread's own section goes on in the child
+            return
+        if self.inside:
+            self._mutex = _Forked()
+            return
+        self._mutex = threading.RLock()
+        self.deferred.clear()
 
     def enter(self) -> bool:
         """Take the lock and start a section; False (holding nothing more) when this thread is inside one."""
@@ -147,6 +164,29 @@ class _RouterLock:
 
     def __exit__(self, *exc: Any) -> None:
         self.leave()
+
+
+class _Forked:
+    """The mutex of a router that another thread was changing when the process forked."""
+
+    def acquire(self) -> None:
+        raise RuntimeError(_FORKED)
+
+    def release(self) -> None:  # pragma: no cover - acquire never succeeds
+        pass
+
+    def _is_owned(self) -> bool:
+        return False
+
+
+_LOCKS: "weakref.WeakSet[_RouterLock]" = weakref.WeakSet()
+if hasattr(os, "register_at_fork"):
+
+    def _reset_locks_in_child() -> None:
+        for lock in list(_LOCKS):
+            lock._after_fork()
+
+    os.register_at_fork(after_in_child=_reset_locks_in_child)
 
 
 class _CandidateView(Mapping[str, _V]):

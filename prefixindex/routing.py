@@ -38,155 +38,26 @@ from __future__ import annotations
 
 import heapq
 import math
-import os
-import threading
-import weakref
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Set, Tuple, TypeVar, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple, TypeVar, Union
 
 import numpy as np
 import numpy.typing as npt
 
 from ._events import check_lora_id, check_str
+from ._routing_inputs import PodLoad, _candidates
+from ._routing_lock import _REENTERED, _RouterLock
 from ._routing_settings import DEFAULTS, _type_name, resolve_settings
 
 __all__ = ["Choice", "PodLoad", "Router"]
+PodLoad.__module__ = __name__  # where users import it from (its code lives in _routing_inputs)
 
 
-@dataclass(frozen=True)
-class PodLoad:
-    """What the caller knows of a pod's load beyond this router's own requests (for example vLLM's
-    ``num_requests_running``, ``num_requests_waiting`` and ``kv_cache_usage_perc`` from /metrics)."""
-
-    running: int = 0
-    waiting: int = 0
-    kv_usage: Optional[float] = None
-
-    def __post_init__(self) -> None:
-        for name in ("running", "waiting"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)):
-                raise TypeError(f"PodLoad.{name} must be an int, not {_type_name(value)}")
-            number = int.__int__(value) if isinstance(value, int) else int(value)  # its own value, not __int__'s
-            if not 0 <= number < MAX_REQUESTS:
-                shown = number if abs(number) < 1 << 64 else f"an int of {number.bit_length()} bits"
-                raise ValueError(f"PodLoad.{name} must be in [0, 2**53), got {shown}")
-            object.__setattr__(self, name, number)
-        usage = self.kv_usage
-        if usage is not None:
-            if not isinstance(usage, (int, float, np.integer, np.floating)) or isinstance(usage, (bool, np.bool_)):
-                raise TypeError(f"PodLoad.kv_usage must be a float in [0, 1] or None, not {_type_name(usage)}")
-            if not 0.0 <= float(usage) <= 1.0:  # NaN fails both comparisons
-                raise ValueError(f"PodLoad.kv_usage must be in [0, 1], got {usage}")
-            object.__setattr__(self, "kv_usage", float(usage))
-
-
-# Requests a PodLoad may report: counts a float holds exactly, so that every cost is a float
-MAX_REQUESTS = 1 << 53
 # Pods whose prediction counters are kept while idle (stats()["predictions"]; docs/routing.md)
 COUNTED_PODS = 1024
 _NO_LOAD = (0, 0.0)  # (requests the caller reports, kv usage) of a candidate given without a PodLoad
 _V = TypeVar("_V")
-_FORKED = ("the process forked while another thread was inside this Router, which may be half-changed in the "
-           "child: build a new Router in the child")
-_REENTERED = ("the Router was re-entered from Python code that ran during one of its own calls on the same "
-              "thread (a finalizer or a signal handler): call choose() from outside it")
-
-
-def _load_terms(name: str, load: Any) -> Tuple[int, float]:
-    """A candidate's PodLoad as (requests it reports, kv usage), read once and checked again.
-
-    A PodLoad was checked when it was made, but its fields can be replaced since (object.__setattr__)
-    or be a subclass's properties; read here, before the router's lock is taken, they cannot run the
-    caller's code under it, and what the cost uses is what was checked."""
-    if not isinstance(load, PodLoad):
-        raise TypeError(f"pods maps a pod name to a PodLoad, got {_type_name(load)} for {name!r}")
-    running, waiting, usage = load.running, load.waiting, load.kv_usage
-    if (type(running) is int and type(waiting) is int and 0 <= running < MAX_REQUESTS
-            and 0 <= waiting < MAX_REQUESTS and (usage is None or type(usage) is float and 0.0 <= usage <= 1.0)):
-        return running + waiting, usage or 0.0
-    try:
-        checked = PodLoad(running, waiting, usage)
-    except (TypeError, ValueError) as exc:
-        raise type(exc)(f"pods[{name!r}]: {exc}") from None
-    return checked.running + checked.waiting, checked.kv_usage or 0.0
-
-
-class _RouterLock:
-    """The router's lock, which its own thread can meet again: a finalizer or a signal handler runs
-    between any two bytecodes, also inside one of the router's sections, and may call the router.
-
-    The mutex is reentrant so that such a call never waits for its own thread; ``inside`` says whether
-    the thread that holds it is in the middle of a section. It is set after the mutex is taken and
-    cleared before it is released, so a call that lands in either gap finds the state whole and may go
-    on. A call that finds ``inside`` set is told so by ``enter()``; what it may do then is the
-    router's to decide (docs/routing.md, "Threads")."""
-
-    __slots__ = ("_mutex", "inside", "deferred", "__weakref__")
-
-    def __init__(self) -> None:
-        self._mutex: Any = threading.RLock()
-        self.inside = False
-        self.deferred: List[Callable[[], None]] = []  # work of re-entered calls, done before leaving
-        _LOCKS.add(self)
-
-    def _after_fork(self) -> None:
-        """In a child of fork(), where only the forking thread lives: a mutex another thread held stays
-        held for ever. A router that no other thread was changing gets a new one; one that another
-        thread was inside a section of may be half-changed, and refuses every call (docs/routing.md)."""
-        if self._mutex._is_owned():  # the forking thread's own section goes on in the child
-            return
-        if self.inside:
-            self._mutex = _Forked()
-            return
-        self._mutex = threading.RLock()
-        self.deferred.clear()
-
-    def enter(self) -> bool:
-        """Take the lock and start a section; False (holding nothing more) when this thread is inside one."""
-        self._mutex.acquire()
-        if self.inside:
-            self._mutex.release()
-            return False
-        self.inside = True
-        return True
-
-    def leave(self) -> None:
-        while self.deferred:
-            self.deferred.pop(0)()
-        self.inside = False
-        self._mutex.release()
-
-    def __enter__(self) -> None:  # a section that a re-entered call may not open
-        if not self.enter():
-            raise RuntimeError(_REENTERED)
-
-    def __exit__(self, *exc: Any) -> None:
-        self.leave()
-
-
-class _Forked:
-    """The mutex of a router that another thread was changing when the process forked."""
-
-    def acquire(self) -> None:
-        raise RuntimeError(_FORKED)
-
-    def release(self) -> None:  # pragma: no cover - acquire never succeeds
-        pass
-
-    def _is_owned(self) -> bool:
-        return False
-
-
-_LOCKS: "weakref.WeakSet[_RouterLock]" = weakref.WeakSet()
-if hasattr(os, "register_at_fork"):
-
-    def _reset_locks_in_child() -> None:
-        for lock in list(_LOCKS):
-            lock._after_fork()
-
-    os.register_at_fork(after_in_child=_reset_locks_in_child)
 
 
 class _CandidateView(Mapping[str, _V]):
@@ -687,44 +558,3 @@ class Router:
         finally:
             if entered:
                 self._lock.leave()
-
-
-def _candidates(pods: Any) -> Tuple[List[str], Dict[str, int], Optional[Dict[str, Tuple[int, float]]]]:
-    """The candidates' names in order (plain str: a str subclass's own hash and eq never run under the
-    router's lock), a dict of them -> 0 (in order), and their loads as (requests, kv usage) when given
-    as a mapping (all checked first)."""
-    loads: Optional[Dict[str, Tuple[int, float]]] = None
-    kind = type(pods)
-    if kind is list or kind is tuple:  # the common case, without the ABC checks below
-        names = list(pods)
-    elif isinstance(pods, Mapping):
-        given = [(name, pods[name]) for name in list(pods)]
-        names = [name for name, _ in given]
-        _plain_names(names)
-        loads = {plain: _load_terms(plain, load) for plain, (_, load) in zip(names, given)}
-    elif isinstance(pods, (str, bytes, bytearray, memoryview)) or not isinstance(pods, Iterable):
-        raise TypeError(f"pods must be an iterable of pod names or a mapping name -> PodLoad, "
-                        f"not {_type_name(pods)}")
-    else:
-        names = list(pods)
-    if loads is None:
-        _plain_names(names)
-    if not names:
-        raise ValueError("pods is empty: choose needs at least one candidate pod")
-    zeros = dict.fromkeys(names, 0)
-    if len(zeros) != len(names):
-        seen: Set[str] = set()
-        twice = next(p for p in names if p in seen or seen.add(p))  # type: ignore[func-returns-value]
-        raise ValueError(f"pods lists {twice!r} more than once")
-    return names, zeros, loads
-
-
-def _plain_names(names: List[Any]) -> None:
-    """Check that names holds pod names, and make each a plain str in place."""
-    if set(map(type, names)) - {str}:
-        for i, name in enumerate(names):
-            if not isinstance(name, str):
-                raise TypeError(f"pods must hold pod names (str), got {_type_name(name)}")
-            names[i] = str.__str__(name)  # not str(name): that is "Pod.A" for a str enum
-    if "" in names:
-        raise ValueError("pods holds an empty name: a pod name is a non-empty str")

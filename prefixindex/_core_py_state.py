@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, List, Optional
 import numpy as np
 
 from ._core_py import _Context, _PodState, _Prefix
-from ._snapshot import held_by_pod
+from ._snapshot_bounds import held_by_pod
 
 __all__ = ["context_from_state", "export_state", "from_state"]
 

@@ -15,7 +15,7 @@ import xxhash
 from helpers import FakeClock
 from helpers import removed, stored
 from test_snapshot import TABLE_ARGS, populate, save_bytes, snap_make  # noqa: F401 (fixture)
-from prefixindex import BlockStored, _snapshot
+from prefixindex import BlockStored, _snapshot, _snapshot_bounds
 
 COUNTERS = ["events_block_stored", "events_block_removed", "events_all_blocks_cleared", "blocks_stored",
             "blocks_removed", "orphan_blocks", "matches", "evicted_contexts", "evicted_pods", "evicted_prefixes"]
@@ -211,7 +211,7 @@ def test_held_by_pod_groups_the_entries_as_a_pass_per_pod_would():
         entry_pods = np.concatenate([np.sort(rng.choice(n_pods, size=k, replace=False)) for k in counts])
         entry_pods = entry_pods.astype(np.uint32)
         owner = np.repeat(prefixes, counts.astype(np.intp))
-        got = _snapshot.held_by_pod(prefixes, counts, entry_pods, n_pods)
+        got = _snapshot_bounds.held_by_pod(prefixes, counts, entry_pods, n_pods)
         assert len(got) == n_pods
         for pod in range(n_pods):
             assert got[pod].tolist() == owner[entry_pods == pod].tolist()

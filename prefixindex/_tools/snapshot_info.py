@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from prefixindex import _snapshot
+from prefixindex import _snapshot, _snapshot_bounds
 
 
 def describe(state: Dict[str, Any], extra: bytes, size: int) -> Dict[str, Any]:
@@ -22,7 +22,7 @@ def describe(state: Dict[str, Any], extra: bytes, size: int) -> Dict[str, Any]:
     contexts: List[Dict[str, Any]] = []
     pods = set()
     for c in state["contexts"]:
-        by_pod = _snapshot.held_by_pod(c["prefixes"], c["entry_pod_counts"], c["entry_pods"], len(c["pods"]))
+        by_pod = _snapshot_bounds.held_by_pod(c["prefixes"], c["entry_pod_counts"], c["entry_pods"], len(c["pods"]))
         stale = 0
         for j, (_, values) in enumerate(c["engine"]):  # D3: values naming a prefix the pod does not hold
             stale += int(np.count_nonzero(~np.isin(values, by_pod[j])))

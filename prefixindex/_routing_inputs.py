@@ -10,6 +10,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Set, Tuple
 
 import numpy as np
 
+from ._events import _exact_int
 from ._routing_settings import _type_name
 
 __all__ = ["MAX_REQUESTS", "PodLoad"]
@@ -29,7 +30,7 @@ class PodLoad:
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)):
                 raise TypeError(f"PodLoad.{name} must be an int, not {_type_name(value)}")
-            number = int.__int__(value) if isinstance(value, int) else int(value)  # its own value, not __int__'s
+            number = _exact_int(value)
             if not 0 <= number < MAX_REQUESTS:
                 shown = number if abs(number) < 1 << 64 else f"an int of {number.bit_length()} bits"
                 raise ValueError(f"PodLoad.{name} must be in [0, 2**53), got {shown}")

@@ -13,8 +13,6 @@ from ._config import Config
 
 __all__ = ["apply_bounds", "held_by_pod", "resolve_load_config"]
 
-
-
 _TABLE_KEYWORDS = ("clock", "background_eviction")
 _CONFIG_FIELDS_NAMES = tuple(f.name for f in dataclasses.fields(Config))
 

@@ -219,8 +219,7 @@ class Router:
         # plain values (match has checked them): a str subclass's hash never runs under the lock
         key = (model_name if type(model_name) is str else check_str(model_name, "model_name"),
                lora_id if type(lora_id) is int else check_lora_id(lora_id))
-        self._lock.__enter__()
-        try:
+        with self._lock:
             self._expire(now)
             preds = self._predicted.get(key)
             requests, pending = self._requests, self._pending
@@ -298,8 +297,6 @@ class Router:
             pending[pod] = pending.get(pod, 0) + ticket.tokens
             self._decisions += 1
             self._by_reason[reason] = self._by_reason.get(reason, 0) + 1
-        finally:
-            self._lock.leave()
         return Choice(pod, n, _CandidateView(candidates, matched, 0), _CandidateView(candidates, predicted, 0),
                       _CandidateView(candidates, cost, base), reason, hashes_array, ticket)
 

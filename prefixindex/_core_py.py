@@ -25,7 +25,7 @@ import numpy as np
 import xxhash
 
 from ._config import COUNTER_KEYS, REINIT_MESSAGE, Config, resolve_config, table_settings
-from ._core_py_lock import _LOCKS, _TableLock, _Unbuilt
+from ._core_py_lock import _TableLock, _Unbuilt
 from ._eviction import EvictionThread
 from ._events import (AllBlocksCleared, BlockRemoved, BlockStored, batch_event_fields, batch_list, check_chain_args,
                       check_lora_id, check_pod, check_str, check_u64, cleared_fields, hash_array, query_token_bytes,
@@ -167,9 +167,7 @@ class SyncPrefixHashTable:
         self._clock = time.monotonic if clock is None or clock is time.monotonic else _float_clock(clock)
         self._contexts: "OrderedDict[Tuple[str, int], _Context]" = OrderedDict()
         self._counters = dict.fromkeys(COUNTER_KEYS, 0)
-        lock = _TableLock()
-        _LOCKS.add(lock)
-        self._lock = lock
+        self._lock = _TableLock()
         self._eviction: Optional[EvictionThread] = None
         if background_eviction:
             self._eviction = EvictionThread(self, settings.interval)

@@ -1,19 +1,18 @@
 """The pure-Python backend's table lock, and what happens to it across fork() (docs/architecture.md).
 
-``_core_py`` takes one ``_TableLock`` per table; every lock is registered in ``_LOCKS`` so that the
-at-fork handler can reset them in the child.
+``_core_py`` takes one ``_TableLock`` per table; each registers with ``_fork`` so that it is reset in
+a child of fork().
 """
 
 from __future__ import annotations
 
-import os
 import threading
-import weakref
 from typing import Any, Optional
 
 from ._config import REENTERED_MESSAGE, UNBUILT_MESSAGE
+from ._fork import ForkedMutex, reset_after_fork
 
-__all__ = ["_LOCKS", "_TableLock", "_Unbuilt"]
+__all__ = ["_TableLock", "_Unbuilt"]
 
 _FORKED = ("the process forked while another thread was inside this table, which may be half-changed in the "
            "child: build a new table in the child")
@@ -31,6 +30,7 @@ class _TableLock:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._owner: Optional[int] = None
+        reset_after_fork(self)
 
     def __enter__(self) -> None:
         me = threading.get_ident()
@@ -46,20 +46,10 @@ class _TableLock:
     def _after_fork(self) -> None:
         # In a child of fork() only the forking thread lives: a lock another thread held stays held.
         if self._owner is not None and self._owner != threading.get_ident():
-            self._lock = _Poisoned()  # type: ignore[assignment]
+            self._lock = ForkedMutex(_FORKED)  # type: ignore[assignment]
         else:
             self._lock = threading.Lock()
         self._owner = None
-
-
-class _Poisoned:
-    """The lock of a table that another thread was changing when the process forked."""
-
-    def acquire(self) -> None:
-        raise RuntimeError(_FORKED)
-
-    def release(self) -> None:  # pragma: no cover - acquire never succeeds
-        pass
 
 
 class _Unbuilt:
@@ -70,13 +60,3 @@ class _Unbuilt:
 
     def __exit__(self, *exc: Any) -> None:  # pragma: no cover - __enter__ always raises
         pass
-
-
-_LOCKS: "weakref.WeakSet[_TableLock]" = weakref.WeakSet()
-if hasattr(os, "register_at_fork"):
-
-    def _reset_locks_in_child() -> None:
-        for lock in list(_LOCKS):
-            lock._after_fork()
-
-    os.register_at_fork(after_in_child=_reset_locks_in_child)

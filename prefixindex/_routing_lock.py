@@ -4,10 +4,10 @@
 
 from __future__ import annotations
 
-import os
 import threading
-import weakref
 from typing import Any, Callable, List
+
+from ._fork import ForkedMutex, reset_after_fork
 
 __all__ = ["_REENTERED", "_RouterLock"]
 
@@ -33,7 +33,7 @@ class _RouterLock:
         self._mutex: Any = threading.RLock()
         self.inside = False
         self.deferred: List[Callable[[], None]] = []  # work of re-entered calls, done before leaving
-        _LOCKS.add(self)
+        reset_after_fork(self)
 
     def _after_fork(self) -> None:
         """In a child of fork(), where only the forking thread lives: a mutex another thread held stays
@@ -42,7 +42,7 @@ class _RouterLock:
         if self._mutex._is_owned():  # the forking thread's own section goes on in the child
             return
         if self.inside:
-            self._mutex = _Forked()
+            self._mutex = ForkedMutex(_FORKED)
             return
         self._mutex = threading.RLock()
         self.deferred.clear()
@@ -68,26 +68,3 @@ class _RouterLock:
 
     def __exit__(self, *exc: Any) -> None:
         self.leave()
-
-
-class _Forked:
-    """The mutex of a router that another thread was changing when the process forked."""
-
-    def acquire(self) -> None:
-        raise RuntimeError(_FORKED)
-
-    def release(self) -> None:  # pragma: no cover - acquire never succeeds
-        pass
-
-    def _is_owned(self) -> bool:
-        return False
-
-
-_LOCKS: "weakref.WeakSet[_RouterLock]" = weakref.WeakSet()
-if hasattr(os, "register_at_fork"):
-
-    def _reset_locks_in_child() -> None:
-        for lock in list(_LOCKS):
-            lock._after_fork()
-
-    os.register_at_fork(after_in_child=_reset_locks_in_child)

@@ -52,7 +52,8 @@ BAD_HASHES = [
     (TypeError, "block_hashes", b"\x01\x02"),
     (TypeError, "block_hashes", 12),
     (TypeError, "block_hashes", None),
-    (TypeError, "block_hashes must be a sequence of ints, not set", {1, 2}),  # in no order (a hostile-input search after issue 8)
+    # in no order a chain could mean (a hostile-input search after issue 8)
+    (TypeError, "block_hashes must be a sequence of ints, not set", {1, 2}),
     (TypeError, "block_hashes must be a sequence of ints, not dict", {1: 0, 2: 0}),
     (TypeError, "block_hashes", np.array([1.0, 2.0])),
     (TypeError, "block_hashes", np.array([True, False])),

@@ -12,7 +12,9 @@ import json
 import os
 import re
 import struct
+import random
 import sys
+import threading
 import time
 import traceback
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
@@ -24,7 +26,8 @@ from prefixindex import AllBlocksCleared, BlockRemoved, BlockStored, Config
 
 __all__ = [
     "AllBlocksCleared", "BlockRemoved", "BlockStored", "Config", "FakeClock", "REENTRY", "attempt", "chain",
-    "check_usable", "consistent", "fail_now", "force", "in_fork_child", "make_table", "state", "stored", "toks",
+    "check_usable", "consistent", "fail_now", "force", "fork_while_running", "in_fork_child", "make_table", "state",
+    "stored", "toks",
 ]
 
 BS = 4
@@ -178,6 +181,43 @@ def fail_now(message: str) -> None:
     sys.stderr.write(message + "\n")
     sys.stderr.flush()
     os._exit(1)
+
+
+def fork_while_running(step: Callable[[], None], child: Callable[[], None], refusal: str, attempts: int,
+                       seed: int, gap: Tuple[float, float]) -> Dict[str, int]:
+    """fork() `attempts` times, at random gaps, while another thread calls step() in a loop. Each child
+    runs child(): it must return (the object works after the fork) or raise a RuntimeError whose message
+    holds `refusal` (the object refuses: the other thread may have left it half-changed). A hang, a
+    crash or any other error fails this process. Returns how many children did which."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            step()
+
+    def in_child() -> int:
+        try:
+            child()
+        except RuntimeError as exc:
+            if refusal in str(exc):
+                return 3
+            raise
+        return 0
+
+    worker = threading.Thread(target=loop, daemon=True)
+    worker.start()
+    outcomes = {"works": 0, "refused": 0}
+    rng = random.Random(seed)
+    try:
+        for attempt in range(attempts):
+            time.sleep(rng.uniform(*gap))
+            code = in_fork_child(in_child, f"child {attempt}")
+            assert code in (0, 3), f"fork child {attempt} failed (exit {code}); its traceback is above"
+            outcomes["works" if code == 0 else "refused"] += 1
+    finally:
+        stop.set()
+        worker.join(60.0)
+    return outcomes
 
 
 def in_fork_child(child: Callable[[], int], what: str, timeout: float = 20.0) -> int:

@@ -15,11 +15,9 @@ from __future__ import annotations
 import gc
 import random
 import signal
-import threading
-import time
 from typing import Any, Callable, Dict, List
 
-from common import REENTRY, FakeClock, in_fork_child, make_table, toks
+from common import REENTRY, FakeClock, fork_while_running, in_fork_child, make_table, toks
 
 from prefixindex.routing import Choice, PodLoad, Router
 
@@ -241,21 +239,11 @@ def signal_handler_finishes_a_request(backend: Any) -> None:
     _finishes_requests(backend, _with_signals, "handler", 500)
 
 
-def _router_after_fork(router: Router) -> Callable[[], int]:
-    """In a fork child: 0 if the router works and its books balance, 3 if it refuses with its
-    RuntimeError about fork; anything else raises (exit 1, traceback)."""
-    def child() -> int:
-        try:
-            before = router.stats()["decisions"]
-            choice = router.choose("m", -1, toks(1, 2), PODS)
-            router.finished(choice)
-            assert router.stats()["decisions"] == before + 1
-            return 0
-        except RuntimeError as exc:
-            if "forked" in str(exc):
-                return 3
-            raise
-    return child
+def _route_once(router: Router) -> None:
+    """What a fork child asks of the router: a choice and its end, counted."""
+    before = router.stats()["decisions"]
+    router.finished(router.choose("m", -1, toks(1, 2), PODS))
+    assert router.stats()["decisions"] == before + 1
 
 
 def fork_while_another_thread_routes(backend: Any) -> None:
@@ -263,27 +251,16 @@ def fork_while_another_thread_routes(backend: Any) -> None:
     raises a RuntimeError saying it cannot be used after fork; it never hangs on a lock the other
     thread held (the child has no such thread)."""
     router = Router(make_table(backend))
-    stop = threading.Event()
-
-    def routes() -> None:
-        while not stop.is_set():
-            _work(router, 20)
-
-    th = threading.Thread(target=routes, daemon=True)
-    th.start()
-    outcomes: Dict[int, int] = {}
-    rng = random.Random(5)
-    for attempt in range(30):
-        time.sleep(rng.uniform(0.0005, 0.005))
-        code = in_fork_child(_router_after_fork(router), f"child {attempt}")
-        assert code in (0, 3), f"fork child {attempt} failed (exit {code}); its traceback is above"
-        outcomes[code] = outcomes.get(code, 0) + 1
-    stop.set()
-    th.join(30)
-    assert outcomes.get(0, 0) + outcomes.get(3, 0) == 30, outcomes
+    outcomes = fork_while_running(lambda: _work(router, 20), lambda: _route_once(router), "forked", 30, 5,
+                                  (0.0005, 0.005))
     print("fork children:", outcomes)
     _balanced(router)
-    assert in_fork_child(_router_after_fork(router), "child of a quiet router") == 0  # nobody inside: it works
+
+    def quiet() -> int:  # nobody inside at this fork: the router works
+        _route_once(router)
+        return 0
+
+    assert in_fork_child(quiet, "child of a quiet router") == 0
 
 
 SCENARIOS = ["clock_calls_stats", "pod_name_hash_calls_the_router", "model_name_hash_calls_the_router",

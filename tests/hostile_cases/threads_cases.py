@@ -8,15 +8,16 @@ both backends get the same calls and must keep the same contexts.
 from __future__ import annotations
 
 import importlib
+import itertools
 import random
 import threading
 import time
 import traceback
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, List, Tuple
 
 import numpy as np
 
-from common import (BlockRemoved, BlockStored, FakeClock, chain, check_usable, consistent, fail_now, in_fork_child,
+from common import (BlockRemoved, BlockStored, FakeClock, chain, check_usable, consistent, fail_now, fork_while_running,
                     make_table, stored, toks)
 
 LIVENESS = 60.0
@@ -163,48 +164,26 @@ def every_method_from_many_threads(backend: Any) -> None:
     check_usable(t, backend)
 
 
-def _child_after_fork(t: Any) -> Callable[[], int]:
-    """In a fork child: 0 if the table works and answers right, 3 if it refuses with its RuntimeError
-    about fork; anything else raises (exit 1, traceback)."""
-    def child() -> int:
-        try:
-            t.process_block_stored(stored([500, 501], [40, 41], "after-fork", model="fork"))
-            got = t.match_blocks("fork", -1, toks(40, 41, 42))
-            assert got == {"after-fork": 2}, got
-            return 0
-        except RuntimeError as exc:
-            if "fork" in str(exc):
-                return 3
-            raise
-    return child
+def _store_and_match(t: Any) -> None:
+    """What a fork child asks of the table: a store and a match that answers right."""
+    t.process_block_stored(stored([500, 501], [40, 41], "after-fork", model="fork"))
+    got = t.match_blocks("fork", -1, toks(40, 41, 42))
+    assert got == {"after-fork": 2}, got
 
 
 def fork_while_hammering(backend: Any) -> None:
     """fork() while another thread (and the eviction thread) is inside calls on the table: in the child
     the table works and answers right, or raises a RuntimeError saying it cannot be used after fork."""
     t = make_table(backend, background_eviction=True, eviction_interval_seconds=0.001)
-    stop = threading.Event()
+    counter = itertools.count()
 
     def hammer() -> None:
-        i = 0
-        while not stop.is_set():
-            k = i % 30
-            t.process_block_stored(stored([k, k + 1], [k, k + 1], f"p{i % 3}", model=f"m{i % 5}"))
-            t.match_blocks(f"m{i % 5}", -1, toks(k, k + 1))
-            i += 1
+        i = next(counter)
+        k = i % 30
+        t.process_block_stored(stored([k, k + 1], [k, k + 1], f"p{i % 3}", model=f"m{i % 5}"))
+        t.match_blocks(f"m{i % 5}", -1, toks(k, k + 1))
 
-    th = threading.Thread(target=hammer, daemon=True)
-    th.start()
-    outcomes: Dict[str, int] = {}
-    rng = random.Random(3)
-    for attempt in range(10):
-        time.sleep(rng.uniform(0.001, 0.02))
-        code = in_fork_child(_child_after_fork(t), f"child {attempt}")
-        assert code in (0, 3), f"fork child {attempt} failed (exit {code}); its traceback is above"
-        outcomes["works" if code == 0 else "runtime-error"] = outcomes.get("works" if code == 0 else "runtime-error",
-                                                                           0) + 1
-    stop.set()
-    th.join(LIVENESS)
+    outcomes = fork_while_running(hammer, lambda: _store_and_match(t), "fork", 10, 3, (0.001, 0.02))
     t.close()
     print("fork children:", outcomes)
     check_usable(t, backend)

@@ -37,19 +37,20 @@ cdef extern from "<sched.h>" nogil:
 
 cimport numpy as cnp
 
-from prefixindex._native cimport (Ctx, CtxPtr, EngineMap, Entry, EntryVec, NodePool, PodMap, PodRun, PodState,
+from prefixindex._native cimport (BucketHash, Ctx, CtxPtr, EngineMap, Entry, EntryVec, NodePool, PodMap, PodRun, PodState,
                                   NO_POD, EntryPtr, PodStatePtr, PodVec, PrefixMap, RunVec, gc_pause, gc_resume, kMulti,
                                   kNodeSize, Walk, WalkChoice, WalkGate, monotonic_seconds, nth_element, sort,
                                   walk_gate_delete, walk_gate_enter, walk_gate_generation,
                                   walk_gate_install_fork_handler, walk_gate_leave, walk_gate_new,
                                   walk_gate_try_enter, walk_gate_wait, walk_gate_walkers, walk_ticks, touch_bucket,
                                   WALK_BESIDE, WALK_TIMED, RAW_BUCKETS, RAW_INSERTS, U64Ptr, bucket_array, emplace_new,
-                                  find_entry, find_near, find_raw, rarely)
+                                  bucket_index, find_entry, find_near, find_raw, rarely)
 from prefixindex._entries cimport (entry_add, entry_has, entry_remove, holds, is_multi, pod_list,
                                    release_list, renumber, walk, TOUCH_BUCKETS_FROM)
 from prefixindex._xxh64 cimport chain_link, hash_chain, xxh64
 from prefixindex._convert cimport c_token_bytes, ids_count, ids_fill
 
+import os
 import time
 
 import numpy as np

@@ -12,10 +12,10 @@ from libcpp.pair cimport pair
 from libcpp.vector cimport vector
 from cython.operator cimport dereference as deref, preincrement as inc
 
-from prefixindex._native cimport (NO_POD, RAW_BUCKETS, Ctx, Entry, EntryPtr, EntryVec, NodeBase, PodRun,
+from prefixindex._native cimport (NO_POD, RAW_BUCKETS, BucketHash, Ctx, Entry, EntryPtr, EntryVec, NodeBase, PodRun,
                                   PodVec, PrefixMap, RunVec, binary_search, bucket_array, fetch_before,
                                   fetch_first, fetch_second, fetch_slot, find_entry, find_in_bucket, find_near,
-                                  find_raw, kMulti, lower_bound, sort, touch_bucket)
+                                  bucket_index, find_raw, kMulti, lower_bound, sort, touch_bucket)
 from prefixindex._xxh64 cimport chain_link, hash_chain
 
 
@@ -218,6 +218,7 @@ cdef inline Py_ssize_t walk(Ctx* c, uint64_t* h, size_t n, const uint8_t* data, 
     hashed[0] = prehashed
     cdef size_t size = chunk if chunk < 64 else 64
     cdef NodeBase** bk
+    cdef BucketHash hf
     cdef size_t nb, k, first
     if beside:
         end = size if size < n else n
@@ -235,12 +236,13 @@ cdef inline Py_ssize_t walk(Ctx* c, uint64_t* h, size_t n, const uint8_t* data, 
             # (bucket_array and the fetches in _map_internals.h; docs/architecture.md, "The walk")
             bk = bucket_array(c.prefixes)
             nb = c.prefixes.bucket_count()
+            hf = c.prefixes.hash_function()
             # block 0's stages run at once, so that its probe (and the common miss there) comes about
             # as soon as it would walking chunked, not after 32 more links; every later block's are
             # spread over the hashing (1 measured best: 2 or 8 blocks at once made full hits slower)
             first = 1 if hashed[0] > 0 else 0
             if first:
-                buckets[0] = h[0] % nb  # m.bucket(h[0]): std::hash<uint64_t> is the identity
+                buckets[0] = bucket_index(hf, h[0], nb)  # m.bucket(h[0])
                 fetch_slot(bk, buckets[0])
                 fetch_before(bk, buckets[0])
                 fetch_first(bk, buckets[0])
@@ -252,7 +254,7 @@ cdef inline Py_ssize_t walk(Ctx* c, uint64_t* h, size_t n, const uint8_t* data, 
                         link = chain_link(link, data, hashed[0], width, seed)
                         h[hashed[0]] = link
                         hashed[0] += 1
-                    buckets[k & 63] = h[k] % nb
+                    buckets[k & 63] = bucket_index(hf, h[k], nb)
                     fetch_slot(bk, buckets[k & 63])
                     if k >= STAGE:
                         fetch_before(bk, buckets[(k - STAGE) & 63])
@@ -268,7 +270,7 @@ cdef inline Py_ssize_t walk(Ctx* c, uint64_t* h, size_t n, const uint8_t* data, 
                             fetch_first(bk, buckets[j & 63])
                         for j in range(n - 3 * STAGE if n > 3 * STAGE else 0, n):
                             fetch_second(bk, buckets[j & 63], h[j])
-                e = find_raw(bk, nb, buckets[i & 63], h[i])
+                e = find_raw(hf, bk, nb, buckets[i & 63], h[i])
                 if e == NULL:
                     break
                 # (the same step as in the other two loops, written out in each: see below)

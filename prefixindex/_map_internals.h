@@ -22,10 +22,10 @@ namespace pi {
 static constexpr int RAW_BUCKETS = 1;
 using NodeBase = std::__detail::_Hash_node_base;
 using PrefixNode = std::__detail::_Hash_node<std::pair<const uint64_t, Entry>, false>;
-using PrefixTable = std::__umap_hashtable<uint64_t, Entry, std::hash<uint64_t>, std::equal_to<uint64_t>,
+using PrefixTable = std::__umap_hashtable<uint64_t, Entry, BucketHash, std::equal_to<uint64_t>,
                                           PoolAllocator<std::pair<const uint64_t, Entry>>>;
 using EngineNode = std::__detail::_Hash_node<std::pair<const uint64_t, uint64_t>, false>;
-using EngineTable = std::__umap_hashtable<uint64_t, uint64_t, std::hash<uint64_t>, std::equal_to<uint64_t>,
+using EngineTable = std::__umap_hashtable<uint64_t, uint64_t, BucketHash, std::equal_to<uint64_t>,
                                           PoolAllocator<std::pair<const uint64_t, uint64_t>>>;
 // exposed(Tag()) is the member that Expose<Tag, &Class::member> was instantiated with: a tag says the
 // member's type and declares the friend, which that instantiation defines.
@@ -57,7 +57,7 @@ struct NodeBase {
 static inline NodeBase** bucket_array(PrefixMap&) { return nullptr; }
 #endif
 
-// The stages, each given the bucket b = key % bucket count (what m.bucket(key) computes).
+// The stages, each given the bucket b = bucket_index(hash, key, bucket count) (what m.bucket(key) computes).
 static inline void fetch_slot(NodeBase** bk, size_t b) { __builtin_prefetch(bk + b); }
 static inline void fetch_before(NodeBase** bk, size_t b) { __builtin_prefetch(bk[b]); }  // nullptr: harmless
 static inline void fetch_first(NodeBase** bk, size_t b) {
@@ -77,7 +77,7 @@ static inline void fetch_second(NodeBase** bk, size_t b, uint64_t key) {
 
 // find_in_bucket on the array: the bucket's nodes, compared before the bucket of the next is asked
 // (a node holding the key is in the key's bucket, so a hit needs no division past the first).
-static inline Entry* find_raw(NodeBase** bk, size_t nb, size_t b, uint64_t key) {
+static inline Entry* find_raw(const BucketHash& hf, NodeBase** bk, size_t nb, size_t b, uint64_t key) {
 #if defined(__GLIBCXX__)
   NodeBase* before = bk[b];
   if (before == nullptr) return nullptr;
@@ -85,7 +85,7 @@ static inline Entry* find_raw(NodeBase** bk, size_t nb, size_t b, uint64_t key) 
     if (p->_M_v().first == key) return &p->_M_v().second;
     PrefixNode* next = p->_M_next();
     if (next == nullptr) return nullptr;
-    if (next->_M_v().first != key && next->_M_v().first % nb != b) return nullptr;
+    if (next->_M_v().first != key && bucket_index(hf, next->_M_v().first, nb) != b) return nullptr;
   }
 #endif
   return nullptr;
@@ -122,13 +122,14 @@ static inline Entry* find_near(PrefixMap& m, uint64_t key) {
 #if defined(__GLIBCXX__)
   NodeBase** bk = bucket_array(m);
   size_t nb = m.bucket_count();
-  size_t b = key % nb;
+  BucketHash hf = m.hash_function();
+  size_t b = bucket_index(hf, key, nb);
   NodeBase* before = bk[b];
   if (before == nullptr) return nullptr;  // an empty bucket's slot is null: the key is not held
   PrefixNode* fourth;  // (a bucket with a slot has a first node)
   PrefixNode* hit = among_first_four(static_cast<PrefixNode*>(before->_M_nxt), key, &fourth);
   if (__builtin_expect(hit != nullptr, 1)) return &hit->_M_v().second;
-  return find_raw(bk, nb, b, key);
+  return find_raw(hf, bk, nb, b, key);
 #else
   return find_entry(m, key);
 #endif
@@ -158,7 +159,8 @@ static inline std::pair<V*, bool> emplace_raw(U64Map<V>& m, uint64_t key, const 
   Table& t = m.*exposed(TableTag());
   NodeBase** bk = t.*exposed(BucketsTag());
   size_t nb = m.bucket_count();
-  size_t b = key % nb;  // std::hash<uint64_t> is the identity: the map's bucket(key)
+  size_t code = m.hash_function()(key);
+  size_t b = code % nb;  // the map's bucket(key)
   NodeBase* before = bk[b];
   if (before != nullptr) {  // (an empty bucket: the key is absent)
     Node* fourth;
@@ -166,7 +168,7 @@ static inline std::pair<V*, bool> emplace_raw(U64Map<V>& m, uint64_t key, const 
     if (hit != nullptr) return {&hit->_M_v().second, false};
     Node* n5 = fourth->_M_next();  // (nullptr where the list ended within four)
     // a bucket's nodes are consecutive in the list: if the fifth is in it, so are the four before
-    if (rarely(n5 != nullptr && n5->_M_v().first % nb == b)) {
+    if (rarely(n5 != nullptr && bucket_index(m.hash_function(), n5->_M_v().first, nb) == b)) {
       auto r = m.try_emplace(key, value);
       return {&r.first->second, r.second};
     }
@@ -177,7 +179,7 @@ static inline std::pair<V*, bool> emplace_raw(U64Map<V>& m, uint64_t key, const 
   NodeAlloc& alloc = (NodeAlloc&)t;
   Node* node = alloc._M_allocate_node(key, value);
   try {
-    return {&(t.*exposed(InsertTag()))(b, key, node, 1)->second, true};
+    return {&(t.*exposed(InsertTag()))(b, code, node, 1)->second, true};
   } catch (...) {  // a rehash that could not allocate: the map is as it was
     alloc._M_deallocate_node(node);
     throw;

@@ -31,6 +31,12 @@ cdef extern from "_native.h" namespace "pi" nogil:
     cdef uint32_t NO_POD "pi::kNoPod"
     cdef size_t kNodeSize
 
+    # the keyed hash of both maps' buckets (D16): k1 odd
+    cdef struct BucketHash:
+        uint64_t k0
+        uint64_t k1
+    size_t bucket_index(const BucketHash& hf, uint64_t key, size_t nb)
+
     # prefix hash -> Entry, and engine hash -> prefix hash: one template, two instantiations
     cdef cppclass U64Map[V]:
         cppclass iterator:
@@ -48,6 +54,8 @@ cdef extern from "_native.h" namespace "pi" nogil:
         void reserve(size_t) except +
         size_t size()
         size_t bucket_count()
+        size_t bucket_size(size_t)
+        BucketHash hash_function()
         void clear()
 
     ctypedef U64Map[Entry] PrefixMap
@@ -76,13 +84,13 @@ cdef extern from "_native.h" namespace "pi" nogil:
         void clear()
 
     cdef cppclass PodState:
-        PodState(NodePool* pool, float load_factor) except +
+        PodState(NodePool* pool, float load_factor, BucketHash hf) except +
         EngineMap engine
         uint32_t held
         double last_seen
 
     cdef cppclass Ctx:
-        Ctx(NodePool* pool, float load_factor) except +
+        Ctx(NodePool* pool, float load_factor, BucketHash hf) except +
         PrefixMap prefixes
         PodMap pods
         vector[vector[uint32_t]] multi
@@ -186,7 +194,7 @@ cdef extern from "_map_internals.h" namespace "pi" nogil:
     void fetch_before(NodeBase** bk, size_t b)
     void fetch_first(NodeBase** bk, size_t b)
     void fetch_second(NodeBase** bk, size_t b, uint64_t key)
-    Entry* find_raw(NodeBase** bk, size_t nb, size_t b, uint64_t key)
+    Entry* find_raw(const BucketHash& hf, NodeBase** bk, size_t nb, size_t b, uint64_t key)
     Entry* find_near(PrefixMap& m, uint64_t key)
     int RAW_INSERTS
     pair[EntryPtr, bint] emplace_new(PrefixMap& m, uint64_t key, const Entry& value) except +

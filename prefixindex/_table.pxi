@@ -16,6 +16,7 @@ cdef class SyncPrefixHashTable:
     cdef object _eviction
     cdef bint built
     cdef NodePool* pool
+    cdef BucketHash bucket_hash   # the key of every map's bucket hash, random per table (D16)
     cdef dict _contexts           # model -> {lora_id: int(Ctx*)}: no tuple to build per lookup
     cdef Ctx* oldest              # the recency list of contexts (D5): evict from here ...
     cdef Ctx* newest              # ... touch to here
@@ -53,6 +54,9 @@ cdef class SyncPrefixHashTable:
 
     def __cinit__(self, *args, **kwargs):
         self.pool = new NodePool(kNodeSize)
+        key = os.urandom(16)
+        self.bucket_hash.k0 = int.from_bytes(key[:8], "little")
+        self.bucket_hash.k1 = int.from_bytes(key[8:], "little") | 1
         self.gate = walk_gate_new()
         self._contexts = {}
         self._pod_ids = {}
@@ -181,7 +185,7 @@ cdef class SyncPrefixHashTable:
         self.released.clear()
 
     cdef PodState* _new_pod_state(self, Ctx* c, uint32_t pid, double now) except NULL:
-        cdef PodState* ps = new PodState(self.pool, LOAD_FACTOR)
+        cdef PodState* ps = new PodState(self.pool, LOAD_FACTOR, self.bucket_hash)
         try:
             c.pods.emplace(pid, ps)
             self.released.reserve(self.released.size() + 1)  # so that _delete_pod_state cannot fail
@@ -243,7 +247,7 @@ cdef class SyncPrefixHashTable:
         loras = self._contexts.get(model)
         if loras is None:
             loras = {}
-        c = new Ctx(self.pool, LOAD_FACTOR)
+        c = new Ctx(self.pool, LOAD_FACTOR, self.bucket_hash)
         try:
             loras[lora] = PyLong_FromVoidPtr(c)
             self._contexts[model] = loras

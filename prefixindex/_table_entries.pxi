@@ -167,3 +167,33 @@ def _debug_buckets(SyncPrefixHashTable table, model_name, lora_id, pod):
         raise KeyError((model, lora, name))
     finally:
         table._end()
+
+
+def _debug_bucket_census(SyncPrefixHashTable table, model_name, lora_id, pod, keys):
+    """Tests only: (the longest bucket of the context's prefix map, the longest of the pod's engine map
+    there, [the prefix map's bucket of each key], [the engine map's bucket of each key]), to check that
+    keys picked to share a bucket do not (D16) and to pick keys that do (tests/test_map_inserts.py)."""
+    cdef Ctx* c
+    cdef uint32_t pid
+    cdef PodMap.iterator found
+    cdef size_t b, longest_prefix = 0, longest_engine = 0
+    cdef EngineMap* engine
+    model, lora = _check_context(model_name, lora_id)
+    cdef str name = check_pod(pod, "pod")
+    cdef list wanted = [<uint64_t>int(k) for k in keys]
+    table._begin_read()
+    try:
+        c = table._find_ctx(model, lora)
+        pid = table._pod_id(name)
+        if c == NULL or pid == NO_POD or c.pods.find(pid) == c.pods.end():
+            raise KeyError((model, lora, name))
+        engine = &deref(c.pods.find(pid)).second.engine
+        for b in range(c.prefixes.bucket_count()):
+            longest_prefix = max(longest_prefix, c.prefixes.bucket_size(b))
+        for b in range(engine.bucket_count()):
+            longest_engine = max(longest_engine, engine.bucket_size(b))
+        return (longest_prefix, longest_engine,
+                [bucket_index(c.prefixes.hash_function(), k, c.prefixes.bucket_count()) for k in wanted],
+                [bucket_index(engine.hash_function(), k, engine.bucket_count()) for k in wanted])
+    finally:
+        table._end()

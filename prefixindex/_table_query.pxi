@@ -328,6 +328,7 @@ def _debug_raw_probes(SyncPrefixHashTable table, model_name, lora_id, keys):
     cdef Ctx* c
     cdef uint64_t key
     cdef size_t nb
+    cdef BucketHash hf
     model, lora = _check_context(model_name, lora_id)
     keys = [int(k) for k in keys]
     out = []
@@ -337,10 +338,12 @@ def _debug_raw_probes(SyncPrefixHashTable table, model_name, lora_id, keys):
         if c == NULL:
             raise KeyError((model, lora))
         nb = c.prefixes.bucket_count()
+        hf = c.prefixes.hash_function()
         for k in keys:
             key = <uint64_t>k
             out.append((find_entry(c.prefixes, key) != NULL,
-                        (find_raw(bucket_array(c.prefixes), nb, key % nb, key) != NULL) if RAW_BUCKETS else None,
+                        (find_raw(hf, bucket_array(c.prefixes), nb, bucket_index(hf, key, nb), key) != NULL)
+                        if RAW_BUCKETS else None,
                         find_near(c.prefixes, key) != NULL))
     finally:
         table._end()

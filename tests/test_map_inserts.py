@@ -29,6 +29,17 @@ def _tables():
             _core_py.SyncPrefixHashTable(seed=9, block_size=BLOCK_SIZE, background_eviction=False))
 
 
+def _crowd(table, pod, which, count, rng):
+    """count keys that share one bucket of the table's prefix map (which=2) or of the pod's engine map
+    (which=3), found among random keys: the bucket hash is keyed per table (D16)."""
+    candidates = [int(x) for x in rng.integers(1, 2**63, 40 * count * 256, dtype=np.uint64)]
+    buckets = COMPILED._debug_bucket_census(table, "m", -1, pod, candidates)[which]
+    target = max(set(buckets), key=buckets.count)
+    crowd = [k for k, b in zip(candidates, buckets) if b == target][:count]
+    assert len(crowd) == count
+    return crowd
+
+
 def _same(tables):
     compiled, fallback = tables
     assert compiled.snapshot() == fallback.snapshot()
@@ -51,14 +62,15 @@ def test_prefixes_crowded_into_one_bucket_are_stored_and_found_as_the_fallback_d
     for t in tables:
         t.add_prefix("m", -1, "p", spread)
     _, buckets, _ = COMPILED._debug_buckets(tables[0], "m", -1, "p")
-    base = int(rng.integers(1, 2**40))
-    crowd = [base + j * buckets for j in range(CROWD)]  # every one in bucket base % buckets
+    crowd = _crowd(tables[0], "p", 2, CROWD + 6, rng)  # every one in the same bucket
+    crowd, absent = crowd[:CROWD], crowd[CROWD:]
     # one at a time, so that the bucket holds 1, 2, ... CROWD nodes when the next comes
     for key in crowd:
         for t in tables:
             t.add_prefix("m", -1, "p", [key])
         _same(tables)
     assert COMPILED._debug_buckets(tables[0], "m", -1, "p")[1] == buckets  # no rehash: one bucket throughout
+    assert COMPILED._debug_bucket_census(tables[0], "m", -1, "p", [])[0] >= CROWD
     # held already, at every place in the bucket: by the same pod, then by another
     for pod in ("p", "q"):
         for key in reversed(crowd):
@@ -68,7 +80,6 @@ def test_prefixes_crowded_into_one_bucket_are_stored_and_found_as_the_fallback_d
     for t in tables:
         assert t.stats()["entries"] == 100 + 2 * CROWD
     # and every key answers a probe the way the map's own find does (the walk's probes)
-    absent = [base + j * buckets for j in range(CROWD, CROWD + 6)]
     _, answers = COMPILED._debug_raw_probes(tables[0], "m", -1, crowd + spread + absent)
     assert [std for std, _, _ in answers] == [True] * (CROWD + 100) + [False] * 6
     assert [near for _, _, near in answers] == [True] * (CROWD + 100) + [False] * 6
@@ -82,8 +93,7 @@ def test_engine_hashes_crowded_into_one_bucket_are_stored_replaced_and_removed_a
     for t in tables:
         t.process_block_stored(first)
     _, _, buckets = COMPILED._debug_buckets(tables[0], "m", -1, "p")
-    base = int(rng.integers(1, 2**40))
-    engines = np.array([base + j * buckets for j in range(CROWD)], dtype=np.uint64)  # one engine bucket
+    engines = np.array(_crowd(tables[0], "p", 3, CROWD, rng), dtype=np.uint64)  # one engine bucket
     tokens = rng.integers(0, 256, (CROWD, WIDTH), dtype=np.uint8)
     for j in range(CROWD):  # the bucket grows one node at a time
         event = BlockStored(engines[j:j + 1], tokens[j:j + 1], "m", source_pod="p")
@@ -91,6 +101,7 @@ def test_engine_hashes_crowded_into_one_bucket_are_stored_replaced_and_removed_a
             t.process_block_stored(event)
         _same(tables)
     assert COMPILED._debug_buckets(tables[0], "m", -1, "p")[2] == buckets
+    assert COMPILED._debug_bucket_census(tables[0], "m", -1, "p", [])[1] >= CROWD
     # the same blocks again (held: nothing changes but recency), then other tokens under the same
     # engine hashes: each replaces its entry (D3), found at every place in the bucket
     again = BlockStored(engines, tokens, "m", source_pod="p")
@@ -124,3 +135,83 @@ def test_inserts_that_rehash_keep_every_key():
     assert tables[0].stats()["entries"] == 5000
     query = tokens.reshape(-1)
     assert tables[0].match_blocks("m", -1, query) == tables[1].match_blocks("m", -1, query) == {"p": 5000}
+
+
+# Keys picked to share a bucket of a map hashed by the identity (std::hash of an integer, which the maps
+# used before D16): multiples of the bucket count the map has once it holds them all. Such keys made every
+# insert walk one bucket of all the keys before it, quadratic (32,000 took 1.6 s to add, 0.003 s ordinary).
+FLOOD = 20_000
+LONGEST = 32  # a bucket of a keyed hash holds ~2 keys at the load factor of 2; Poisson: 32 has p < 1e-26
+
+
+def _identity_crowd(build):
+    """FLOOD keys that would all fall into bucket 0 of an identity-hashed map built as `build` builds it,
+    and the bucket count they were picked for."""
+    scratch = build([j * 2**20 + 1 for j in range(FLOOD)])
+    _, prefix_buckets, engine_buckets = COMPILED._debug_buckets(scratch, "m", -1, "p")
+    return prefix_buckets, engine_buckets
+
+
+def _table():
+    return COMPILED.SyncPrefixHashTable(seed=9, block_size=BLOCK_SIZE, background_eviction=False,
+                                        max_prefixes_per_context=10 * FLOOD)
+
+
+def test_prefix_hashes_picked_for_one_identity_bucket_spread_over_the_map():
+    def build(keys):
+        t = _table()
+        t.add_prefix("m", -1, "p", keys)
+        return t
+    prefix_buckets, _ = _identity_crowd(build)
+    keys = [j * prefix_buckets for j in range(1, FLOOD + 1)]
+    t = build(keys)
+    assert COMPILED._debug_buckets(t, "m", -1, "p")[1] == prefix_buckets  # picked for this very count
+    longest, _, spread, _ = COMPILED._debug_bucket_census(t, "m", -1, "p", keys)
+    assert longest <= LONGEST
+    assert len(set(spread)) > prefix_buckets // 2
+    assert t.stats()["entries"] == FLOOD
+
+
+def test_engine_hashes_picked_for_one_identity_bucket_spread_over_the_map():
+    rng = np.random.default_rng(24)
+    tokens = rng.integers(0, 256, (FLOOD, WIDTH), dtype=np.uint8)
+
+    def build(engines):
+        t = _table()
+        t.process_block_stored(BlockStored(np.array(engines, dtype=np.uint64), tokens, "m", source_pod="p"))
+        return t
+    _, engine_buckets = _identity_crowd(build)
+    engines = [j * engine_buckets for j in range(1, FLOOD + 1)]
+    t = build(engines)
+    assert COMPILED._debug_buckets(t, "m", -1, "p")[2] == engine_buckets
+    _, longest, _, spread = COMPILED._debug_bucket_census(t, "m", -1, "p", engines)
+    assert longest <= LONGEST
+    assert len(set(spread)) > engine_buckets // 2
+    t.process_block_removed(BlockRemoved(np.array(engines, dtype=np.uint64), "m", source_pod="p"))
+    assert t.stats()["entries"] == 0
+
+
+def test_a_snapshot_of_picked_keys_loads_spread(tmp_path):
+    def build(keys):  # the keys as a loaded table holds them (a load sizes its maps itself)
+        t = _table()
+        t.add_prefix("m", -1, "p", keys)
+        path = tmp_path / "keys.pidx"
+        t.save(path)
+        return COMPILED.SyncPrefixHashTable.load(path)
+    prefix_buckets, _ = _identity_crowd(build)
+    keys = [j * prefix_buckets for j in range(1, FLOOD + 1)]
+    loaded = build(keys)
+    assert COMPILED._debug_buckets(loaded, "m", -1, "p")[1] == prefix_buckets
+    longest, _, _, _ = COMPILED._debug_bucket_census(loaded, "m", -1, "p", [])
+    assert longest <= LONGEST
+    assert loaded.stats()["entries"] == FLOOD
+
+
+def test_each_table_keys_its_bucket_hash_apart():
+    keys = list(range(1, 201))
+    a, b = _table(), _table()
+    for t in (a, b):
+        t.add_prefix("m", -1, "p", keys)
+    assert COMPILED._debug_buckets(a, "m", -1, "p")[1] == COMPILED._debug_buckets(b, "m", -1, "p")[1]
+    assert COMPILED._debug_bucket_census(a, "m", -1, "p", keys)[2] != COMPILED._debug_bucket_census(
+        b, "m", -1, "p", keys)[2]

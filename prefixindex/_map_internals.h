@@ -159,7 +159,8 @@ static inline std::pair<V*, bool> emplace_raw(U64Map<V>& m, uint64_t key, const 
   Table& t = m.*exposed(TableTag());
   NodeBase** bk = t.*exposed(BucketsTag());
   size_t nb = m.bucket_count();
-  size_t code = m.hash_function()(key);
+  BucketHash hf = m.hash_function();
+  size_t code = hf(key);
   size_t b = code % nb;  // the map's bucket(key)
   NodeBase* before = bk[b];
   if (before != nullptr) {  // (an empty bucket: the key is absent)
@@ -168,7 +169,7 @@ static inline std::pair<V*, bool> emplace_raw(U64Map<V>& m, uint64_t key, const 
     if (hit != nullptr) return {&hit->_M_v().second, false};
     Node* n5 = fourth->_M_next();  // (nullptr where the list ended within four)
     // a bucket's nodes are consecutive in the list: if the fifth is in it, so are the four before
-    if (rarely(n5 != nullptr && bucket_index(m.hash_function(), n5->_M_v().first, nb) == b)) {
+    if (rarely(n5 != nullptr && bucket_index(hf, n5->_M_v().first, nb) == b)) {
       auto r = m.try_emplace(key, value);
       return {&r.first->second, r.second};
     }

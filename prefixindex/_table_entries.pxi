@@ -176,7 +176,8 @@ def _debug_bucket_census(SyncPrefixHashTable table, model_name, lora_id, pod, ke
     cdef Ctx* c
     cdef uint32_t pid
     cdef PodMap.iterator found
-    cdef size_t b, longest_prefix = 0, longest_engine = 0
+    cdef size_t b, longest_prefix = 0, longest_engine = 0, prefix_nb, engine_nb
+    cdef BucketHash prefix_hf, engine_hf
     cdef EngineMap* engine
     model, lora = _check_context(model_name, lora_id)
     cdef str name = check_pod(pod, "pod")
@@ -185,15 +186,20 @@ def _debug_bucket_census(SyncPrefixHashTable table, model_name, lora_id, pod, ke
     try:
         c = table._find_ctx(model, lora)
         pid = table._pod_id(name)
-        if c == NULL or pid == NO_POD or c.pods.find(pid) == c.pods.end():
+        if c == NULL or pid == NO_POD:
             raise KeyError((model, lora, name))
-        engine = &deref(c.pods.find(pid)).second.engine
+        found = c.pods.find(pid)
+        if found == c.pods.end():
+            raise KeyError((model, lora, name))
+        engine = &deref(found).second.engine
         for b in range(c.prefixes.bucket_count()):
             longest_prefix = max(longest_prefix, c.prefixes.bucket_size(b))
         for b in range(engine.bucket_count()):
             longest_engine = max(longest_engine, engine.bucket_size(b))
+        prefix_hf, prefix_nb = c.prefixes.hash_function(), c.prefixes.bucket_count()
+        engine_hf, engine_nb = engine.hash_function(), engine.bucket_count()
         return (longest_prefix, longest_engine,
-                [bucket_index(c.prefixes.hash_function(), k, c.prefixes.bucket_count()) for k in wanted],
-                [bucket_index(engine.hash_function(), k, engine.bucket_count()) for k in wanted])
+                [bucket_index(prefix_hf, k, prefix_nb) for k in wanted],
+                [bucket_index(engine_hf, k, engine_nb) for k in wanted])
     finally:
         table._end()

@@ -189,9 +189,9 @@ static const uint32_t kNoPod = 0xFFFFFFFFu;  // an entry whose last pod just wen
 // Keyed with 128 random bits of the table's, which buckets keys share cannot be known from outside.
 // One 64x64->128-bit multiply folded (a few cycles, beside the hash chain's ~50 a link); libstdc++ still
 // stores no hash code in a node (the hash is "fast": its default), so a node stays 24 bytes. The code
-// is 32 bits (the fold's best-mixed half), so that a bucket is found by a 32-bit division, which is
-// faster than a 64-bit one on every x86-64 (its latency is on each probe's way to its bucket);
-// libstdc++'s own `code % bucket_count()` gives the same bucket.
+// is 32 bits (the fold's best-mixed half), so that a bucket is found by a 32-bit division, no slower
+// than a 64-bit one on any x86-64 and much faster on some (its latency is on each probe's way to its
+// bucket); libstdc++'s own `code % bucket_count()` gives the same bucket.
 struct BucketHash {
   uint64_t k0;
   uint64_t k1;  // odd

@@ -192,12 +192,12 @@ def _debug_bucket_census(SyncPrefixHashTable table, model_name, lora_id, pod, ke
         if found == c.pods.end():
             raise KeyError((model, lora, name))
         engine = &deref(found).second.engine
-        for b in range(c.prefixes.bucket_count()):
-            longest_prefix = max(longest_prefix, c.prefixes.bucket_size(b))
-        for b in range(engine.bucket_count()):
-            longest_engine = max(longest_engine, engine.bucket_size(b))
         prefix_hf, prefix_nb = c.prefixes.hash_function(), c.prefixes.bucket_count()
         engine_hf, engine_nb = engine.hash_function(), engine.bucket_count()
+        for b in range(prefix_nb):
+            longest_prefix = max(longest_prefix, c.prefixes.bucket_size(b))
+        for b in range(engine_nb):
+            longest_engine = max(longest_engine, engine.bucket_size(b))
         return (longest_prefix, longest_engine,
                 [bucket_index(prefix_hf, k, prefix_nb) for k in wanted],
                 [bucket_index(engine_hf, k, engine_nb) for k in wanted])

@@ -161,7 +161,7 @@ static inline std::pair<V*, bool> emplace_raw(U64Map<V>& m, uint64_t key, const 
   size_t nb = m.bucket_count();
   BucketHash hf = m.hash_function();
   size_t code = hf(key);
-  size_t b = bucket_of_code(code, nb);  // the map's bucket(key)
+  size_t b = code % nb;  // the map's bucket(key)
   NodeBase* before = bk[b];
   if (before != nullptr) {  // (an empty bucket: the key is absent)
     Node* fourth;

@@ -188,29 +188,21 @@ static const uint32_t kNoPod = 0xFFFFFFFFu;  // an entry whose last pod just wen
 // put into one bucket: 32,000 of them took 1.6 s to add against 0.003 s for ordinary ones, quadratic.
 // Keyed with 128 random bits of the table's, which buckets keys share cannot be known from outside.
 // One 64x64->128-bit multiply folded (a few cycles, beside the hash chain's ~50 a link); libstdc++ still
-// stores no hash code in a node (the hash is "fast": its default), so a node stays 24 bytes. The code
-// is 32 bits (the fold's best-mixed half), so that a bucket is found by a 32-bit division, no slower
-// than a 64-bit one on any x86-64 and much faster on some (its latency is on each probe's way to its
-// bucket); libstdc++'s own `code % bucket_count()` gives the same bucket.
+// stores no hash code in a node (the hash is "fast": its default), so a node stays 24 bytes.
 struct BucketHash {
   uint64_t k0;
   uint64_t k1;  // odd
   size_t operator()(uint64_t key) const noexcept {
 #if defined(__SIZEOF_INT128__)
     unsigned __int128 p = (unsigned __int128)(key ^ k0) * k1;
-    return (size_t)(((uint64_t)p ^ (uint64_t)(p >> 64)) >> 32);
+    return (size_t)((uint64_t)p ^ (uint64_t)(p >> 64));
 #else
     uint64_t x = (key ^ k0) * k1;
-    return (size_t)((x ^ (x >> 29)) >> 32);
+    return (size_t)(x ^ (x >> 29) ^ (x >> 47));
 #endif
   }
 };
-// The bucket of a code: what `code % nb` is, by a 32-bit division (a code is below 2**32; so is every
-// bucket count a map of fewer than ~8 billion entries has, and past that the code is its own bucket).
-static inline size_t bucket_of_code(size_t code, size_t nb) {
-  return __builtin_expect(nb <= 0xFFFFFFFFu, 1) ? (size_t)((uint32_t)code % (uint32_t)nb) : code;
-}
-static inline size_t bucket_index(const BucketHash& hf, uint64_t key, size_t nb) { return bucket_of_code(hf(key), nb); }
+static inline size_t bucket_index(const BucketHash& hf, uint64_t key, size_t nb) { return hf(key) % nb; }
 
 template <class V>
 using U64Map = std::unordered_map<uint64_t, V, BucketHash, std::equal_to<uint64_t>,

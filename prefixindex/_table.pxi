@@ -442,47 +442,7 @@ cdef class SyncPrefixHashTable:
         """Apply a sequence of BlockStored / BlockRemoved / AllBlocksCleared in order, as the three
         methods would one by one, in one critical section. Every event is checked first: a bad one is
         an error naming its position, and nothing of the batch is applied."""
-        batch = batch_list(events)
-        cdef list checked = []
-        cdef _Stored ev
-        cdef Py_ssize_t i
-        cdef size_t longest = 0
-        for i in range(len(batch)):
-            event = batch[i]
-            t = type(event)
-            if t is BlockStoredType or (t is not BlockRemovedType and t is not AllBlocksClearedType
-                                        and isinstance(event, BlockStoredType)):
-                ev = _Stored.__new__(_Stored)
-                try:
-                    ev.read(event, self.block_bytes, self.block_size)
-                except (TypeError, ValueError) as exc:  # the shared validator's error, positioned
-                    raise type(exc)(f"events[{i}]: {exc}") from None  # (as batch_event_fields words it)
-                if ev.n > longest:
-                    longest = ev.n
-                checked.append(ev)
-            elif t is BlockRemovedType or isinstance(event, BlockRemovedType):
-                try:
-                    checked.append(_removed(event))
-                except (TypeError, ValueError) as exc:
-                    raise type(exc)(f"events[{i}]: {exc}") from None
-            else:
-                checked.append(batch_event_fields(i, event, self.block_size)[1])  # cleared, or the error
-        cdef double now = self._now()
-        cdef vector[uint64_t] hashes
-        hashes.resize(longest)
-        cdef uint64_t parent = 0
-        self._begin()
-        try:
-            for item in checked:
-                if type(item) is _Stored:
-                    self.n[N_STORED_EVENTS] += 1
-                    _apply_stored(self, <_Stored>item, now, hashes.data(), NOW, &parent)
-                elif len(<tuple>item) == 4:
-                    _apply_removed(self, <tuple>item, now)
-                else:
-                    _apply_cleared(self, <tuple>item)
-        finally:
-            self._end()
+        _process_events(self, events)
 
     # -- direct prefix API (AIBrix's AddPrefix / RemovePrefix) ---------------------------------------
 

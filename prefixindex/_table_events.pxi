@@ -1,5 +1,6 @@
 # How the compiled table applies an event that has been read and checked (SPEC 1-3), in a section;
-# included by _core.pyx after _table.pxi. process_events runs several of these in one section.
+# included by _core.pyx after _table.pxi. process_events (_process_events, at the end) runs several of
+# these in one section.
 
 
 cdef int _apply_stored(SyncPrefixHashTable self, _Stored ev, double now, uint64_t* hashes, int mode,
@@ -133,4 +134,51 @@ cdef int _apply_cleared(SyncPrefixHashTable self, tuple fields) except -1:
     for c in hit:
         _drop_pod(self, c, pid)
         self._drop_if_empty(c)
+    return 0
+
+
+cdef int _process_events(SyncPrefixHashTable self, events) except -1:
+    """process_events: read and check every event first (a bad one is an error naming its position, and
+    nothing is applied), then apply them in order in one section."""
+    batch = batch_list(events)
+    cdef list checked = []
+    cdef _Stored ev
+    cdef Py_ssize_t i
+    cdef size_t longest = 0
+    for i in range(len(batch)):
+        event = batch[i]
+        t = type(event)
+        if t is BlockStoredType or (t is not BlockRemovedType and t is not AllBlocksClearedType
+                                    and isinstance(event, BlockStoredType)):
+            ev = _Stored.__new__(_Stored)
+            try:
+                ev.read(event, self.block_bytes, self.block_size)
+            except (TypeError, ValueError) as exc:  # the shared validator's error, positioned
+                raise type(exc)(f"events[{i}]: {exc}") from None  # (as batch_event_fields words it)
+            if ev.n > longest:
+                longest = ev.n
+            checked.append(ev)
+        elif t is BlockRemovedType or isinstance(event, BlockRemovedType):
+            try:
+                checked.append(_removed(event))
+            except (TypeError, ValueError) as exc:
+                raise type(exc)(f"events[{i}]: {exc}") from None
+        else:
+            checked.append(batch_event_fields(i, event, self.block_size)[1])  # cleared, or the error
+    cdef double now = self._now()
+    cdef vector[uint64_t] hashes
+    hashes.resize(longest)
+    cdef uint64_t parent = 0
+    self._begin()
+    try:
+        for item in checked:
+            if type(item) is _Stored:
+                self.n[N_STORED_EVENTS] += 1
+                _apply_stored(self, <_Stored>item, now, hashes.data(), NOW, &parent)
+            elif len(<tuple>item) == 4:
+                _apply_removed(self, <tuple>item, now)
+            else:
+                _apply_cleared(self, <tuple>item)
+    finally:
+        self._end()
     return 0

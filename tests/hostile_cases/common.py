@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 import traceback
+from itertools import chain as _iter_chain
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import numpy as np
@@ -77,20 +78,35 @@ def state(table: Any) -> Tuple[Dict[Any, Any], Dict[str, int]]:
 
 
 def consistent(table: Any) -> Dict[Any, Any]:
-    """Assert that stats() agrees with snapshot() and that every name is an exact str / int."""
+    """Assert that stats() agrees with snapshot() and that every name is an exact str / int.
+
+    Every prefix hash and every pod object of every frozenset is checked, through map() and
+    itertools.chain rather than generator expressions: the memory cases check tables of ~2 M entries."""
     snap: Dict[Any, Any] = table.snapshot()
     stats = table.stats()
+    n_prefixes = n_entries = 0
+    pods_seen: set = set()
     for key, prefixes in snap.items():
         assert type(key[0]) is str and type(key[1]) is int, f"context key {key!r} is not (str, int)"
         assert prefixes, f"empty context {key!r} kept"
-        for p, pods in prefixes.items():
-            assert type(p) is int and 0 <= p < U64, p
-            assert pods, f"prefix {p} of {key!r} has no pods"
-            assert all(type(pod) is str for pod in pods), f"pods {pods!r} are not all exact str"
+        hashes = prefixes.keys()
+        if set(map(type, hashes)) != {int} or min(hashes) < 0 or max(hashes) >= U64:
+            raise AssertionError(f"prefix hashes {[p for p in hashes if type(p) is not int or not 0 <= p < U64][:5]} "
+                                 f"of {key!r} are not exact ints in [0, 2**64)")
+        if not all(prefixes.values()):
+            raise AssertionError(f"prefixes {[p for p, pods in prefixes.items() if not pods][:5]} of {key!r} "
+                                 "have no pods")
+        pod_objects = list(_iter_chain.from_iterable(prefixes.values()))  # each frozenset's own objects
+        if set(map(type, pod_objects)) != {str}:
+            raise AssertionError(f"pods {[pod for pod in pod_objects if type(pod) is not str][:5]!r} of {key!r} "
+                                 "are not exact str")
+        n_prefixes += len(prefixes)
+        n_entries += len(pod_objects)
+        pods_seen.update(pod_objects)
     assert stats["contexts"] == len(snap), (stats, len(snap))
-    assert stats["prefixes"] == sum(len(v) for v in snap.values()), stats
-    assert stats["entries"] == sum(len(pods) for v in snap.values() for pods in v.values()), stats
-    assert stats["pods"] == len({pod for v in snap.values() for pods in v.values() for pod in pods}), stats
+    assert stats["prefixes"] == n_prefixes, stats
+    assert stats["entries"] == n_entries, stats
+    assert stats["pods"] == len(pods_seen), stats
     return snap
 
 

@@ -160,3 +160,11 @@ def test_spec_configuration_table_is_the_code():
             assert defaults.seed is None and "random" in default
         else:
             assert float(default) == getattr(defaults, field), field
+
+
+def test_every_range_of_decisions_names_the_last_one():
+    """"D1..Dn" in a doc means every decision: n is the last heading of decisions.md."""
+    last = max(int(n) for n in re.findall(r"^## D(\d+)\.", (ROOT / "docs" / "decisions.md").read_text(), re.M))
+    ranges = [(doc.name, int(n)) for doc in DOCS for n in re.findall(r"\bD1\.\.D(\d+)\b", doc.read_text())]
+    assert ranges, "no doc cites the decisions as D1..Dn"
+    assert all(n == last for _, n in ranges), (last, ranges)

@@ -42,7 +42,7 @@ from prefixindex._native cimport (BucketHash, Ctx, CtxPtr, EngineMap, Entry, Ent
                                   kNodeSize, Walk, WalkChoice, WalkGate, monotonic_seconds, nth_element, sort,
                                   walk_gate_delete, walk_gate_enter, walk_gate_generation,
                                   walk_gate_install_fork_handler, walk_gate_leave, walk_gate_new,
-                                  walk_gate_try_enter, walk_gate_wait, walk_gate_walkers, walk_ticks, touch_bucket,
+                                  walk_gate_try_enter, walk_gate_wait, walk_gate_walkers, walk_ticks, touch_for_inserts,
                                   WALK_BESIDE, WALK_TIMED, RAW_BUCKETS, RAW_INSERTS, U64Ptr, bucket_array, emplace_new,
                                   bucket_index, find_entry, find_near, find_raw, rarely)
 from prefixindex._entries cimport (entry_add, entry_has, entry_remove, holds, is_multi, pod_list,

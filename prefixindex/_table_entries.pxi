@@ -61,32 +61,34 @@ cdef int _place(SyncPrefixHashTable self, Ctx* c, PodState* ps, uint32_t pid, ui
     fresh.pods = pid
     # a map of TOUCH_BUCKETS_FROM entries or more may be out of the caches: touch every bucket the
     # inserts will read first, so that their misses overlap instead of each stalling the insert loop
-    # (as the walk does before its probes). Laid out of the hot path: with the loops in line, a 1-block
-    # store into cached maps took 3% longer. The touches need every prefix first.
-    if rarely(n > 1 and (c.prefixes.size() >= TOUCH_BUCKETS_FROM or ps.engine.size() >= TOUCH_BUCKETS_FROM)):
+    # (as the walk does before its probes), and search each bucket only to its end (emplace_new's cold
+    # way: the four nodes compared without branching are, in a cold map, three more misses, one after
+    # the other). Laid out of the hot path: with the loops in line, a 1-block store into cached maps took
+    # 3% longer. The touches need every prefix first.
+    cdef bint cold_prefixes = c.prefixes.size() >= TOUCH_BUCKETS_FROM
+    cdef bint cold_engines = ps.engine.size() >= TOUCH_BUCKETS_FROM
+    if rarely(n > 1 and (cold_prefixes or cold_engines)):
         if tokens != NULL:
             hash_chain(tokens, n, width, self.seed, parent, prefixes)
             tokens = NULL
-        if c.prefixes.size() >= TOUCH_BUCKETS_FROM:
-            for i in range(n):
-                touch_bucket(c.prefixes, prefixes[i])
-        if engines != NULL and ps.engine.size() >= TOUCH_BUCKETS_FROM:
-            for i in range(n):
-                touch_bucket(ps.engine, engines[i])
+        if cold_prefixes:
+            touch_for_inserts(c.prefixes, prefixes, n)
+        if engines != NULL and cold_engines:
+            touch_for_inserts(ps.engine, engines, n)
     for i in range(n):
         if tokens != NULL:
             parent = chain_link(parent, tokens, i, width, self.seed)
             prefixes[i] = parent
         p = prefixes[i]
         if engines != NULL:
-            einserted = emplace_new(ps.engine, engines[i], p)  # (_map_internals.h: one search)
+            einserted = emplace_new(ps.engine, engines[i], p, cold_engines)  # (_map_internals.h: one search)
             if not einserted.second and einserted.first[0] != p:
                 # a known engine hash with new content replaces its old entry (D3)
                 _drop_entry(self, c, einserted.first[0], pid, ps)
                 einserted.first[0] = p
         # block 0 gets the newest tick, so a trim drops the tails of chains first (D4)
         fresh.tick = <uint32_t>(tick + n - 1 - i)
-        inserted = emplace_new(c.prefixes, p, fresh)
+        inserted = emplace_new(c.prefixes, p, fresh, cold_prefixes)
         if inserted.second:
             ps.held += 1
         else:

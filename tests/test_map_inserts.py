@@ -1,13 +1,18 @@
-"""The compiled core's insert of a new key (emplace_new in _map_internals.h): the first four nodes of the
-key's bucket are compared without branching, and a key not among them goes in through libstdc++'s
-insert of a node known to be new unless the bucket runs past them, where the map's own try_emplace
-decides. Speed only: here the inserts are held to the pure-Python backend's answers on buckets that
-are empty, short, exactly four nodes long and longer, for new keys, keys already held (by the same pod
-and by another) and engine hashes reported again with other tokens (D3)."""
+"""The compiled core's insert of a new key (emplace_new in _map_internals.h). In a map that is likely in
+the caches (fewer than TOUCH_BUCKETS_FROM entries) the first four nodes of the key's bucket are compared
+without branching, and a key not among them goes in through libstdc++'s insert of a node known to be new
+unless the bucket runs past them, where the map's own try_emplace decides. In a larger map, which may be
+cold, the bucket is searched node by node to its end (touch_for_insert having fetched its first two
+nodes), so that no node of another bucket is read. Speed only: here both ways are held to the
+pure-Python backend's answers on buckets that are empty, short, exactly four nodes long and longer, for
+new keys, keys already held (by the same pod and by another) and engine hashes reported again with
+other tokens (D3)."""
 
 from __future__ import annotations
 
+import re
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +27,10 @@ pytestmark = pytest.mark.skipif(
 BLOCK_SIZE = 4
 WIDTH = 4 * BLOCK_SIZE
 CROWD = 12  # keys put into one bucket: past the four compared without branching
+# where a map counts as maybe cold (_entries.pxd): the spread keys of each test stay under it, or go past it
+COLD_FROM = int(re.search(r"TOUCH_BUCKETS_FROM = (\d+)",
+                          (Path(__file__).resolve().parent.parent / "prefixindex" / "_entries.pxd").read_text())[1])
+SPREADS = pytest.mark.parametrize("spread_n", [100, COLD_FROM + 150], ids=["in-cache-way", "cold-way"])
 
 
 def _tables():
@@ -55,10 +64,12 @@ def test_the_raw_insert_is_in_use_with_libstdcxx():
         assert raw
 
 
-def test_prefixes_crowded_into_one_bucket_are_stored_and_found_as_the_fallback_does():
+@SPREADS
+def test_prefixes_crowded_into_one_bucket_are_stored_and_found_as_the_fallback_does(spread_n):
     tables = _tables()
     rng = np.random.default_rng(21)
-    spread = [int(x) for x in rng.integers(1, 2**63, 100, dtype=np.uint64)]
+    spread = [int(x) for x in rng.integers(1, 2**63, spread_n, dtype=np.uint64)]
+    assert (spread_n + CROWD < COLD_FROM) == (spread_n == 100)
     for t in tables:
         t.add_prefix("m", -1, "p", spread)
     _, buckets, _ = COMPILED._debug_buckets(tables[0], "m", -1, "p")
@@ -77,19 +88,26 @@ def test_prefixes_crowded_into_one_bucket_are_stored_and_found_as_the_fallback_d
             for t in tables:
                 t.add_prefix("m", -1, pod, [key])
             _same(tables)
+    # all at once, for a third pod (several blocks: the inserts' buckets are touched first), half held
     for t in tables:
-        assert t.stats()["entries"] == 100 + 2 * CROWD
+        t.add_prefix("m", -1, "r", crowd[::2] + absent[:3] + crowd[1::2])
+    _same(tables)
+    for t in tables:
+        assert t.stats()["entries"] == spread_n + 3 * CROWD + 3
+    absent = absent[3:]
     # and every key answers a probe the way the map's own find does (the walk's probes)
     _, answers = COMPILED._debug_raw_probes(tables[0], "m", -1, crowd + spread + absent)
-    assert [std for std, _, _ in answers] == [True] * (CROWD + 100) + [False] * 6
-    assert [near for _, _, near in answers] == [True] * (CROWD + 100) + [False] * 6
+    held = CROWD + spread_n
+    assert [std for std, _, _ in answers] == [True] * held + [False] * 3
+    assert [near for _, _, near in answers] == [True] * held + [False] * 3
 
 
-def test_engine_hashes_crowded_into_one_bucket_are_stored_replaced_and_removed_as_the_fallback_does():
+@SPREADS
+def test_engine_hashes_crowded_into_one_bucket_are_stored_replaced_and_removed_as_the_fallback_does(spread_n):
     tables = _tables()
     rng = np.random.default_rng(22)
-    first = BlockStored(rng.integers(1, 2**63, 100, dtype=np.uint64),
-                        rng.integers(0, 256, (100, WIDTH), dtype=np.uint8), "m", source_pod="p")
+    first = BlockStored(rng.integers(1, 2**63, spread_n, dtype=np.uint64),
+                        rng.integers(0, 256, (spread_n, WIDTH), dtype=np.uint8), "m", source_pod="p")
     for t in tables:
         t.process_block_stored(first)
     _, _, buckets = COMPILED._debug_buckets(tables[0], "m", -1, "p")
@@ -117,7 +135,7 @@ def test_engine_hashes_crowded_into_one_bucket_are_stored_replaced_and_removed_a
     for t in tables:
         t.process_block_removed(BlockRemoved(engines, "m", source_pod="p"))
     _same(tables)
-    assert tables[0].stats()["entries"] == 100
+    assert tables[0].stats()["entries"] == spread_n
 
 
 def test_inserts_that_rehash_keep_every_key():

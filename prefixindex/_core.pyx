@@ -42,7 +42,7 @@ from prefixindex._native cimport (BucketHash, Ctx, CtxPtr, EngineMap, Entry, Ent
                                   kNodeSize, Walk, WalkChoice, WalkGate, monotonic_seconds, nth_element, sort,
                                   walk_gate_delete, walk_gate_enter, walk_gate_generation,
                                   walk_gate_install_fork_handler, walk_gate_leave, walk_gate_new,
-                                  walk_gate_try_enter, walk_gate_wait, walk_gate_walkers, walk_ticks, touch_for_inserts,
+                                  walk_gate_try_enter, walk_gate_wait, walk_gate_walkers, walk_ticks, touch_for_updates,
                                   WALK_BESIDE, WALK_TIMED, RAW_BUCKETS, RAW_INSERTS, U64Ptr, bucket_array, emplace_new,
                                   bucket_index, find_entry, find_near, find_raw, rarely)
 from prefixindex._entries cimport (entry_add, entry_has, entry_remove, holds, is_multi, pod_list,
@@ -90,10 +90,12 @@ cdef uint64_t RENUMBER_AT = 1u << 31
 # handing the GIL over and back costs more than the hashing, and a second thread makes it a convoy.
 cdef size_t NOGIL_BYTES = 16384
 # process_block_stored keeps the prefix hashes of an event of up to SMALL_EVENT_BLOCKS on the C stack,
-# match_blocks those of a query of up to SMALL_QUERY_BLOCKS.
+# match_blocks those of a query of up to SMALL_QUERY_BLOCKS; a removal from a map that may be cold
+# goes REMOVE_CHUNK blocks at a time (_remove_cold).
 cdef enum:
     SMALL_EVENT_BLOCKS = 16
     SMALL_QUERY_BLOCKS = 64
+    REMOVE_CHUNK = 16
 # A query's first blocks are hashed this many at a time, then probed; later ones 64 at a time
 # (_entries.walk, docs/performance.md).
 cdef size_t PROBE_CHUNK = 8

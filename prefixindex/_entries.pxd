@@ -21,7 +21,7 @@ from prefixindex._xxh64 cimport chain_link, hash_chain
 
 # From this many entries on, a map is taken to be possibly out of the caches: the walk touches a chunk's
 # buckets before it probes them (touch_bucket in _native.h), and a store an event's buckets before it
-# inserts and then searches each bucket only to its end (touch_for_inserts and emplace_new's cold way
+# inserts and then searches each bucket only to its end (touch_for_updates and emplace_new's cold way
 # in _map_internals.h). A map need not be large to be cold: beside a thread that stores into the same contexts,
 # the matcher finds them cold often, and touching from 256 entries on (4,096 before) took it from
 # ~300,000 to 318,000-333,000 matches/s with no single-thread row slower; on the smallest maps (every

@@ -69,13 +69,14 @@ static inline void fetch_kept(const void* p) {
 #endif
 }
 
-// What the inserts of n keys into a map that may be cold will read, fetched before them: each key's
-// bucket slot, the node before the bucket's first and the first are read, and the first's successor
-// prefetched (the insert's search reads it to see where the bucket ends: emplace_raw). The chains of
-// loads of different keys overlap as far as the processor runs ahead. (Tried, not kept: the same loads
+// What the inserts, finds and erases of n keys in a map that may be cold will read, fetched before
+// them: each key's bucket slot, the node before the bucket's first and the first are read, and the
+// first's successor prefetched (an insert's search reads it to see where the bucket ends: emplace_raw;
+// an erase of the first node, to see whether the bucket ends with it). The chains of loads of
+// different keys overlap as far as the processor runs ahead. (Tried, not kept: the same loads
 // in stages over chunks of 16 keys, as the walk prefetches; no faster.)
 template <class V>
-static inline void touch_for_inserts(U64Map<V>& m, const uint64_t* keys, size_t n) {
+static inline void touch_for_updates(U64Map<V>& m, const uint64_t* keys, size_t n) {
 #if defined(__GLIBCXX__)
   NodeBase** bk = bucket_array(m);
   BucketHash hf = m.hash_function();
@@ -182,7 +183,7 @@ static inline Entry* find_near(PrefixMap& m, uint64_t key) {
 // the bucket's head as try_emplace's), else try_emplace decides. That is for a map in the caches. In a
 // map that may be cold (`cold`: TOUCH_BUCKETS_FROM entries or more) the four nodes are four misses one
 // after the other, three of them usually in other buckets: there the bucket is searched node by node to
-// its end (a division for each node past the first), then the same insert; with touch_for_inserts
+// its end (a division for each node past the first), then the same insert; with touch_for_updates
 // having fetched the first two nodes, a loop of 10-block stores into 100 growing contexts went from
 // 6.0-7.0 to 4.0-5.2 us an event (docs/performance.md). libstdc++ 11 to 15 (whose insert has
 // this signature; tests/test_map_inserts.py), try_emplace itself elsewhere.

@@ -322,7 +322,7 @@ static inline bool rarely(bool x) { return x; }
 
 // Reads the bucket of `key` and prefetches the bucket's first node: the loads a find() or an insert of
 // it will make. Issued for a chunk of keys before their finds (a query's walk; a store's inserts use
-// touch_for_inserts in _map_internals.h, which fetches one node further),
+// touch_for_updates in _map_internals.h, which fetches one node further),
 // on a map that may be out of the caches (TOUCH_BUCKETS_FROM in _entries.pxd), so that the misses of
 // the chunk overlap (issue 9, Deliver 4; docs/performance.md).
 template <class V>

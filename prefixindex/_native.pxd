@@ -196,8 +196,8 @@ cdef extern from "_map_internals.h" namespace "pi" nogil:
     void fetch_second(NodeBase** bk, size_t b, uint64_t key)
     Entry* find_raw(const BucketHash& hf, NodeBase** bk, size_t nb, size_t b, uint64_t key)
     Entry* find_near(PrefixMap& m, uint64_t key)
-    void touch_for_inserts(PrefixMap& m, const uint64_t* keys, size_t n)
-    void touch_for_inserts(EngineMap& m, const uint64_t* keys, size_t n)
+    void touch_for_updates(PrefixMap& m, const uint64_t* keys, size_t n)
+    void touch_for_updates(EngineMap& m, const uint64_t* keys, size_t n)
     int RAW_INSERTS
     pair[EntryPtr, bint] emplace_new(PrefixMap& m, uint64_t key, const Entry& value, bint cold) except +
     pair[U64Ptr, bint] emplace_new(EngineMap& m, uint64_t key, const uint64_t& value, bint cold) except +

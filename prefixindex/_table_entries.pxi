@@ -72,9 +72,9 @@ cdef int _place(SyncPrefixHashTable self, Ctx* c, PodState* ps, uint32_t pid, ui
             hash_chain(tokens, n, width, self.seed, parent, prefixes)
             tokens = NULL
         if cold_prefixes:
-            touch_for_inserts(c.prefixes, prefixes, n)
+            touch_for_updates(c.prefixes, prefixes, n)
         if engines != NULL and cold_engines:
-            touch_for_inserts(ps.engine, engines, n)
+            touch_for_updates(ps.engine, engines, n)
     for i in range(n):
         if tokens != NULL:
             parent = chain_link(parent, tokens, i, width, self.seed)

@@ -6,7 +6,8 @@ cold, the bucket is searched node by node to its end (touch_for_insert having fe
 nodes), so that no node of another bucket is read. Speed only: here both ways are held to the
 pure-Python backend's answers on buckets that are empty, short, exactly four nodes long and longer, for
 new keys, keys already held (by the same pod and by another) and engine hashes reported again with
-other tokens (D3)."""
+other tokens (D3); and removals from maps that may be cold, which go in chunks with their buckets
+touched first (_remove_cold in _table_events.pxi)."""
 
 from __future__ import annotations
 
@@ -233,3 +234,37 @@ def test_each_table_keys_its_bucket_hash_apart():
     assert COMPILED._debug_buckets(a, "m", -1, "p")[1] == COMPILED._debug_buckets(b, "m", -1, "p")[1]
     assert COMPILED._debug_bucket_census(a, "m", -1, "p", keys)[2] != COMPILED._debug_bucket_census(
         b, "m", -1, "p", keys)[2]
+
+
+@pytest.mark.parametrize("pods", [("p",), ("p", "q")], ids=["one-pod", "two-pods"])
+def test_removals_from_maps_that_may_be_cold_leave_what_the_fallback_leaves(pods):
+    # engine maps of COLD_FROM entries or more: removals go in chunks, their buckets touched first
+    # (_remove_cold); events of 1 to 100 blocks (chunk boundaries at 16), with hashes held by one pod,
+    # by both, by none, and repeated, for one pod and for every pod (source_pod "")
+    tables = _tables()
+    rng = np.random.default_rng(25)
+    n = COLD_FROM * 3
+    engines = rng.integers(1, 2**63, n, dtype=np.uint64)
+    tokens = rng.integers(0, 256, (n, WIDTH), dtype=np.uint8)
+    for j, pod in enumerate(pods):
+        part = slice(0, n) if j == 0 else slice(0, n // 2)  # the second pod holds the first half
+        event = BlockStored(engines[part], tokens[part], "m", source_pod=pod)
+        for t in tables:
+            t.process_block_stored(event)
+    _same(tables)
+    absent = rng.integers(1, 2**63, 50, dtype=np.uint64)
+    order = rng.permutation(n)
+    start = 0
+    for size, who in [(1, "p"), (5, "p"), (16, "p"), (17, ""), (40, "p"), (100, ""), (33, pods[-1])]:
+        picked = engines[order[start:start + size]]
+        start += size
+        hashes = np.concatenate([picked[: size // 2], absent[: size % 7], picked[size // 2:], picked[:2]])
+        event = BlockRemoved(hashes, "m", source_pod=who)
+        for t in tables:
+            t.process_block_removed(event)
+        _same(tables)
+    for t in tables:  # and the rest, in one event of every hash held (and again: nothing left to remove)
+        t.process_events([BlockRemoved(engines, "m", source_pod=""), BlockRemoved(engines[::-1].copy(), "m",
+                                                                                  source_pod="")])
+    _same(tables)
+    assert tables[0].stats()["entries"] == 0

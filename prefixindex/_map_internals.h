@@ -185,7 +185,7 @@ static inline Entry* find_near(PrefixMap& m, uint64_t key) {
 // after the other, three of them usually in other buckets: there the bucket is searched node by node to
 // its end (a division for each node past the first), then the same insert; with touch_for_updates
 // having fetched the first two nodes, a loop of 10-block stores into 100 growing contexts went from
-// 6.0-7.0 to 4.0-5.2 us an event (docs/performance.md). libstdc++ 11 to 15 (whose insert has
+// 4.8-5.2 to 3.8-4.0 us an event (docs/performance.md). libstdc++ 11 to 15 (whose insert has
 // this signature; tests/test_map_inserts.py), try_emplace itself elsewhere.
 #if defined(__GLIBCXX__) && defined(_GLIBCXX_RELEASE) && _GLIBCXX_RELEASE >= 11 && _GLIBCXX_RELEASE <= 15
 static constexpr int RAW_INSERTS = 1;

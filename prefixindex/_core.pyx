@@ -52,6 +52,7 @@ from prefixindex._convert cimport c_token_bytes, ids_count, ids_fill
 
 import os
 import time
+from sys import getswitchinterval as _switch_interval  # (bound at import: a later sys patch changes nothing)
 
 import numpy as np
 
@@ -135,16 +136,34 @@ def _debug_set_after_walk(hook):
 if walk_gate_install_fork_handler() != 0:
     raise ImportError("prefixindex._core: pthread_atfork failed")
 
-# evict_now lets other threads in (releases the GIL) after this many contexts.
-cdef size_t EVICT_YIELD_EVERY = 64
+# A long pass over the contexts (evict_now, a save's copy) offers the GIL between two of its sections,
+# at most once in two switch intervals. More often helps nobody: a thread that waits for the GIL asks
+# for it only when its wait of one switch interval times out, and every release wakes it and starts
+# that wait again, so with a release every context (some 12 us) it never asked and had to win the
+# race for the GIL against the passing thread, which it lost on a slow machine nearly every time.
+# Two intervals apart, its wait has timed out and asked before the next offer, and CPython's forced
+# switch (the asked holder waits until the other thread has taken the GIL) hands it over.
+cdef struct GilOffers:
+    double every  # seconds between offers
+    double last   # when the last was made (monotonic_seconds)
 
 
-cdef inline void _offer_gil() noexcept:
-    """Let other threads have the GIL for a moment (a long pass, between two of its sections). The yield
-    gives a thread that waits for it the moment to take it: a bare release is most often taken back at
-    once."""
+cdef inline GilOffers _gil_offers() except *:
+    """The offers of a pass that starts now (reads the switch interval: call it outside a section)."""
+    cdef GilOffers offers
+    offers.every = 2.0 * _switch_interval()
+    offers.last = monotonic_seconds()
+    return offers
+
+
+cdef inline void _offer_gil(GilOffers* offers) noexcept:
+    """Between two sections of a long pass: let a thread that waits for the GIL have it, when one
+    offer's time has come (the yield gives it the moment to take it)."""
+    if monotonic_seconds() - offers.last < offers.every:
+        return
     with nogil:
         sched_yield()
+    offers.last = monotonic_seconds()
 
 
 # Running totals, indexed in the order of COUNTER_KEYS (checked below, at import).

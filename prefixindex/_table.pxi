@@ -508,8 +508,8 @@ cdef class SyncPrefixHashTable:
     def evict_now(self):
         """Run the staleness pass of SPEC 6 now; returns what it evicted.
 
-        Each context is its own section, and other threads get the GIL every EVICT_YIELD_EVERY
-        contexts, so a long pass does not stall the request path."""
+        Each context is its own section, and a thread that waits for the GIL gets it within two
+        switch intervals (_offer_gil), so a long pass does not stall the request path."""
         return _evict_now(self)
 
     def stats(self):

@@ -5,12 +5,14 @@
 cdef _evict_now(SyncPrefixHashTable self):
     cdef double now = self._now()
     cdef Ctx* c
-    cdef size_t n_contexts = 0, n_pods = 0, done = 0
+    cdef size_t n_contexts = 0, n_pods = 0
     cdef vector[uint32_t] stale
     cdef PodMap.iterator it
     cdef uint32_t pid
     keys = self._context_keys()
+    cdef GilOffers offers = _gil_offers()
     for model, lora in keys:
+        _offer_gil(&offers)  # between contexts (here: the sections below may end in a continue)
         self._begin()
         try:
             c = self._find_ctx(model, lora)
@@ -34,9 +36,6 @@ cdef _evict_now(SyncPrefixHashTable self):
             self._drop_if_empty(c)
         finally:
             self._end()
-        done += 1
-        if done % EVICT_YIELD_EVERY == 0:
-            _offer_gil()  # between contexts
     return {"contexts": n_contexts, "pods": n_pods}
 
 

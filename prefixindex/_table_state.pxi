@@ -13,6 +13,7 @@ cdef dict _export_state(SyncPrefixHashTable self, double now):
     cdef Ctx* c
     cdef vector[uint32_t] index_of  # pod id -> its index in a context's sorted pod names (NO_POD after)
     contexts = []
+    cdef GilOffers offers = _gil_offers()
     for model, lora in self._context_keys():
         self._begin_read()
         try:
@@ -23,7 +24,7 @@ cdef dict _export_state(SyncPrefixHashTable self, double now):
                 contexts.append(_export_context(self, c, now, &index_of))
         finally:
             self._end()
-        _offer_gil()  # between contexts
+        _offer_gil(&offers)  # between contexts
     self._begin_read()
     try:
         counters = {COUNTER_KEYS[i]: self.n[i] for i in range(N_COUNTERS)}

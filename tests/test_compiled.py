@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import msgspec
 import numpy as np
@@ -166,14 +167,74 @@ def test_the_walk_gives_the_same_answer_whatever_its_chunk(chunk):
     assert [(b, h.tolist()) for b, h in got] == [(b, h.tolist()) for b, h in expected]
 
 
+def turns_a_waiting_thread_got_during(call) -> int:
+    """How many times a thread that wants the GIL got it while ``call`` ran in this thread. With the
+    switch interval at 100 us the worker asks for the GIL 100 us after it lost it; a call that offers the
+    GIL between its critical sections then hands it over (CPython's forced switch: a holder that was
+    asked waits until the other thread has taken it), and a call that keeps it cannot be interrupted.
+    The worker counts its turns while the call runs: a gap of more than 50 us between two steps of its
+    loop is the GIL lost and won back. The call's start and end give at most two (the worker may run
+    between setting the phase and the call, or between the call's return and the phase's reset)."""
+    phase, turns = [0], [0]
+    stop, ready = threading.Event(), threading.Event()
+
+    def worker():
+        clock = time.perf_counter
+        last = clock()
+        ready.set()
+        while not stop.is_set():
+            now = clock()
+            if now - last > 50e-6 and phase[0] == 1:
+                turns[0] += 1
+            last = now
+
+    old = sys.getswitchinterval()
+    thread = threading.Thread(target=worker, daemon=True)
+    sys.setswitchinterval(1e-4)
+    try:
+        thread.start()
+        ready.wait()
+        phase[0] = 1
+        call()
+        phase[0] = 2
+    finally:
+        stop.set()
+        thread.join()
+        sys.setswitchinterval(old)
+    return turns[0]
+
+
 def test_a_save_lets_other_threads_run_between_contexts():
     # issue 12, Deliver 2: a save does not stop matches. Each context is copied in its own critical
-    # section and the GIL is offered between two, so another thread runs while a save is under way.
-    table = COMPILED.SyncPrefixHashTable(seed=1, block_size=4, background_eviction=False)
-    for c in range(8):
+    # section and the GIL is offered between two, at most once in two switch intervals, so that a
+    # thread that waits for it has asked for it by then and is handed it (_offer_gil). Offered after
+    # every context instead, the waiting thread never asked and had to win a race for the GIL, which
+    # it lost through whole saves on a slow machine.
+    table = COMPILED.SyncPrefixHashTable(seed=1, block_size=4, background_eviction=False, max_contexts=5000)
+    for c in range(4000):  # some 50 ms of copying at the least
         table.add_prefix(f"m{c}", -1, "p", list(range(100)))
-    assert main_thread_saw_a_call_in_progress(lambda i: table._export_state())
-    assert len(table._export_state()["contexts"]) == 8
+    assert turns_a_waiting_thread_got_during(table._export_state) >= 3  # (the call's two ends give two)
+    assert len(table._export_state()["contexts"]) == 4000
+
+
+def test_evict_now_lets_other_threads_run_between_contexts():
+    # the staleness pass offers the GIL the same way, also between contexts it drops
+    clock = [0.0]
+    table = COMPILED.SyncPrefixHashTable(seed=1, block_size=4, background_eviction=False, max_contexts=5000,
+                                         clock=lambda: clock[0])
+    for c in range(4000):
+        table.add_prefix(f"m{c}", -1, "p", list(range(300)))
+    clock[0] = 1e6  # every context stale: each is dropped, 1.2 M entries freed (some 35 ms)
+    turns = turns_a_waiting_thread_got_during(table.evict_now)
+    assert table.stats()["contexts"] == 0
+    assert turns >= 3
+
+
+def test_the_turns_check_sees_a_call_that_keeps_the_gil():
+    # sorting a list of floats keeps the GIL throughout (some 60 ms): the waiting thread gets no turn
+    # inside it, only (at most) at its two ends
+    values = [random.random() for _ in range(300_000)]
+    assert turns_a_waiting_thread_got_during(lambda: sorted(values)) <= 2
 
 
 def test_the_gil_check_detects_a_call_that_keeps_the_gil():

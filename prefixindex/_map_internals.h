@@ -110,20 +110,33 @@ static inline void fetch_second(NodeBase** bk, size_t b, uint64_t key) {
 #endif
 }
 
-// find_in_bucket on the array: the bucket's nodes, compared before the bucket of the next is asked
-// (a node holding the key is in the key's bucket, so a hit needs no division past the first).
-static inline Entry* find_raw(const BucketHash& hf, NodeBase** bk, size_t nb, size_t b, uint64_t key) {
 #if defined(__GLIBCXX__)
+// The node of bucket b that holds key, or nullptr: the bucket's nodes, each compared before the bucket
+// of the next is asked (a node holding the key is in the key's bucket, so a hit needs no division past
+// the first), stopping where the bucket ends. find_raw's probe, and emplace_raw's search of a map that
+// may be cold.
+template <class Node>
+static inline Node* search_bucket(const BucketHash& hf, NodeBase** bk, size_t nb, size_t b, uint64_t key) {
   NodeBase* before = bk[b];
   if (before == nullptr) return nullptr;
-  for (PrefixNode* p = static_cast<PrefixNode*>(before->_M_nxt); p != nullptr; p = p->_M_next()) {
-    if (p->_M_v().first == key) return &p->_M_v().second;
-    PrefixNode* next = p->_M_next();
+  for (Node* p = static_cast<Node*>(before->_M_nxt); p != nullptr; p = p->_M_next()) {
+    if (p->_M_v().first == key) return p;
+    Node* next = p->_M_next();
     if (next == nullptr) return nullptr;
     if (next->_M_v().first != key && bucket_index(hf, next->_M_v().first, nb) != b) return nullptr;
   }
-#endif
   return nullptr;
+}
+#endif
+
+// find_in_bucket on the array (search_bucket).
+static inline Entry* find_raw(const BucketHash& hf, NodeBase** bk, size_t nb, size_t b, uint64_t key) {
+#if defined(__GLIBCXX__)
+  PrefixNode* hit = search_bucket<PrefixNode>(hf, bk, nb, b, key);
+  return hit != nullptr ? &hit->_M_v().second : nullptr;
+#else
+  return nullptr;
+#endif
 }
 
 #if defined(__GLIBCXX__)
@@ -203,13 +216,9 @@ static inline std::pair<V*, bool> emplace_raw(U64Map<V>& m, uint64_t key, const 
   size_t code = hf(key);
   size_t b = code % nb;  // the map's bucket(key)
   NodeBase* before = bk[b];
-  if (before != nullptr && cold) {
-    for (Node* p = static_cast<Node*>(before->_M_nxt);;) {
-      if (p->_M_v().first == key) return {&p->_M_v().second, false};
-      Node* next = p->_M_next();
-      if (next == nullptr || bucket_index(hf, next->_M_v().first, nb) != b) break;
-      p = next;
-    }
+  if (cold) {
+    Node* hit = search_bucket<Node>(hf, bk, nb, b, key);
+    if (hit != nullptr) return {&hit->_M_v().second, false};
   } else if (before != nullptr) {  // (an empty bucket: the key is absent)
     Node* fourth;
     Node* hit = among_first_four(static_cast<Node*>(before->_M_nxt), key, &fourth);

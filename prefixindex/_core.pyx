@@ -91,8 +91,8 @@ cdef uint64_t RENUMBER_AT = 1u << 31
 # handing the GIL over and back costs more than the hashing, and a second thread makes it a convoy.
 cdef size_t NOGIL_BYTES = 16384
 # process_block_stored keeps the prefix hashes of an event of up to SMALL_EVENT_BLOCKS on the C stack,
-# match_blocks those of a query of up to SMALL_QUERY_BLOCKS; a removal from a map that may be cold
-# goes REMOVE_CHUNK blocks at a time (_remove_cold).
+# match_blocks those of a query of up to SMALL_QUERY_BLOCKS; a removal goes REMOVE_CHUNK blocks at a
+# time (_remove_blocks).
 cdef enum:
     SMALL_EVENT_BLOCKS = 16
     SMALL_QUERY_BLOCKS = 64

@@ -96,53 +96,41 @@ cdef int _apply_removed(SyncPrefixHashTable self, tuple fields, double now) exce
 
 cdef uint64_t _remove_blocks(SyncPrefixHashTable self, Ctx* c, vector[pair[uint32_t, PodStatePtr]]* targets,
                              const uint64_t* engines, size_t n) except? 0xFFFFFFFFFFFFFFFF:
-    cdef uint64_t p, removed = 0
-    cdef size_t i, t
+    """Each target pod's entries for the blocks, REMOVE_CHUNK blocks at a time: the chunk's engine hashes
+    found and erased, then the entries they named dropped (in the blocks' order). In a map that may be
+    out of the caches the chunk's engine buckets are touched before their finds and erases, and then
+    the buckets of the prefixes found, so that the misses of a chunk overlap (as a store's do: _place)."""
+    cdef uint64_t prefixes[REMOVE_CHUNK]
+    cdef uint64_t removed = 0
+    cdef size_t i, j, k, t, found
     cdef uint32_t pid
     cdef PodState* ps
+    cdef bint cold
     cdef EngineMap.iterator eit
     for t in range(targets.size()):
         pid = deref(targets)[t].first
         ps = deref(targets)[t].second
-        if rarely(n > 1 and ps.engine.size() >= TOUCH_BUCKETS_FROM):
-            removed += _remove_cold(self, c, pid, ps, engines, n)
-        else:
-            for i in range(n):
-                eit = ps.engine.find(engines[i])
-                if eit == ps.engine.end():
-                    continue
-                p = deref(eit).second
-                ps.engine.erase(eit)
-                removed += _drop_entry(self, c, p, pid, ps)
+        cold = n > 1 and ps.engine.size() >= TOUCH_BUCKETS_FROM
+        i = 0
+        while i < n:
+            k = n - i if n - i < REMOVE_CHUNK else REMOVE_CHUNK
+            if rarely(cold):
+                touch_for_updates(ps.engine, engines + i, k)
+            found = 0
+            for j in range(k):
+                eit = ps.engine.find(engines[i + j])
+                if eit != ps.engine.end():
+                    prefixes[found] = deref(eit).second
+                    found += 1
+                    ps.engine.erase(eit)
+            if rarely(cold and c.prefixes.size() >= TOUCH_BUCKETS_FROM):
+                touch_for_updates(c.prefixes, prefixes, found)
+            for j in range(found):
+                removed += _drop_entry(self, c, prefixes[j], pid, ps)
+            i += k
         if ps.held == 0:
             c.pods.erase(pid)
             self._delete_pod_state(ps, pid)
-    return removed
-
-cdef uint64_t _remove_cold(SyncPrefixHashTable self, Ctx* c, uint32_t pid, PodState* ps, const uint64_t* engines,
-                           size_t n) except? 0xFFFFFFFFFFFFFFFF:
-    """_remove_blocks for one pod whose engine map may be out of the caches: a chunk of blocks at a time,
-    the chunk's engine buckets touched before their finds and erases, then the buckets of the prefixes
-    found before those are dropped, so that the misses of a chunk overlap (as a store's do: _place)."""
-    cdef uint64_t prefixes[REMOVE_CHUNK]
-    cdef uint64_t removed = 0
-    cdef size_t i = 0, j, k, found
-    cdef EngineMap.iterator eit
-    while i < n:
-        k = n - i if n - i < REMOVE_CHUNK else REMOVE_CHUNK
-        touch_for_updates(ps.engine, engines + i, k)
-        found = 0
-        for j in range(k):
-            eit = ps.engine.find(engines[i + j])
-            if eit != ps.engine.end():
-                prefixes[found] = deref(eit).second
-                found += 1
-                ps.engine.erase(eit)
-        if c.prefixes.size() >= TOUCH_BUCKETS_FROM:
-            touch_for_updates(c.prefixes, prefixes, found)
-        for j in range(found):  # (in the blocks' order, as the loop of _remove_blocks drops them)
-            removed += _drop_entry(self, c, prefixes[j], pid, ps)
-        i += k
     return removed
 
 

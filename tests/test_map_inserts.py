@@ -7,7 +7,7 @@ nodes), so that no node of another bucket is read. Speed only: here both ways ar
 pure-Python backend's answers on buckets that are empty, short, exactly four nodes long and longer, for
 new keys, keys already held (by the same pod and by another) and engine hashes reported again with
 other tokens (D3); and removals from maps that may be cold, which go in chunks with their buckets
-touched first (_remove_cold in _table_events.pxi)."""
+touched first (_remove_blocks in _table_events.pxi)."""
 
 from __future__ import annotations
 
@@ -239,7 +239,7 @@ def test_each_table_keys_its_bucket_hash_apart():
 @pytest.mark.parametrize("pods", [("p",), ("p", "q")], ids=["one-pod", "two-pods"])
 def test_removals_from_maps_that_may_be_cold_leave_what_the_fallback_leaves(pods):
     # engine maps of COLD_FROM entries or more: removals go in chunks, their buckets touched first
-    # (_remove_cold); events of 1 to 100 blocks (chunk boundaries at 16), with hashes held by one pod,
+    # (_remove_blocks); events of 1 to 100 blocks (chunk boundaries at 16), with hashes held by one pod,
     # by both, by none, and repeated, for one pod and for every pod (source_pod "")
     tables = _tables()
     rng = np.random.default_rng(25)

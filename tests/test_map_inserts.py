@@ -236,14 +236,14 @@ def test_each_table_keys_its_bucket_hash_apart():
         b, "m", -1, "p", keys)[2]
 
 
+@pytest.mark.parametrize("n", [COLD_FROM - 26, COLD_FROM * 3], ids=["in-cache-way", "cold-way"])
 @pytest.mark.parametrize("pods", [("p",), ("p", "q")], ids=["one-pod", "two-pods"])
-def test_removals_from_maps_that_may_be_cold_leave_what_the_fallback_leaves(pods):
-    # engine maps of COLD_FROM entries or more: removals go in chunks, their buckets touched first
-    # (_remove_blocks); events of 1 to 100 blocks (chunk boundaries at 16), with hashes held by one pod,
-    # by both, by none, and repeated, for one pod and for every pod (source_pod "")
+def test_removals_in_chunks_leave_what_the_fallback_leaves(pods, n):
+    # removals go in chunks of 16 blocks (_remove_blocks), in engine maps of COLD_FROM entries or more
+    # with their buckets touched first; events of 1 to 100 blocks (chunk boundaries at 16), with hashes
+    # held by one pod, by both, by none, and repeated, for one pod and for every pod (source_pod "")
     tables = _tables()
     rng = np.random.default_rng(25)
-    n = COLD_FROM * 3
     engines = rng.integers(1, 2**63, n, dtype=np.uint64)
     tokens = rng.integers(0, 256, (n, WIDTH), dtype=np.uint8)
     for j, pod in enumerate(pods):

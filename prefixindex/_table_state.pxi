@@ -121,7 +121,11 @@ cdef dict _export_context(SyncPrefixHashTable self, Ctx* c, double now, vector[u
 
 
 cdef int _load_state(SyncPrefixHashTable self, dict state, double now) except -1:
-    """SyncPrefixHashTable._from_state's work: fill a new, empty table, in one critical section."""
+    """SyncPrefixHashTable._from_state's work: fill a new, empty table, in one critical section.
+
+    Every name is checked and every number read before the section: the checks are Python code, which
+    may hand the GIL to another thread (the new table's own eviction thread among them), and such a
+    thread must never find the section open (SPEC 7; the eviction passes failed while a large load ran)."""
     cdef Ctx* c
     cdef PodState* ps
     cdef const uint64_t[::1] prefixes, keys, values
@@ -132,28 +136,32 @@ cdef int _load_state(SyncPrefixHashTable self, dict state, double now) except -1
     cdef Entry fresh
     cdef pair[PrefixMap.iterator, bint] inserted
     cdef vector[uint32_t] mine
+    cdef uint64_t counted[N_COUNTERS]
+    cdef double idle
     counters = state["counters"]
-    contexts = state["contexts"]
+    for i in range(N_COUNTERS):
+        counted[i] = counters[COUNTER_KEYS[i]]
+    cdef list checked = []  # per context: (model, lora, pod names, idle seconds, the context's dict)
+    for ctx in state["contexts"]:
+        checked.append((check_str(ctx["model"], "model"), check_lora_id(ctx["lora"]),
+                        [check_pod(name, "pod") for name in ctx["pods"]], float(ctx["idle"]), ctx))
     self._begin()
     try:
         for i in range(N_COUNTERS):
-            self.n[i] = counters[COUNTER_KEYS[i]]
-        for ctx in contexts:
-            model = check_str(ctx["model"], "model")
-            lora = check_lora_id(ctx["lora"])
+            self.n[i] = counted[i]
+        for model, lora, names, idle, ctx in checked:
             prefixes, counts, entry_pods = ctx["prefixes"], ctx["entry_pod_counts"], ctx["entry_pods"]
             pod_idle = ctx["pod_idle"]
-            names = ctx["pods"]
             n, n_pods = prefixes.shape[0], len(names)
             # the facts the loops below rely on (the format checks more; this keeps memory safe)
             if counts.shape[0] != n or pod_idle.shape[0] != n_pods or len(ctx["engine"]) != n_pods:
                 raise ValueError("snapshot state: a context's arrays disagree in length")
             if self._find_ctx(model, lora) != NULL:
                 raise ValueError(f"snapshot state: context {(model, lora)!r} appears twice")
-            c = self._new_ctx(model, lora, now - float(ctx["idle"]))
+            c = self._new_ctx(model, lora, now - idle)
             pids.clear()
             for i in range(n_pods):
-                pids.push_back(self._intern(check_pod(names[i], "pod")))
+                pids.push_back(self._intern(names[i]))
                 ps = self._new_pod_state(c, pids[i], now - pod_idle[i])
                 keys, values = ctx["engine"][i]
                 if keys.shape[0] != values.shape[0]:

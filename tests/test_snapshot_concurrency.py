@@ -74,3 +74,32 @@ def test_every_snapshot_is_a_consistent_moment(snap_make, backend):
                 full = set(chain(*range(base + c * CHAIN, base + c * CHAIN + CHAIN)))
                 assert not (full & prefixes) or full <= prefixes, (pod, c)
         assert loaded.stats()["entries"] == sum(len(v) for v in held.values())
+
+
+def test_a_load_never_shows_the_new_tables_eviction_thread_an_open_section(backend, caplog):
+    """A load fills its new table in one section; the table's own eviction thread (started before the
+    fill) must never find that section open. The compiled core once checked the names inside it: Python
+    code there let the GIL go to the eviction thread, whose passes then failed as re-entries."""
+    import sys
+
+    source = backend.SyncPrefixHashTable(seed=0, block_size=4, background_eviction=False,
+                                         max_prefixes_per_context=100_000)
+    for i in range(20_000):  # a pod name a prefix: the load checks 20,000 names
+        source.add_prefix("m", -1, f"pod-{i}", [i + 1])
+    buf = io.BytesIO()
+    source.save(buf)
+    data = buf.getvalue()
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # hand the GIL over at the least chance (the old build failed ~10 passes a load)
+    try:
+        with caplog.at_level("ERROR", logger="prefixindex"):
+            for _ in range(3):
+                loaded = backend.SyncPrefixHashTable.load(io.BytesIO(data), eviction_interval_seconds=0.001)
+                time.sleep(0.02)  # the eviction thread's passes, after the load too
+                entries = loaded.stats()["entries"]
+                loaded.close()
+                assert entries == 20_000
+    finally:
+        sys.setswitchinterval(switch)
+    failed = [r for r in caplog.records if "eviction pass failed" in r.getMessage()]
+    assert not failed, failed[0].exc_info

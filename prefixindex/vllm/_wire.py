@@ -206,6 +206,12 @@ def _container(first: int) -> str:
     return "other"
 
 
+#: What msgspec raises for bytes it cannot decode as the type asked for. RecursionError too: a value
+#: nested thousands deep (even one that is only skipped, as an ignored field) exceeds msgspec's depth
+#: limit, and that is one bad event or batch from the peer, not a failure of the subscriber (V3, V8).
+_UNDECODABLE = (msgspec.DecodeError, msgspec.ValidationError, RecursionError)
+
+
 def _error_text(exc: Exception) -> str:
     return str(exc) or type(exc).__name__
 
@@ -242,7 +248,7 @@ def read_batch(payload: Any) -> Batch:
             b = _batch_map.decode(payload)
         else:
             raise WireError("not an event batch: the payload is neither a msgpack array nor a map")
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except _UNDECODABLE as exc:
         raise WireError(f"not an event batch: {_error_text(exc)}") from None
     return b.ts, b.events, b.data_parallel_rank
 
@@ -255,7 +261,7 @@ def read_batch_fast(payload: Any) -> Optional[Tuple[Optional[float], List[Any], 
     for decode in _TYPED_BATCH_DECODERS:
         try:
             b: Any = decode(payload)
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        except _UNDECODABLE:
             continue
         return b.ts, b.events, b.data_parallel_rank
     return None
@@ -277,12 +283,12 @@ def decode_event(raw: Any) -> Any:
     decoder: Any = _event_array if shape == "array" else _event_map
     try:
         return decoder.decode(raw)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except _UNDECODABLE as exc:
         error = exc
     tag: Optional[str]
     try:  # which type was it? An unknown one is not an error, a known one with bad fields is.
         tag = _tag_array.decode(raw).tag if shape == "array" else _tag_map.decode(raw).type
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except _UNDECODABLE:
         tag = None
     if tag is not None and tag not in _KNOWN_TAGS:
         return UnknownEvent(tag)

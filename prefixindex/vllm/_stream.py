@@ -15,6 +15,7 @@ loop thread calls into a ``PodStream`` while the subscriber runs. docs/vllm.md, 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import deque
 from typing import Any, Deque, Dict, List, Optional, Protocol, Tuple
@@ -141,6 +142,9 @@ class PodStream:
             return self.malformed(f"negative seq {seq}")
         if self.live_last is not None and seq <= self.live_last:
             self.restart(seq)
+        elif self.live_last is None and self.applied is not None and 0 <= seq <= self.applied \
+                and self._newer_than_applied(seq, payload):
+            self.restart(seq)
         self.live_last = seq
         if self.replay is not None:
             return self._hold(seq, payload)
@@ -166,6 +170,23 @@ class PodStream:
                 return self._hold(seq, payload)
         self.accept_in_order(seq, payload, replayed=False)
         return None
+
+    def _newer_than_applied(self, seq: int, payload: Any) -> bool:
+        """No live seq seen since a refill's replay (``live_last`` None), and a live seq at or below the
+        applied one: a batch the replay already applied, arriving late on the SUB socket, or the first
+        batch of a publisher that restarted since (V5). Their ts tell them apart: a late copy was
+        published no later than the applied batch (the same ts at the same seq), a restarted
+        publisher's batch after it."""
+        applied_ts = self.last_ts
+        if applied_ts is None:
+            return False  # nothing to compare with: taken as a late copy, as before
+        try:
+            ts = read_batch(payload)[0]
+        except WireError:
+            return False
+        if ts is None or not (math.isfinite(ts) and math.isfinite(applied_ts)):
+            return False  # (a NaN is unequal to itself: no restart can be read from one)
+        return ts > applied_ts if seq < self.applied else ts != applied_ts  # type: ignore[operator]
 
     def _hold(self, seq: int, payload: Any) -> None:
         n = len(payload)
@@ -194,7 +215,7 @@ class PodStream:
         """The seq went backwards: a new publisher, a new cache. Drop what the old one reported."""
         self.stats["restarts"] += 1
         log.warning("pod %r: seq went back from %s to %d: the publisher restarted; clearing the pod",
-                    self.name, self.live_last, seq)
+                    self.name, self.applied if self.live_last is None else self.live_last, seq)
         self.end_replay(None)
         self._drop_held()
         self._clear_index()

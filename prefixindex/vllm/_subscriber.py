@@ -55,8 +55,9 @@ class VLLMSubscriber:
     - ``replay_on_connect``: when the first batch seen from a pod has seq > 0, fetch the earlier ones.
     - ``replay_timeout``: seconds without progress after which a replay is given up (default 2).
     - ``rcvhwm``: the SUB sockets' receive high-water mark in messages (default 100,000, vLLM's).
-    - ``max_message_bytes``: ZeroMQ's MAXMSGSIZE on every socket (default 256 MiB); a larger message
-      makes ZeroMQ drop that connection (it reconnects; what was missed is a gap).
+    - ``max_message_bytes``: ZeroMQ's MAXMSGSIZE on every socket (default 256 MiB); a larger frame
+      makes ZeroMQ drop that connection (it reconnects; what was missed is a gap). It bounds each
+      frame, not a message of many frames (docs/vllm.md, V2).
     - ``resubscribe_idle``: a pod whose SUB socket gave nothing for this many seconds gets a fresh one
       (default 60; None: never). libzmq does not reconnect after a protocol error such as an oversized
       message; this heals that, and costs an idle pod one reconnect per period.

@@ -5,6 +5,8 @@ loop thread calls into a ``PodStream`` while the subscriber runs. docs/vllm.md, 
 
 - ``applied``: the last seq applied to the index (None before the first batch, -1 when the stream is
   expected from seq 0); ``live_last``: the last seq received live (a seq not above it is a restart).
+- ``position()``: the (seq, ts) of the last batch that is in the index, published only once it is
+  there, for a save on another thread (docs/snapshot.md, "Subscriber positions").
 - A gap starts a replay from ``applied + 1``; live batches are held meanwhile (within the shared byte
   budget) and applied, in order and each once, when the replay ends or is given up.
 - A replay is given up after ``replay_timeout`` seconds without progress, progress being a batch
@@ -91,7 +93,11 @@ class PodStream:
                           model=model, data_parallel_rank=spec.data_parallel_rank)
         self.applied: Optional[int] = None
         self.live_last: Optional[int] = None
-        self.last_ts: Optional[float] = None   # ts of the batch at `applied` (identifies the publisher)
+        # (seq, ts) of the last batch in the index, ts identifying the publisher; None before the first.
+        # It changes only after the table call returned, and as one tuple: a save on another thread
+        # (positions, then the table copy) never names a batch the table does not hold yet, nor pairs
+        # one batch's seq with another's ts. One attribute store or load needs no lock for that.
+        self._position: Optional[Tuple[int, Optional[float]]] = None
         self.replay: Optional[_Replay] = None
         self.held: Deque[Tuple[int, Any]] = deque()  # (seq, payload: bytes or a memoryview)
         self.held_bytes = 0
@@ -102,9 +108,10 @@ class PodStream:
     # -- positions (issue 12, Deliver 3) -------------------------------------------------------------
 
     def position(self) -> Optional[Dict[str, Any]]:
-        if self.applied is None or self.applied < 0:
+        position = self._position  # read once: the pair of one batch
+        if position is None:
             return None
-        return {"seq": self.applied, "publisher": {"endpoint": self.spec.endpoint, "ts": self.last_ts}}
+        return {"seq": position[0], "publisher": {"endpoint": self.spec.endpoint, "ts": position[1]}}
 
     def set_resume(self, seq: int, ts: Optional[float]) -> None:
         self.resume = (seq, ts)
@@ -117,7 +124,7 @@ class PodStream:
         self.resume = None
         self.applied = seq
         self.live_last = seq  # a live seq not above it is a restarted publisher
-        self.last_ts = ts
+        self._position = (seq, ts)  # the loaded table holds the batches up to it
         if self.spec.replay_endpoint:
             self._start_replay(seq if ts is not None else seq + 1, verify=(seq, ts))
 
@@ -177,9 +184,10 @@ class PodStream:
         batch of a publisher that restarted since (V5). Their ts tell them apart: a late copy was
         published no later than the applied batch (the same ts at the same seq), a restarted
         publisher's batch after it."""
-        applied_ts = self.last_ts
-        if applied_ts is None:
-            return False  # nothing to compare with: taken as a late copy, as before
+        position = self._position
+        if position is None or position[0] != self.applied or position[1] is None:
+            return False  # no ts of the applied batch to compare with: taken as a late copy, as before
+        applied_ts = position[1]
         try:
             ts = read_batch(payload)[0]
         except WireError:
@@ -219,13 +227,17 @@ class PodStream:
         self.end_replay(None)
         self._drop_held()
         self._clear_index()
-        self.applied = -1  # the new publisher counts from 0
         self.live_last = None
 
     def _clear_index(self) -> None:
+        """Drop the pod from the index; the stream is then expected from seq 0 (a new publisher's)."""
         self.table.process_all_blocks_cleared(AllBlocksCleared(self.name))
         self.converter.reset()
-        self.last_ts = None
+        self.applied = -1
+        # Only after the clear: a save that read the old position just before may copy a table without
+        # the pod, and a resume from it then finds the publisher changed and refills; a save that
+        # reads None here never leaves the old publisher's entries in a table without a position.
+        self._position = None
 
     # -- replay --------------------------------------------------------------------------------------
 
@@ -310,7 +322,6 @@ class PodStream:
         log.warning("pod %r: cannot resume from seq %s (%s); clearing the pod and refilling", self.name,
                     self.applied, why)
         self._clear_index()
-        self.applied = -1
         self.live_last = None
         if self.transport is not None:
             self.transport.cancel_replay(self)
@@ -339,7 +350,6 @@ class PodStream:
             if replay.verify is not None:  # the saved position could not be checked: do not trust it
                 self.stats["resume_refills"] += 1
                 self._clear_index()
-                self.applied = -1
         self.stats["replaying"] = False
         for seq, payload in self._drop_held():
             self.accept_in_order(seq, payload, replayed=False)
@@ -381,12 +391,19 @@ class PodStream:
     def apply(self, seq: int, payload: Any, replayed: bool = False) -> None:
         self.applied = seq
         try:
-            self._apply_batch(seq, payload, replayed)
+            ts = self._apply_batch(seq, payload, replayed)
         finally:
             # published once the batch is in the index: a reader that waits for last_seq sees its events
             self.stats["last_seq"] = seq
+        # Only now, and only when the batch is in the index or known to be skipped (malformed, another
+        # rank): a batch whose table call raised leaves the position where it was, so a resume from it
+        # replays that batch.
+        self._position = (seq, ts)
 
-    def _apply_batch(self, seq: int, payload: Any, replayed: bool) -> None:
+    def _apply_batch(self, seq: int, payload: Any, replayed: bool) -> Optional[float]:
+        """The batch into the index; returns its ts for the position (None when unknown: a batch that
+        cannot be read, or a ts that is not finite, which no saved position can hold and no comparison
+        with a replayed batch would match; docs/vllm.md, V12)."""
         stats = self.stats
         raws: Optional[List[Any]] = None
         fast = None
@@ -399,17 +416,18 @@ class PodStream:
                 try:
                     ts, raws, rank = read_batch(payload)
                 except WireError as exc:
-                    self.last_ts = None
-                    return self.malformed(f"batch seq {seq}: {exc}")
+                    self.malformed(f"batch seq {seq}: {exc}")
+                    return None
             else:
                 ts, raws, rank = fast
-        self.last_ts = ts
+        if ts is not None and not math.isfinite(ts):
+            ts = None
         own_rank = self.spec.data_parallel_rank
         if own_rank is not None and rank is not None and rank != own_rank:
             stats["other_rank"] += 1
             self._note(("rank", rank), "pod %r (data-parallel rank %d): skipping batches of rank %r",
                        self.name, own_rank, rank)
-            return None
+            return ts
         if raws is not None:
             events = self._convert(seq, raws, decoded=fast is not None)
         if events:
@@ -417,7 +435,7 @@ class PodStream:
         stats["batches"] += 1  # (after the events, for the same reason as last_seq)
         if replayed:
             stats["replayed_batches"] += 1
-        return None
+        return ts
 
     def _convert(self, seq: int, raws: List[Any], decoded: bool) -> List[Any]:
         """The index events of a batch's wire events (``decoded``: wire structs already, else msgpack);

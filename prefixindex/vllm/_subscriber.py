@@ -289,7 +289,10 @@ class VLLMSubscriber:
     def positions(self) -> Dict[str, Dict[str, Any]]:
         """Per pod, where its stream stands: ``{"seq": last applied, "publisher": {"endpoint", "ts"}}``.
 
-        ``ts`` is the timestamp of the batch at ``seq``, which tells that publisher from a restarted one.
+        ``ts`` is the timestamp of the batch at ``seq``, which tells that publisher from a restarted one
+        (None when unknown: no ts, an unreadable batch, or a ts that is not finite). A position moves
+        only once its batch is in the table (docs/snapshot.md, "Subscriber positions"): positions read
+        from any thread before a copy of the table name nothing the copy lacks.
         Pods that have applied nothing yet are left out. Give the result to ``start(resume=...)`` (or
         ``VLLMSubscriber(resume=...)``) of a later run, with the index from the same moment.
         """

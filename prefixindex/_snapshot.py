@@ -11,6 +11,7 @@ guarantees") and implemented by ``_check_context``. The encoding is numpy bulk c
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import struct
@@ -482,8 +483,12 @@ def _write_stream(stream: Any, chunks: Sequence[bytes]) -> None:
         view = memoryview(chunk)
         while view:
             n = stream.write(view)
-            if n is None:  # a non-blocking raw stream that took nothing
-                raise BlockingIOError("the stream took no data (a non-blocking stream cannot be saved to)")
+            if n is None:
+                # RawIOBase's convention: a non-blocking raw stream that took nothing. Any other writer
+                # that returns None (codecs writers, hand-written sinks, response objects) took it all.
+                if isinstance(stream, io.RawIOBase):
+                    raise BlockingIOError("the stream took no data (a non-blocking stream cannot be saved to)")
+                n = len(view)
             if type(n) is not int or not 0 < n <= len(view):  # 0 or less would never end, more loses data
                 raise OSError(f"write() of {len(view)} bytes returned {n!r}: it must take 1 to {len(view)} bytes")
             view = view[n:]

@@ -229,6 +229,40 @@ def test_through_a_pipe(table, backend, clock):
     assert loaded.snapshot() == table.snapshot()
 
 
+def test_a_writer_whose_write_returns_none_took_everything(table, backend, clock):
+    """Only RawIOBase gives None a meaning (a non-blocking stream that took nothing); other writers
+    return None and take it all. Refused before, after its first chunk was written."""
+    import codecs
+
+    class Sink:  # a hand-written sink, as most are
+        def __init__(self):
+            self.parts = []
+
+        def write(self, b):
+            self.parts.append(bytes(b))
+
+    data = save_bytes(table)
+    sink = Sink()
+    table.save(sink)
+    assert b"".join(sink.parts) == data and len(sink.parts) > 1
+    target = io.BytesIO()
+    table.save(codecs.EncodedFile(target, "latin-1"))  # the stdlib's recoder: its write() returns None
+    assert target.getvalue() == data
+    assert load(backend, io.BytesIO(b"".join(sink.parts)), clock=clock).snapshot() == table.snapshot()
+
+
+def test_a_non_blocking_raw_stream_that_takes_nothing_is_an_error(table):
+    class Full(io.RawIOBase):  # a non-blocking raw stream whose buffer is full: write() returns None
+        def writable(self):
+            return True
+
+        def write(self, b):
+            return None
+
+    with pytest.raises(BlockingIOError, match="took no data"):
+        table.save(Full())
+
+
 def test_a_stream_that_fails_mid_write(table):
     class Full(io.RawIOBase):
         def __init__(self):

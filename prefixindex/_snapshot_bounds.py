@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
-from ._config import Config
+from ._config import Config, _validate
 
 __all__ = ["apply_bounds", "held_by_pod", "resolve_load_config"]
 
@@ -18,7 +18,9 @@ _CONFIG_FIELDS_NAMES = tuple(f.name for f in dataclasses.fields(Config))
 
 
 def _split_overrides(overrides: Mapping[str, Any]) -> Tuple[Dict[str, Any], Optional[Config], Dict[str, Any]]:
-    """(table keywords, config=, config fields); an unknown keyword is a TypeError, before any I/O."""
+    """(table keywords, config=, config fields); an unknown keyword is a TypeError and a field's invalid
+    value Config's ValueError, both before any I/O (a stream that holds several snapshots, or a socket,
+    keeps the snapshot a typo would otherwise have consumed)."""
     rest = dict(overrides)
     table_kw = {k: rest.pop(k) for k in _TABLE_KEYWORDS if k in rest}
     config = rest.pop("config", None)
@@ -28,6 +30,10 @@ def _split_overrides(overrides: Mapping[str, Any]) -> Tuple[Dict[str, Any], Opti
     if unknown:
         raise TypeError(f"load() got unknown keyword(s) {', '.join(unknown)}; it takes clock=, "
                         f"background_eviction=, config= and the Config fields")
+    # Config's own per-field check, in field order: the error resolve_load_config's Config would raise
+    # after the read (the other fields come from a valid Config). Only a block size or seed that
+    # differs from the snapshot's needs the snapshot to be found.
+    _validate({k: rest[k] for k in _CONFIG_FIELDS_NAMES if k in rest}, from_env=False)
     return table_kw, config, rest
 
 

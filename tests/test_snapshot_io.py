@@ -317,8 +317,17 @@ def test_bad_overrides_fail_before_any_input_is_read(snap_make, backend, tmp_pat
     with pytest.raises(TypeError, match="prefixindex.Config"):
         load(backend, tmp_path / "nothing-here", config={"max_contexts": 3})
     data = save_bytes(snap_make())
-    with pytest.raises(ValueError, match="max_contexts"):
-        load(backend, io.BytesIO(data), max_contexts=0)
+    for kw, field in ((dict(max_contexts=0), "max_contexts"), (dict(max_contexts=True), "max_contexts"),
+                      (dict(max_prefixes_per_context=None), "max_prefixes_per_context"),
+                      (dict(seed=-1), "seed"), (dict(seed=2**64), "seed"), (dict(block_size=4.0), "block_size"),
+                      (dict(eviction_interval_seconds=0), "eviction_interval_seconds"),
+                      (dict(eviction_duration_minutes=float("nan")), "eviction_duration_minutes")):
+        stream = io.BytesIO(data)
+        with pytest.raises(ValueError, match=f"Config.{field} "):
+            load(backend, stream, **kw)
+        assert stream.tell() == 0, kw  # not a byte read: a stream of several snapshots keeps this one
+        with pytest.raises(ValueError, match=f"Config.{field} "):  # the same error Config gives
+            Config(**kw)
 
 
 def test_other_overrides_replace_the_saved_values(table, backend, clock):

@@ -39,9 +39,25 @@ class PodLoad:
         if usage is not None:
             if not isinstance(usage, (int, float, np.integer, np.floating)) or isinstance(usage, (bool, np.bool_)):
                 raise TypeError(f"PodLoad.kv_usage must be a float in [0, 1] or None, not {_type_name(usage)}")
-            if not 0.0 <= float(usage) <= 1.0:  # NaN fails both comparisons
-                raise ValueError(f"PodLoad.kv_usage must be in [0, 1], got {usage}")
-            object.__setattr__(self, "kv_usage", float(usage))
+            fraction = _own_float(usage)
+            if not 0.0 <= fraction <= 1.0:  # NaN fails both comparisons
+                raise ValueError(f"PodLoad.kv_usage must be in [0, 1], got {fraction}")
+            object.__setattr__(self, "kv_usage", fraction)
+
+
+def _own_float(value: Any) -> float:
+    """A number's own value as a float, read once (an int or float subclass's __float__ is its author's
+    code; what is checked is what is kept), or ValueError for an int past any float."""
+    if isinstance(value, float):
+        return float.__float__(value)
+    if isinstance(value, (int, np.integer)):
+        number = _exact_int(value)
+        try:
+            return float(number)
+        except OverflowError:
+            bits = number.bit_length()
+            raise ValueError(f"PodLoad.kv_usage must be in [0, 1], got an int of {bits} bits") from None
+    return float(value)
 
 
 # Requests a PodLoad may report: counts a float holds exactly, so that every cost is a float

@@ -10,6 +10,8 @@ from typing import Any, Callable, Dict, Mapping, cast
 
 import numpy as np
 
+from ._events import _exact_int
+
 __all__ = ["DEFAULTS", "resolve_settings"]
 
 
@@ -22,10 +24,14 @@ def _number(name: str, low: float, low_inclusive: bool = True) -> Callable[[Any]
     def check(value: Any) -> float:
         if not isinstance(value, (int, float, np.integer, np.floating)) or isinstance(value, (bool, np.bool_)):
             raise TypeError(f"setting {name} must be a number, not {_type_name(value)}")
+        # an int or float subclass's own value (its __float__ or __int__ is its author's code; the rest
+        # of the library reads the value itself, _events._exact_int), converted once: checked as kept
+        own: Any = (float.__float__(value) if isinstance(value, float)
+                    else _exact_int(value) if isinstance(value, int) else value)
         try:
-            number = float(value)
+            number = float(own)
         except OverflowError:  # an int past any float
-            bits = int(value).bit_length()
+            bits = int(own).bit_length()
             raise ValueError(f"setting {name} must be a finite number, got an int of {bits} bits") from None
         if math.isnan(number) or math.isinf(number) or number < low or (number == low and not low_inclusive):
             bound = ">=" if low_inclusive else ">"
@@ -38,9 +44,10 @@ def _count(name: str, low: int) -> Callable[[Any], int]:
     def check(value: Any) -> int:
         if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)):
             raise TypeError(f"setting {name} must be an int, not {_type_name(value)}")
-        if value < low:
-            raise ValueError(f"setting {name} must be >= {low}, got {value}")
-        return int(value)
+        number = _exact_int(value)  # an int subclass's own value, checked as it is kept
+        if number < low:
+            raise ValueError(f"setting {name} must be >= {low}, got {number}")
+        return number
     return check
 
 

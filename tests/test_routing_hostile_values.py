@@ -90,6 +90,14 @@ def test_an_empty_pod_name_is_refused(router_for):
     ("waiting", None, TypeError, "PodLoad.waiting must be an int, not NoneType"),
     ("kv_usage", math.nan, ValueError, "PodLoad.kv_usage must be in [0, 1], got nan"),
     ("kv_usage", "x", TypeError, "PodLoad.kv_usage must be a float in [0, 1] or None, not str"),
+    pytest.param("kv_usage", 10**400, ValueError, "PodLoad.kv_usage must be in [0, 1], got an int of 1329 bits",
+                 id="kv_usage-past-any-float"),
+    pytest.param("kv_usage", -10**400, ValueError, "PodLoad.kv_usage must be in [0, 1], got an int of 1329 bits",
+                 id="kv_usage-below-any-float"),
+    pytest.param("running", 10**400, ValueError, "PodLoad.running must be in [0, 2**53), got an int of 1329 bits",
+                 id="running-past-any-float"),
+    pytest.param("waiting", -10**400, ValueError, "PodLoad.waiting must be in [0, 2**53), got an int of 1329 bits",
+                 id="waiting-below-any-float"),
 ])
 def test_a_podload_changed_after_its_check_is_checked_again(router_for, field, value, error, words):
     router = router_for()
@@ -99,6 +107,37 @@ def test_a_podload_changed_after_its_check_is_checked_again(router_for, field, v
         router.choose("m", -1, toks(1), {"vllm-0": PodLoad(), "vllm-1": load})
     assert str(info.value) == f"pods['vllm-1']: {words}"
     assert router.stats()["decisions"] == 0 and router.stats()["in_flight"] == {}
+
+
+@pytest.mark.parametrize("field", ["running", "waiting", "kv_usage"])
+def test_a_podload_field_past_any_float_is_a_value_error_naming_it(field):
+    with pytest.raises(ValueError, match=f"PodLoad.{field} must be in .*, got an int of 1329 bits"):
+        PodLoad(**{field: 10**400})
+
+
+class _SneakyInt(int):  # its conversions answer -5; the library reads its own value (_events._exact_int)
+    def __int__(self):
+        return -5
+
+    def __index__(self):
+        return -5
+
+    def __float__(self):
+        return -5.0
+
+
+class _SneakyFloat(float):
+    def __float__(self):
+        return 0.5
+
+
+def test_a_podload_keeps_a_subclass_own_value_as_checked():
+    assert PodLoad(running=_SneakyInt(3), kv_usage=_SneakyInt(1)) == PodLoad(3, 0, 1.0)
+    assert type(PodLoad(kv_usage=_SneakyFloat(0.25)).kv_usage) is float
+    assert PodLoad(kv_usage=_SneakyFloat(0.25)).kv_usage == 0.25
+    for usage in (_SneakyFloat(7.0), _SneakyInt(7)):  # __float__ would say 0.5 or -5.0: what is kept is 7
+        with pytest.raises(ValueError, match="PodLoad.kv_usage must be in \\[0, 1\\], got 7.0"):
+            PodLoad(kv_usage=usage)
 
 
 def test_a_podload_counts_requests_a_float_holds():
@@ -128,6 +167,19 @@ def test_an_unweighted_load_past_any_float_costs_nothing(router_for):
 def test_a_setting_past_any_float_names_the_setting(make_table, name):
     with pytest.raises(ValueError, match=f"setting {name} must be a finite number, got an int of 1329 bits"):
         Router(make_table(), **{name: 10**400})
+
+
+@pytest.mark.parametrize("name, kept", [("max_predicted_entries", 7), ("guard_requests", 7), ("guard_idle_pods", 7),
+                                        ("prefill_weight", 7.0), ("queue_tokens", 7.0),
+                                        ("predicted_ttl_seconds", 7.0)])
+def test_an_int_subclass_setting_is_its_own_value_checked_as_kept(make_table, name, kept):
+    """Sneaky(7) converts to -5: the setting is its own value, 7, and that is what the check sees."""
+    got = Router(make_table(), **{name: _SneakyInt(7)}).settings[name]
+    assert got == kept and type(got) is type(kept)
+    with pytest.raises(ValueError, match=f"setting {name} must be .*, got -3"):
+        Router(make_table(), **{name: type("Shifty", (int,), {"__int__": lambda self: 5,
+                                                             "__float__": lambda self: 5.0})(-3)})
+    assert Router(make_table(), prefill_weight=_SneakyFloat(2.0)).settings["prefill_weight"] == 2.0
 
 
 # -- the clock --------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ The cost of sending the prompt to pod ``p``, in prefill tokens (lower wins)::
     load(p) = request_tokens * requests(p)                                  below the concurrency
             = request_tokens * requests(p) + queue_tokens * (requests(p) + 1 - concurrency)  from it on
             = request_tokens * requests(p) ** load_exponent                 while none is learned
+    (and request_tokens * requests(p) on a pod prefilling this very prefix, shared_pending(p) > 0)
 
 - ``still_to_compute``: the prompt's full-block tokens beyond the pod's matched-or-predicted run;
 - ``pending_prefill``: prompt tokens this router sent to the pod that are still being prefilled;
@@ -23,7 +24,9 @@ The cost of sending the prompt to pod ``p``, in prefill tokens (lower wins)::
 - ``kv_usage``: the caller's ``PodLoad.kv_usage`` (0 when unknown);
 - ``concurrency``: the most of this router's requests seen decoding at once on one pod (learned at
   ``prefill_done``; none before or with ``learn_concurrency=False``). Below it a pod has a free place
-  in its batch and a new request starts at once; from it on it would queue (``queue_tokens``).
+  in its batch and a new request starts at once; from it on it would queue (``queue_tokens``). A pod
+  that is prefilling this very prefix now (``shared_pending > 0``) is not charged ``queue_tokens``: the
+  request waits for that prefill, which it shares, and a burst stays together whatever was learned.
 
 Hot-spot guard: when the cheapest pod has at least ``guard_requests`` requests in flight and at least
 ``guard_idle_pods`` candidates have none (fewer when there are fewer other candidates), the cheapest
@@ -39,8 +42,9 @@ from __future__ import annotations
 import heapq
 import math
 from dataclasses import dataclass, field
+from operator import countOf
 from types import MappingProxyType
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple, TypeVar, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import numpy.typing as npt
@@ -48,6 +52,7 @@ import numpy.typing as npt
 from ._events import check_lora_id, check_str
 from ._routing_inputs import PodLoad, _candidates
 from ._routing_lock import _REENTERED, _RouterLock
+from ._routing_records import _CandidateView, _Prediction
 from ._routing_settings import DEFAULTS, _type_name, resolve_settings
 
 __all__ = ["Choice", "PodLoad", "Router"]
@@ -57,51 +62,19 @@ PodLoad.__module__ = __name__  # where users import it from (its code lives in _
 # Pods whose prediction counters are kept while idle (stats()["predictions"]; docs/routing.md)
 COUNTED_PODS = 1024
 _NO_LOAD = (0, 0.0)  # (requests the caller reports, kv usage) of a candidate given without a PodLoad
-_V = TypeVar("_V")
-
-
-class _CandidateView(Mapping[str, _V]):
-    """A read-only mapping of every candidate: ``values`` where given, ``default`` for the others.
-    Choice's mappings are views, so that a choice among 64 pods does not build three 64-entry dicts."""
-
-    __slots__ = ("_names", "_values", "_default")
-    _names: Mapping[str, int]
-    _values: Mapping[str, _V]
-    _default: _V
-
-    def __init__(self, names: Mapping[str, int], values: Mapping[str, _V], default: _V) -> None:
-        self._names = names  # the candidates, in order (never changed after the choice)
-        self._values = values
-        self._default = default
-
-    def __getitem__(self, pod: str) -> _V:
-        got = self._values.get(pod)
-        if got is not None:
-            return got
-        if pod in self._names:
-            return self._default
-        raise KeyError(pod)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._names)
-
-    def __len__(self) -> int:
-        return len(self._names)
-
-    def __repr__(self) -> str:
-        return repr(dict(self))
 
 
 class _Ticket:
     """A choice's request as this router tracks it (mutable; the Choice that carries it is not)."""
 
-    __slots__ = ("router", "pod", "tokens", "state")
+    __slots__ = ("router", "pod", "tokens", "state", "accepted")
 
     def __init__(self, router: "Router", pod: str, tokens: int) -> None:
         self.router = router
         self.pod = pod
         self.tokens = tokens  # prompt tokens still to prefill on the pod
-        self.state = 0  # 0 prefilling, 1 decoding, 2 finished
+        self.state = 0  # 0 prefilling, 1 decoding, 2 finished: as applied
+        self.accepted = 0  # the same, counting the calls accepted but deferred (what calls are checked on)
 
 
 @dataclass(frozen=True, eq=False)
@@ -130,27 +103,6 @@ class Choice:
     def __reduce__(self) -> Any:
         raise TypeError("a Choice cannot be pickled: it stands for a request in flight on its Router, "
                         "in this process (send its fields instead)")
-
-
-class _Prediction:
-    """The blocks [start, stop) of one prompt, assumed cached on one pod until ``expires``."""
-
-    __slots__ = ("key", "pod", "hashes", "base", "start", "stop", "expires", "confirmed", "seq")
-
-    def __init__(self, key: Tuple[str, int], pod: str, hashes: List[int], start: int, stop: int,
-                 expires: float, seq: int) -> None:
-        self.key = key
-        self.pod = pod
-        self.hashes = hashes  # the prompt's prefix hashes [start, stop) as they were predicted
-        self.base = start  # block index of hashes[0]
-        self.start = start
-        self.stop = stop
-        self.expires = expires
-        self.confirmed = False
-        self.seq = seq
-
-    def __lt__(self, other: "_Prediction") -> bool:  # heap order: soonest expiry, then oldest
-        return (self.expires, self.seq) < (other.expires, other.seq)
 
 
 PodsArg = Union[Iterable[str], Mapping[str, PodLoad]]
@@ -188,6 +140,10 @@ class Router:
         # predicted index: (model, lora) -> prefix hash -> pod -> the prediction that owns the entry
         self._predicted: Dict[Tuple[str, int], Dict[int, Dict[str, _Prediction]]] = {}
         self._entries = 0
+        # the live predictions (start < stop), per (model, lora) and pod, in the order they were made:
+        # what _confirm checks when the exact run goes past every predicted block (multi-turn chat)
+        self._live: Dict[Tuple[str, int], Dict[str, Dict[_Prediction, None]]] = {}
+        self._held = 0  # prompt hashes held by live predictions (at most 2 * max_predicted_entries)
         self._expiry: List[_Prediction] = []  # heap
         self._seq = 0
         self._decisions = 0
@@ -236,7 +192,7 @@ class Router:
             predicted_run: Dict[str, int] = {}
             if preds:
                 hashes = hashes_array.tolist()
-                self._walk_predictions(preds, candidates, matched_some, hashes, predicted_run)
+                self._walk_predictions(key, preds, candidates, matched_some, hashes, predicted_run)
                 interesting.update(predicted_run)
 
             base = self._prefill_weight * n * bs
@@ -264,7 +220,9 @@ class Router:
                         c += self._request_tokens * reqs ** self._load_exponent
                     except OverflowError:  # a load past any float: the most a cost can be (0 if unweighted)
                         c = math.inf if self._request_tokens else c
-                elif reqs < concurrency:
+                elif reqs < concurrency or shared:
+                    # below the concurrency a place is free; a pod prefilling this very prefix makes the
+                    # request wait for that prefill, which it shares, not for a place (the burst rule)
                     c += self._request_tokens * reqs
                 else:
                     c += self._request_tokens * reqs + self._queue_tokens * (reqs + 1 - concurrency)
@@ -307,15 +265,15 @@ class Router:
         kind = type(pods)
         if kind is not list and kind is not tuple:
             return _candidates(pods)
-        try:
-            key = tuple(pods)
-            hit = self._candidate_cache.get(key)
-        except TypeError:  # an unhashable item: not names; let the checks say what is wrong
+        key = tuple(pods)
+        # Only lists of exact str are looked up (a C-level pass over the types): a lookup compares by
+        # equality, and an object that compares equal to a cached name, a str subclass among them, is
+        # not that name. Anything else gets the full check, and is not cached.
+        if countOf(map(type, key), str) != len(key):
             return _candidates(pods)
+        hit = self._candidate_cache.get(key)
         if hit is None:
-            names, zeros, _ = _candidates(pods)
-            if any(a is not b for a, b in zip(names, key)):  # str subclasses, now plain: not cached
-                return names, zeros, None
+            names, zeros, _ = _candidates(key)  # names is list(key): exact str stay as they are
             if len(self._candidate_cache) >= 64:  # bounded: many different lists are just not cached
                 self._candidate_cache.clear()
             hit = self._candidate_cache[key] = (names, zeros)
@@ -332,15 +290,16 @@ class Router:
             raise ValueError(f"the Router's clock must return finite seconds, got {now}")
         return now
 
-    def _walk_predictions(self, preds: Dict[int, Dict[str, _Prediction]], nameset: Mapping[str, int],
-                          matched_some: Mapping[str, int], hashes: List[int], out: Dict[str, int]) -> None:
+    def _walk_predictions(self, key: Tuple[str, int], preds: Dict[int, Dict[str, _Prediction]],
+                          nameset: Mapping[str, int], matched_some: Mapping[str, int], hashes: List[int],
+                          out: Dict[str, int]) -> None:
         """Fill ``out`` with pod -> blocks held or predicted from block 0, for candidates whose
         predictions extend their exact run; confirm the predictions that the exact run now covers."""
         n = len(hashes)
         if not n:
             return
         if matched_some:
-            self._confirm(preds, matched_some, hashes)
+            self._confirm(key, preds, matched_some, hashes)
         starts: List[Tuple[str, int]] = []
         owners = preds.get(hashes[0])
         if owners:  # candidates with nothing exact whose predictions start at block 0
@@ -360,24 +319,40 @@ class Router:
                 i += 1
             out[p] = i
 
-    def _confirm(self, preds: Dict[int, Dict[str, _Prediction]], matched_some: Mapping[str, int],
-                 hashes: List[int]) -> None:
+    def _confirm(self, key: Tuple[str, int], preds: Dict[int, Dict[str, _Prediction]],
+                 matched_some: Mapping[str, int], hashes: List[int]) -> None:
         """A prediction whose blocks the exact index now holds for its pod is confirmed: its entries
         under the exact run are dropped (the index says it all there) and it counts as confirmed."""
+        live = self._live.get(key)
         for p, m in matched_some.items():
             i = m - 1
-            while i >= 0:
+            low = m
+            while i >= 0:  # the exact run ends inside predicted blocks: walk down through them
                 owners = preds.get(hashes[i])
                 rec = owners.get(p) if owners else None
                 if rec is None:
                     break
-                if not rec.confirmed:
-                    rec.confirmed = True
-                    self._made[p][1] += 1
                 low = rec.start  # rec owns entries only in [start, stop), and it owns block i
-                self._drop_entries(rec, low, min(rec.stop, m))
-                rec.start = min(rec.stop, m)
+                self._confirm_upto(rec, min(rec.stop, m))
                 i = low - 1  # an older prediction of the same pod may own the blocks before it
+            if low == m and live:
+                # Nothing predicted at block m - 1: the run may go past a prediction's last block (the
+                # pod reported a turn and its answer). Prefix hashes chain, so a prediction whose block
+                # min(stop, m) - 1 has the query's hash there agrees with the query up to it: O(1) each.
+                recs = live.get(p)
+                for rec in list(recs) if recs else ():
+                    j = min(rec.stop, m) - 1
+                    if j >= rec.start and hashes[j] == rec.hashes[j - rec.base]:
+                        self._confirm_upto(rec, j + 1)
+
+    def _confirm_upto(self, rec: _Prediction, stop: int) -> None:
+        """rec's blocks [start, stop) are in the exact index for its pod: confirmed, their entries dropped."""
+        if not rec.confirmed:
+            rec.confirmed = True
+            self._made[rec.pod][1] += 1
+        start = rec.start
+        rec.start = stop  # before the drop: if rec then owns nothing, _release makes it start == stop
+        self._drop_entries(rec, start, stop)
 
     def _predict(self, key: Tuple[str, int], pod: str, hashes: List[int], start: int, stop: int,
                  now: float) -> None:
@@ -385,24 +360,38 @@ class Router:
         room = self._max_entries
         if stop - start > room:
             stop = start + room  # a prompt longer than the whole bound: predict its head only
-        # Oldest first; the heap's length is held to the bound too (confirmed predictions that own no
-        # entries any more wait there for their TTL).
-        while self._expiry and (self._entries + (stop - start) > room or len(self._expiry) >= room):
+        size = stop - start
+        # Oldest first; the heap's length is held to the bound too (dead predictions, owning no entries,
+        # wait there for their TTL), and so are the hashes live ones hold: one that owns a single entry
+        # still holds its prompt's hashes from its first block, so the entries alone bound nothing.
+        while self._expiry and (self._entries + size > room or len(self._expiry) >= room
+                                or self._held + size > 2 * room):
             self._retire(heapq.heappop(self._expiry))
         self._seq += 1
         rec = _Prediction(key, pod, hashes[start:stop], start, stop, now + self._ttl, self._seq)
         preds = self._predicted.setdefault(key, {})
-        added = 0
+        added = owned = 0
         for h in rec.hashes:
             owners = preds.get(h)
             if owners is None:
                 preds[h] = {pod: rec}
                 added += 1
             else:
-                if pod not in owners:
-                    added += 1
+                old = owners.get(pod)
+                if old is rec:  # the same prefix hash twice in one prompt: one entry
+                    continue
                 owners[pod] = rec
+                if old is None:
+                    added += 1
+                else:  # a newer prediction of the same pod takes the entry over
+                    old.owned -= 1
+                    if not old.owned:
+                        self._release(old)
+            owned += 1
+        rec.owned = owned
         self._entries += added
+        self._held += size
+        self._live.setdefault(key, {}).setdefault(pod, {})[rec] = None
         heapq.heappush(self._expiry, rec)
         counts = self._made.get(pod)
         if counts is None:
@@ -419,8 +408,8 @@ class Router:
 
     def _retire(self, rec: _Prediction) -> None:
         """A prediction leaves the index (its TTL passed, or room was needed for a newer one)."""
-        self._drop_entries(rec, rec.start, rec.stop)
-        rec.start = rec.stop
+        if rec.start < rec.stop:  # live: it owns entries, and dropping the last one releases it
+            self._drop_entries(rec, rec.start, rec.stop)
         counts = self._made[rec.pod]
         counts[3] -= 1
         if not rec.confirmed:
@@ -436,22 +425,38 @@ class Router:
 
     def _drop_entries(self, rec: _Prediction, start: int, stop: int) -> None:
         preds = self._predicted.get(rec.key)
-        if preds is None:
-            return
-        pod = rec.pod
-        dropped = 0
-        for h in rec.hashes[start - rec.base:stop - rec.base]:
-            owners = preds.get(h)
-            if owners is not None and owners.get(pod) is rec:
-                del owners[pod]
-                dropped += 1
-                if not owners:
-                    del preds[h]
-        self._entries -= dropped
-        if not preds:
-            del self._predicted[rec.key]
-        if start == rec.start and stop >= rec.stop:
-            rec.hashes = []  # nothing left to drop: let the prompt's hashes go now
+        if preds is not None:  # (it is, while rec owns an entry)
+            pod = rec.pod
+            dropped = 0
+            for h in rec.hashes[start - rec.base:stop - rec.base]:
+                owners = preds.get(h)
+                if owners is not None and owners.get(pod) is rec:
+                    del owners[pod]
+                    dropped += 1
+                    if not owners:
+                        del preds[h]
+            rec.owned -= dropped
+            self._entries -= dropped
+            if not preds:
+                del self._predicted[rec.key]
+        if not rec.owned:
+            self._release(rec)
+
+    def _release(self, rec: _Prediction) -> None:
+        """rec owns no entry any more: it leaves the live predictions and lets its prompt's hashes go now
+        (it stays in the heap, holding nothing, until its TTL or the room rule counts it)."""
+        self._held -= len(rec.hashes)
+        rec.hashes = []
+        rec.start = rec.stop
+        by_pod = self._live.get(rec.key)
+        if by_pod is not None:
+            recs = by_pod.get(rec.pod)
+            if recs is not None and rec in recs:  # not there when released before (idempotent)
+                del recs[rec]
+                if not recs:
+                    del by_pod[rec.pod]
+                    if not by_pod:
+                        del self._live[rec.key]
 
     # -- in-flight accounting ----------------------------------------------------------------------
 
@@ -469,23 +474,26 @@ class Router:
         interrupted one of this router's calls on the same thread, it is checked at once and done when
         that call leaves its section, so that it never sees or leaves a half-made change."""
         lock = self._lock
-        if not lock.enter():
+        if not lock.enter():  # this thread holds the mutex still (the section it interrupted does)
             self._check_settle(ticket, state)
+            ticket.accepted = state  # a second call before this one is applied is refused too
             lock.deferred.append(lambda: self._apply_settle(ticket, state))
             return
         try:
             self._check_settle(ticket, state)
+            ticket.accepted = state
             self._apply_settle(ticket, state)
         finally:
             lock.leave()
 
     def _check_settle(self, ticket: _Ticket, state: int) -> None:
-        if ticket.state != 2 and ticket.pod not in self._requests:  # only a forged ticket can be here
+        accepted = ticket.accepted
+        if accepted != 2 and ticket.pod not in self._requests:  # only a forged ticket can be here
             raise ValueError("this choice is not one of this router's requests in flight")
-        if ticket.state == 2:
+        if accepted == 2:
             what = "prefill_done" if state == 1 else "finished"
             raise ValueError(f"{what}: this choice has already finished")
-        if state == 1 and ticket.state == 1:
+        if state == 1 and accepted == 1:
             raise ValueError("prefill_done: this choice has already been through prefill_done")
 
     def _apply_settle(self, ticket: _Ticket, state: int) -> None:

@@ -273,10 +273,13 @@ def test_learned_concurrency_keeps_a_session_where_it_is_cached(make_table, rout
     pods = {"holder": PodLoad(running=4), "other": PodLoad(running=1)}
     learned = router_for(table, guard_requests=10**6)
     decode_on(learned, "x", 5)
-    assert learned.choose(MODEL, -1, prompt, pods).pod == "holder"
+    kept = learned.choose(MODEL, -1, prompt, pods)
+    assert kept.pod == "holder"
     unlearned = router_for(table, guard_requests=10**6, learn_concurrency=False)
     assert unlearned.choose(MODEL, -1, prompt, pods).pod == "other"
-    # and one at the learned concurrency (it would queue) goes elsewhere
+    # and one at the learned concurrency (it would queue) goes elsewhere; `kept` ends first, or holder
+    # would be prefilling this very prompt's tail, which the next one would share (the burst rule)
+    learned.finished(kept)
     full = {"holder": PodLoad(running=5), "other": PodLoad(running=1)}
     assert learned.choose(MODEL, -1, prompt, full).pod == "other"
 
@@ -428,146 +431,7 @@ def test_in_flight_work_steers_choices(router_for):
     assert router.choose(MODEL, -1, toks(20), ["b", "a"]).pod == "a"
 
 
-# -- predictions ------------------------------------------------------------------------------------
-
-def burst(router, n=4, tokens=1024, pods=8, model=MODEL):
-    prompt = list(range(7, 7 + tokens))
-    return [router.choose(model, -1, prompt, [f"pod{i}" for i in range(pods)]) for _ in range(n)]
-
-
-@pytest.mark.parametrize("block_size", [4, 16])
-def test_burst_of_identical_prompts_lands_on_one_pod(make_table, router_for, block_size):
-    router = router_for(make_table(block_size=block_size))
-    picks = burst(router)
-    assert len({c.pod for c in picks}) == 1
-    assert picks[1].predicted[picks[0].pod] == picks[1].n_blocks == 1024 // block_size
-    assert picks[1].matched[picks[0].pod] == 0
-    assert router.stats()["predictions"] == {picks[0].pod: {"made": 1, "confirmed": 0, "expired": 0}}
-
-
-def test_the_guard_leaves_a_burst_together(make_table, router_for):
-    """Requests sharing a prefix that the pod is prefilling now are not moved by the guard."""
-    # learn_concurrency off: after prefill_done the pod's 4 decoding requests would otherwise be a
-    # learned concurrency, and the queue term, not the guard, would move the next request
-    router = router_for(make_table(block_size=16), guard_requests=1, request_tokens=1.0, learn_concurrency=False)
-    picks = burst(router, n=4)
-    assert len({c.pod for c in picks}) == 1
-    assert router.stats()["decisions_by_reason"] == {"lowest cost": 1, "lowest cost (predicted)": 3}
-    for c in picks:
-        router.prefill_done(c)  # prefill over: the next one is an ordinary choice again, and guarded
-    again = burst(router, n=1)[0]
-    assert again.pod != picks[0].pod and again.reason == "hot-spot guard"
-
-
-def test_without_predictions_a_burst_scatters(make_table, router_for):
-    router = router_for(make_table(block_size=16), max_predicted_entries=0)
-    assert len({c.pod for c in burst(router)}) == 4
-    assert router.stats()["predicted_entries"] == 0
-
-
-def test_predictions_never_reach_the_table(make_table, router_for):
-    table = make_table()
-    router = router_for(table)
-    prompt = toks(0, 1, 2, 3)
-    c = router.choose(MODEL, -1, prompt, ["a", "b"])
-    router.finished(c)
-    assert router.stats()["predicted_entries"] == 4
-    assert table.match_blocks(MODEL, -1, prompt) == {}
-    assert table.match_prefix(MODEL, -1, prompt)[0] == {}
-    assert table.stats()["entries"] == 0
-    # but the router counts them: the same prompt again goes where it went
-    again = router.choose(MODEL, -1, prompt, ["b", "a"])
-    assert again.pod == c.pod and again.predicted[c.pod] == 4 and again.matched[c.pod] == 0
-
-
-def test_predictions_expire_after_their_ttl(make_table, router_for, clock):
-    router = router_for(predicted_ttl_seconds=2.0)
-    prompt = toks(0, 1, 2)
-    first = router.choose(MODEL, -1, prompt, ["a", "b"])
-    router.finished(first)
-    clock.advance(1.9)
-    assert router.choose(MODEL, -1, prompt, ["b", "a"]).predicted[first.pod] == 3
-    clock.advance(0.2)
-    assert router.stats()["predicted_entries"] == 0
-    late = router.choose(MODEL, -1, prompt, ["b", "a"])
-    assert late.predicted == late.matched
-    assert router.stats()["predictions"][first.pod] == {"made": 1, "confirmed": 0, "expired": 1}
-
-
-def test_predictions_confirmed_by_the_index(make_table, router_for, clock):
-    table = make_table()
-    router = router_for(table)
-    prompt = toks(0, 1, 2, 3)
-    c = router.choose(MODEL, -1, prompt, ["a", "b"])
-    router.finished(c)
-    store(table, c.pod, [0, 1, 2, 3])  # the engine's events arrive
-    seen = router.choose(MODEL, -1, prompt, ["a", "b"])
-    assert seen.matched[c.pod] == 4
-    stats = router.stats()
-    assert stats["predictions"][c.pod] == {"made": 1, "confirmed": 1, "expired": 0}
-    assert stats["predicted_entries"] == 0  # the exact index says it all now: the memory comes back
-    clock.advance(100)
-    assert router.stats()["predictions"][c.pod]["expired"] == 0
-
-
-def test_partly_confirmed_prediction_keeps_its_tail(make_table, router_for):
-    table = make_table()
-    router = router_for(table)
-    prompt = toks(0, 1, 2, 3, 4, 5)
-    c = router.choose(MODEL, -1, prompt, ["a", "b"])
-    router.finished(c)
-    store(table, c.pod, [0, 1])  # the first chunk of the prefill has been reported
-    seen = router.choose(MODEL, -1, prompt, ["a", "b"])
-    assert seen.matched[c.pod] == 2 and seen.predicted[c.pod] == 6
-    assert router.stats()["predicted_entries"] == 4
-    assert router.stats()["predictions"][c.pod]["confirmed"] == 1
-
-
-def test_only_blocks_beyond_the_match_are_predicted(make_table, router_for):
-    table = make_table()
-    store(table, "a", [0, 1])
-    router = router_for(table)
-    c = router.choose(MODEL, -1, toks(0, 1, 2, 3), ["a", "b"])
-    assert c.pod == "a"
-    router.finished(c)
-    assert router.stats()["predicted_entries"] == 2
-    full = router.choose(MODEL, -1, toks(0, 1), ["a", "b"])  # nothing beyond the match: no prediction
-    assert full.pod == "a" and router.stats()["predictions"]["a"]["made"] == 1
-
-
-def test_predicted_index_is_bounded(router_for, clock):
-    router = router_for(max_predicted_entries=10)
-    for k in range(30):
-        router.choose(MODEL, -1, toks(3 * k, 3 * k + 1, 3 * k + 2), [f"p{k % 4}"])
-        assert router.stats()["predicted_entries"] <= 10
-    stats = router.stats()
-    assert stats["predicted_entries"] == 9  # three live predictions of 3 blocks
-    assert sum(p["made"] for p in stats["predictions"].values()) == 30
-    assert sum(p["expired"] for p in stats["predictions"].values()) == 27  # dropped for room count as expired
-    long = router_for(max_predicted_entries=5)
-    long.choose(MODEL, -1, toks(*range(20)), ["a"])
-    assert long.stats()["predicted_entries"] == 5
-
-
-def test_predictions_of_other_pods_are_ignored(make_table, router_for):
-    router = router_for()
-    prompt = toks(0, 1, 2, 3)
-    first = router.choose(MODEL, -1, prompt, ["a"])
-    assert first.pod == "a"
-    c = router.choose(MODEL, -1, prompt, ["b", "c"])
-    assert c.pod in ("b", "c") and set(c.predicted) == {"b", "c"}
-    assert c.predicted == c.matched
-
-
-def test_predictions_are_per_model_and_adapter(router_for):
-    router = router_for()
-    prompt = toks(0, 1, 2, 3)
-    assert router.choose(MODEL, -1, prompt, ["a", "b"]).pod == "a"
-    other = router.choose(MODEL, 7, prompt, ["b", "a"])
-    assert other.predicted == other.matched and other.pod == "b"
-    model2 = router.choose("other-model", -1, prompt, ["b", "a"])
-    assert model2.predicted == model2.matched
-
+# -- stats ------------------------------------------------------------------------------------------
 
 def test_stats_keys(router_for):
     router = router_for()
@@ -580,23 +444,6 @@ def test_stats_keys(router_for):
     assert stats["predicted_entries"] == 2
     stats["in_flight"].clear()  # a copy: the router's own state is not handed out
     assert router.stats()["in_flight"]
-
-
-def test_chained_predictions_are_all_confirmed(make_table, router_for):
-    """A conversation's second turn extends the first turn's prediction; one report confirms both."""
-    table = make_table()
-    router = router_for(table)
-    first = router.choose(MODEL, -1, toks(0, 1), ["a", "b"])
-    router.finished(first)
-    second = router.choose(MODEL, -1, toks(0, 1, 2, 3), ["b", "a"])
-    assert second.pod == first.pod and second.predicted[first.pod] == 2
-    router.finished(second)
-    assert router.stats()["predictions"][first.pod]["made"] == 2
-    store(table, first.pod, [0, 1, 2, 3])
-    router.finished(router.choose(MODEL, -1, toks(0, 1, 2, 3), ["a", "b"]))
-    stats = router.stats()
-    assert stats["predictions"][first.pod] == {"made": 2, "confirmed": 2, "expired": 0}
-    assert stats["predicted_entries"] == 0
 
 
 def test_candidate_lists_are_checked_every_time(router_for):

@@ -64,6 +64,37 @@ def test_names_that_compare_oddly_are_compared_as_their_text(router_for):
     assert choice.pod in [f"Pod{i}" for i in range(12)] and type(choice.pod) is str
 
 
+def test_the_candidate_cache_answers_only_lists_of_exact_names(router_for):
+    """A remembered candidate list is looked up by equality; an item that compares equal to a cached
+    name but is not an exact str gets the full check, as on a router that has cached nothing."""
+    class NotAName:
+        def __hash__(self):
+            return hash("vllm-0")
+
+        def __eq__(self, other):
+            return True
+
+    class Folded(str):
+        def __eq__(self, other):
+            return str.lower(self) == str.lower(str(other))
+
+        def __hash__(self):
+            return hash(str.lower(self))
+
+    router = router_for(max_predicted_entries=0)
+    for pods in (["vllm-0"], ("vllm-0",)):
+        router.finished(router.choose("m", -1, toks(1), pods))  # remembered
+    for pods in ([NotAName()], (NotAName(),)):
+        with pytest.raises(TypeError, match="pods must hold pod names \\(str\\), got NotAName"):
+            router.choose("m", -1, toks(1), pods)
+    for pods in ([Folded("VLLM-0")], (Folded("VLLM-0"),)):
+        choice = router.choose("m", -1, toks(1), pods)
+        assert choice.pod == "VLLM-0" and type(choice.pod) is str and list(choice.cost) == ["VLLM-0"]
+        router.finished(choice)
+    assert router.stats()["decisions"] == 4 and router.stats()["in_flight"] == {}
+    assert list(router._candidate_cache) == [("vllm-0",)]  # neither was cached under the name it equals
+
+
 def test_a_model_name_subclass_keys_predictions_by_its_text(router_for):
     class Model(str):
         pass
@@ -236,6 +267,38 @@ def test_a_choices_hashes_cannot_be_made_writeable(router_for):
     with pytest.raises(ValueError, match="cannot set WRITEABLE flag"):
         choice.prefix_hashes.flags.writeable = True
     assert list(choice.prefix_hashes) == list(choice.prefix_hashes.copy())
+
+
+def test_a_second_settle_deferred_inside_a_section_is_refused(router_for):
+    """A finalizer that runs inside a router section (the garbage collector may run one between any two
+    bytecodes) and reports a request twice: the first call is deferred to the section's end, the
+    second is refused at once, as it would be outside. The section is opened by hand and the finalizer
+    run by dropping its last reference, so that nothing depends on when the collector runs."""
+    router = router_for()
+    errors = []
+    done, decoding = router.choose("m", -1, toks(1), PODS), router.choose("m", -1, toks(2), PODS)
+
+    class ReportsTwice:
+        def __del__(self):
+            for call, choice in ((router.finished, done), (router.finished, done), (router.prefill_done, done),
+                                 (router.prefill_done, decoding), (router.prefill_done, decoding),
+                                 (router.finished, decoding)):
+                try:
+                    call(choice)
+                except ValueError as exc:
+                    errors.append(str(exc))
+
+    reporter = ReportsTwice()
+    with router._lock:  # a section, as the router's own calls open them
+        del reporter  # the finalizer runs now, inside the section
+        assert len(router._lock.deferred) == 3  # the calls accepted, not applied yet
+        assert router.stats()["in_flight"] != {}
+    assert errors == ["finished: this choice has already finished",
+                      "prefill_done: this choice has already finished",
+                      "prefill_done: this choice has already been through prefill_done"]
+    assert router.stats()["in_flight"] == {} and router._concurrency == 1
+    with pytest.raises(ValueError, match="finished: this choice has already finished"):
+        router.finished(decoding)
 
 
 def test_a_forged_ticket_is_a_clear_error_and_changes_nothing(router_for):

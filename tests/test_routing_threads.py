@@ -28,6 +28,8 @@ def check_router(router: Router) -> None:
         held = sum(len(owners) for preds in router._predicted.values() for owners in preds.values())
         assert held == router._entries
         assert len(router._expiry) <= router._max_entries
+        hashes = sum(len(rec.hashes) for rec in router._expiry)  # what the predictions keep of prompts
+        assert hashes == router._held <= 2 * router._max_entries
 
 
 def hammer(router: Router, seconds: float, threads: int = 4, seed: int = 0) -> List[BaseException]:

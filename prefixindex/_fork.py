@@ -1,7 +1,11 @@
 """What the pure-Python locks do in a child of fork(), where only the forking thread lives: a lock that
-another thread held stays held for ever there. The fallback table's lock and the Router's register here;
-the handler calls each one's ``_after_fork()``, which resets it, or gives it a ``ForkedMutex`` when
-another thread was changing what it guards (docs/architecture.md, docs/routing.md).
+another thread held stays held for ever there. The fallback table's lock, the Router's and the vLLM
+subscriber's register here; the handler calls each one's ``_after_fork()``, which resets it, or gives it
+a ``ForkedMutex`` when another thread was changing what it guards (docs/architecture.md, docs/routing.md).
+
+Threads do not survive a fork either: a table's eviction thread registers with ``restart_after_fork``,
+and its ``_restart_after_fork()`` runs once every lock is reset (a thread started before its table's
+lock was reset could block for ever on the parent's lock).
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ import os
 import weakref
 from typing import Any
 
-__all__ = ["ForkedMutex", "reset_after_fork"]
+__all__ = ["ForkedMutex", "reset_after_fork", "restart_after_fork"]
 
 
 class ForkedMutex:
@@ -33,6 +37,7 @@ class ForkedMutex:
 
 
 _REGISTERED: "weakref.WeakSet[Any]" = weakref.WeakSet()
+_RESTARTED: "weakref.WeakSet[Any]" = weakref.WeakSet()
 
 
 def reset_after_fork(lock: Any) -> None:
@@ -40,10 +45,18 @@ def reset_after_fork(lock: Any) -> None:
     _REGISTERED.add(lock)
 
 
+def restart_after_fork(worker: Any) -> None:
+    """Have ``worker._restart_after_fork()`` called in every child of fork() while it lives, after
+    every registered lock was reset."""
+    _RESTARTED.add(worker)
+
+
 if hasattr(os, "register_at_fork"):
 
     def _reset_in_child() -> None:
         for lock in list(_REGISTERED):
             lock._after_fork()
+        for worker in list(_RESTARTED):
+            worker._restart_after_fork()
 
     os.register_at_fork(after_in_child=_reset_in_child)

@@ -382,6 +382,30 @@ def test_background_thread_evicts_stale_contexts(make_table, clock):
     assert t.stats()["evicted_contexts"] == 1
 
 
+def test_a_pass_that_raises_system_exit_is_logged_and_the_thread_goes_on(make_table, clock, caplog):
+    """A clock= that raises SystemExit (not an Exception) in a background pass ended the thread for good,
+    silently; every later stale context then stayed."""
+    raising = threading.Event()
+
+    def odd_clock():
+        if raising.is_set() and threading.current_thread().name == "prefixindex-eviction":
+            raising.clear()
+            raise SystemExit(1)
+        return clock()
+
+    with caplog.at_level("ERROR", logger="prefixindex"):
+        t = make_table(background_eviction=True, eviction_interval_seconds=0.02, eviction_duration_minutes=1,
+                       clock=odd_clock)
+        t.process_block_stored(stored([1], [1], "A"))
+        raising.set()
+        assert _wait_until(lambda: not raising.is_set())  # the pass that raised has run
+        clock.advance(61)
+        assert _wait_until(lambda: t.stats()["contexts"] == 0)  # a later pass of the same thread
+        assert t.eviction_thread_alive
+        t.close()
+    assert any("eviction pass failed" in r.getMessage() and r.exc_info[0] is SystemExit for r in caplog.records)
+
+
 def test_close_is_idempotent_and_stops_the_thread(make_table, clock):
     before = set(threading.enumerate())
     t = make_table(background_eviction=True, eviction_interval_seconds=0.05, eviction_duration_minutes=1)

@@ -10,6 +10,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional
 import zmq
 
 from .._events import AllBlocksCleared
+from .._fork import reset_after_fork
 from ._convert import PodConverter
 from ._loop import SOCKETS_PER_POD, Command, Loop, LoopSettings
 from ._pod import Pod, check_lora_map
@@ -133,6 +134,8 @@ class VLLMSubscriber:
         self._max_lora_blocks = int(getattr(getattr(table, "config", None), "max_prefixes_per_context", 10_000))
         self._lock = threading.Lock()     # guards _streams (stats() reads it from any thread)
         self._control = threading.Lock()  # one add/remove/start/stop at a time
+        self._forked = False  # a child of fork() whose parent was running this subscriber
+        reset_after_fork(self)
         # pod name -> its stream; kept across stop()/start(), so that batches missed while stopped are a
         # gap (replayed) rather than unnoticed. Only the loop thread touches a stream while it runs.
         self._streams: Dict[str, PodStream] = {}
@@ -204,6 +207,17 @@ class VLLMSubscriber:
         return PodStream(spec, converter, self.table, self._budget, replay_timeout=self.replay_timeout,
                          replay_on_connect=self.replay_on_connect, model=model)
 
+    def _after_fork(self) -> None:
+        """In a child of fork(), where only the forking thread lives: a lock another thread held (a
+        stats() of a metrics scrape, say) would stay held for ever, so both are new. The loop thread is
+        not here, and its sockets and ZeroMQ context are the parent's, which ZeroMQ does not let a child
+        use: the subscriber is stopped, and start() is a RuntimeError (docs/vllm.md, V2, "fork()")."""
+        self._lock = threading.Lock()
+        self._control = threading.Lock()
+        if self._loop is not None:
+            self._loop = self._thread = None
+            self._forked = True
+
     def _live_loop(self) -> Optional[Loop]:
         loop = self._loop
         return loop if loop is not None and loop.alive else None
@@ -217,6 +231,9 @@ class VLLMSubscriber:
         """
         positions = self._check_positions(resume) if resume is not None else None
         with self._control:
+            if self._forked:
+                raise RuntimeError("this subscriber was running when the process forked: its sockets are the "
+                                   "parent's; make a new VLLMSubscriber in this process")
             thread = self._thread
             if thread is not None and thread.is_alive():
                 if self._loop is not None and self._loop.stopping.is_set():

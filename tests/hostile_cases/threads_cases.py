@@ -18,7 +18,7 @@ from typing import Any, List, Tuple
 import numpy as np
 
 from common import (BlockRemoved, BlockStored, FakeClock, chain, check_usable, consistent, fail_now, fork_while_running,
-                    make_table, stored, toks)
+                    in_fork_child, make_table, stored, toks)
 
 LIVENESS = 60.0
 
@@ -187,6 +187,72 @@ def fork_while_hammering(backend: Any) -> None:
     t.close()
     print("fork children:", outcomes)
     check_usable(t, backend)
+
+
+def fork_child_keeps_evicting(backend: Any) -> None:
+    """A child of fork() has no thread of its parent's: its table must get an eviction thread of its
+    own, so that stale contexts still go there (SPEC 6; a pre-forking server's workers)."""
+    clock = FakeClock()
+    t = make_table(backend, background_eviction=True, eviction_interval_seconds=0.01, clock=clock)
+    for k in range(3):
+        t.process_block_stored(stored([k + 1], [k], "p", model=f"m{k}"))
+
+    def child() -> int:
+        clock.now += 3600.0  # an hour idle here: every context is stale for the child's next pass
+        deadline = time.monotonic() + 10.0
+        while t.stats()["contexts"] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert t.stats()["contexts"] == 0, t.stats()
+        names = [th.name for th in threading.enumerate()]
+        assert names.count("prefixindex-eviction") == 1, names
+        t.close()  # the child's own thread stops
+        assert [th.name for th in threading.enumerate()].count("prefixindex-eviction") == 0
+        return 0
+
+    for attempt in range(3):
+        code = in_fork_child(child, f"eviction child {attempt}")
+        assert code == 0, f"fork child {attempt} failed (exit {code}); its traceback is above"
+    t.close()
+    closed = make_table(backend, background_eviction=True, eviction_interval_seconds=0.01)
+    closed.close()
+
+    def closed_child() -> int:  # a table closed before the fork gets no thread in the child
+        time.sleep(0.05)
+        assert "prefixindex-eviction" not in [th.name for th in threading.enumerate()]
+        return 0
+
+    assert in_fork_child(closed_child, "closed-table child") == 0
+
+
+def fork_while_a_subscriber_is_read(backend: Any) -> None:
+    """fork() while another thread reads a running subscriber's stats (a metrics scrape): in the child
+    stats(), positions(), pods() and stop() answer at once, and start() says the subscriber ran in the
+    parent (ZeroMQ's sockets cannot be used across fork). Its locks were not reset: a child hung."""
+    from prefixindex.vllm import Pod, VLLMSubscriber
+
+    t = make_table(backend)
+    sub = VLLMSubscriber(t, [Pod(f"pod-{i}", f"tcp://127.0.0.1:{45000 + i}") for i in range(20)], model="m")
+    sub.start()
+
+    def child() -> int:
+        stats = sub.stats()
+        assert stats["running"] is False and len(stats["pods"]) == 20, stats
+        assert sub.positions() == {} and len(sub.pods) == 20
+        sub.stop()  # the parent's loop is not here: nothing to stop
+        try:
+            sub.start()
+        except RuntimeError as exc:
+            assert "forked" in str(exc), exc
+        else:
+            raise AssertionError("start() of a subscriber forked while running did not raise")
+        return 0
+
+    try:
+        outcomes = fork_while_running(lambda: sub.stats(), child, "never refused", 30, 5, (0.0005, 0.01))
+    finally:
+        sub.stop()
+    assert outcomes == {"works": 30, "refused": 0}, outcomes
+    print("fork children:", outcomes)
 
 
 def context_flood_differential(backend: Any) -> None:

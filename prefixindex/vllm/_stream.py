@@ -194,7 +194,7 @@ class PodStream:
             return False
         if ts is None or not (math.isfinite(ts) and math.isfinite(applied_ts)):
             return False  # (a NaN is unequal to itself: no restart can be read from one)
-        return ts > applied_ts if seq < self.applied else ts != applied_ts  # type: ignore[operator]
+        return ts > applied_ts if seq < self.applied else ts != applied_ts
 
     def _hold(self, seq: int, payload: Any) -> None:
         n = len(payload)

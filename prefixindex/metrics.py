@@ -78,7 +78,32 @@ _SUBSCRIBER_COUNTERS: Tuple[Tuple[str, str], ...] = (
     ("duplicates", "batches received twice and applied once"),
     ("restarts", "publisher restarts detected"),
     ("malformed", "bad messages, payloads and events skipped"),
+    ("placeholders", "placeholder stores skipped (no tokens: nothing to index)"),
+    ("other_rank", "batches of another data-parallel rank skipped"),
+    ("socket_errors", "sockets that could not be opened (retried with backoff)"),
+    ("held_dropped", "live batches not held during a replay for want of bytes (max_held_bytes)"),
+    ("resumes", "saved positions the subscription continued from"),
+    ("resume_refills", "saved positions the publisher could not continue (the pod cleared and refilled)"),
+    ("resubscribes", "fresh SUB sockets opened for a pod that was silent for resubscribe_idle"),
 )
+# The subscriber's per-pod values that go up and down: (stats key, metric name, help), gauges labelled `pod`.
+_SUBSCRIBER_GAUGES: Tuple[Tuple[str, str, str], ...] = (
+    ("replaying", "replaying", "1 while a replay runs for the pod, else 0"),
+    ("last_seq", "last_sequence", "the last batch sequence number applied (absent before the first)"),
+    ("subscribed", "subscribed", "1 while the pod's SUB socket is open, else 0"),
+    ("held_bytes", "held_bytes", "bytes of the pod's live batches held back now, while a replay runs"),
+)
+# The subscriber's stats() keys (top level: "totals"; the rest are a pod's) that are deliberately not
+# metrics, and why. The metrics tests check that every other key has a metric, so that a key added to
+# stats() later is exported or listed here with its reason, never silently forgotten.
+_SUBSCRIBER_LEFT_OUT: Dict[str, str] = {
+    "totals": "sums over the pods: a query sums the per-pod series instead (sum(...))",
+    "endpoint": "configuration, not a measurement (a string)",
+    "replay_endpoint": "configuration, not a measurement (a string, or None)",
+    "topic": "configuration, not a measurement (a string)",
+    "model": "configuration, not a measurement (a string)",
+    "data_parallel_rank": "configuration (the engine's rank, a fixed number or None), not a measurement",
+}
 
 # The router's per-pod prediction counters: made / confirmed / expired are separate metrics because a
 # sum over them would mean nothing.
@@ -156,16 +181,13 @@ def _subscriber_families(stats: Optional[Mapping[str, Any]]) -> List[Family]:
             if value is not None:
                 fam.add_metric([_label(pod)], value)
         families.append(fam)
-    replaying = _family("subscriber_replaying", False, "1 while a replay runs for the pod, else 0", ["pod"])
-    last_seq = _family("subscriber_last_sequence", False,
-                       "the last batch sequence number applied (absent before the first)", ["pod"])
-    for pod, pod_stats in pods.items():
-        pod_stats = _mapping(pod_stats)
-        for fam, key in ((replaying, "replaying"), (last_seq, "last_seq")):
-            value = _number(pod_stats.get(key))
+    for key, name, doc in _SUBSCRIBER_GAUGES:
+        fam = _family("subscriber_" + name, False, doc, ["pod"])
+        for pod, pod_stats in pods.items():
+            value = _number(_mapping(pod_stats).get(key))
             if value is not None:
                 fam.add_metric([_label(pod)], value)
-    families += [replaying, last_seq]
+        families.append(fam)
     return families
 
 
@@ -289,7 +311,7 @@ class MetricsServer:
         return f"http://{host}:{self.port}/metrics"
 
     def close(self) -> None:
-        """Stop serving, free the port and unregister the collector."""
+        """Stop serving, free the port and unregister the collector (if the caller has not already)."""
         with self._lock:
             if self._closed:
                 return
@@ -298,7 +320,10 @@ class MetricsServer:
         self._server.server_close()
         self._thread.join(timeout=10.0)
         if self.collector is not None:
-            self.registry.unregister(self.collector)
+            try:
+                self.registry.unregister(self.collector)
+            except KeyError:  # the caller unregistered it already (the documented way): nothing left to do
+                pass
 
     def __enter__(self) -> "MetricsServer":
         return self

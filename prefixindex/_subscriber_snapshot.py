@@ -121,13 +121,16 @@ def add_arguments(parser: Any) -> None:
                         help="also save the snapshot every SECONDS while running (needs --snapshot)")
 
 
-def check_arguments(parser: Any, args: Any) -> None:
-    """Usage errors of the two options, as the parser's (exit status 2)."""
+def check_arguments(parser: Any, args: Any, max_seconds: float = math.inf) -> None:
+    """Usage errors of the two options, as the parser's (exit status 2); ``max_seconds`` is the
+    command's limit on a period (the subscribe command's MAX_SECONDS)."""
     if args.snapshot_every is not None:
         if args.snapshot is None:
             parser.error("--snapshot-every needs --snapshot PATH")
-        if not (math.isfinite(args.snapshot_every) and args.snapshot_every > 0):
-            parser.error("--snapshot-every must be a positive number of seconds")
+        every = args.snapshot_every
+        if not (math.isfinite(every) and 0 < every <= max_seconds):
+            limit = f", at most {max_seconds:,.0f}" if math.isfinite(max_seconds) else ""
+            parser.error(f"--snapshot-every must be a positive number of seconds{limit}, got {every!r}")
 
 
 def open_table(cls: Type[T], path: Optional[str], overrides: Mapping[str, Any]

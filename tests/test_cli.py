@@ -233,3 +233,29 @@ def test_info_says_what_runs_and_why():
     assert forced.returncode == 0, forced.stderr
     info = json.loads(forced.stdout)
     assert info["backend"] == "python" and info["compiled_core"] == "not used: PREFIXINDEX_NO_EXTENSIONS is set"
+
+
+@pytest.mark.parametrize("variable,value", [("AIBRIX_SYNC_MAX_CONTEXTS", "abc"),
+                                            ("AIBRIX_PREFIX_CACHE_BLOCK_SIZE", "0")])
+@pytest.mark.parametrize("as_json", [False, True])
+def test_info_explains_a_bad_environment_variable(variable, value, as_json):
+    """info is what an operator runs to check the configuration: a bad AIBRIX_* variable is a usage
+    error naming it (exit 2, as subscribe gives), not a traceback."""
+    proc = cli("info", *(["--json"] if as_json else []), env={**os.environ, variable: value})
+    assert proc.returncode == 2 and proc.stdout == "" and no_traceback(proc), proc.stderr[-2000:]
+    assert f"info: error: the environment: {variable} (Config." in proc.stderr
+    assert repr(int(value) if value.isdigit() else value) in proc.stderr
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--block-size", "99999999"], "block_size must be at most 16,777,216, got 99999999"),  # was a traceback
+    (["--block-size", str(2**70)], "block_size must be at most 16,777,216"),
+    (["--block-size", "0"], "block_size must be at least 1, got 0"),
+])
+def test_demo_block_size_errors(argv, message, capsys):
+    from prefixindex._tools.demo import main as demo_main
+
+    with pytest.raises(SystemExit) as exc:
+        demo_main(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err

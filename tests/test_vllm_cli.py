@@ -18,7 +18,7 @@ import pytest
 import zmq
 
 from prefixindex._tools.subscribe import main
-from prefixindex.vllm import Pod
+from prefixindex.vllm import Pod, VLLMSubscriber
 
 from test_vllm_decode import batch, stored
 
@@ -128,14 +128,89 @@ def test_bad_endpoint_is_an_error_exit(capsys):
     (["--pod", "p=tcp://127.0.0.1:1", "--model", "m", "--lora-map", "sql"], "NAME=ID"),
     (["--pod", "p=tcp://127.0.0.1:1", "--model", "m", "--lora-map", "sql=x"], "NAME=ID"),
     (["--pod", "p=tcp://127.0.0.1:1", "--model", "m", "--interval", "0"], "--interval"),
+    # NaN made the loop spin, inf and 1e10 overflowed threading's wait, a NaN --duration never ended
+    *[(["--pod", "p=tcp://127.0.0.1:1", "--model", "m", f"{option}={value}"],  # (= for argparse to take -inf)
+       f"{option} must be a {kind} number of seconds, at most 2,147,483,648, got {value}")
+      for option, kind in (("--interval", "positive"), ("--duration", "non-negative"))
+      for value in ("nan", "inf", "-inf", "10000000000.0", "-1.0")],
+    (["--pod", "p=tcp://127.0.0.1:1", "--model", "m", "--snapshot", "x", "--snapshot-every", "1e10"],
+     "--snapshot-every must be a positive number of seconds, at most 2,147,483,648, got 10000000000.0"),
     (["--pod", "p=tcp://127.0.0.1:1", "--model", "m", "--block-size", "0"], "block_size"),
     ([], "--pod"),
 ])
-def test_argument_errors(argv, message, capsys):
+def test_argument_errors(argv, message, capsys, monkeypatch):
+    def start(self):  # a usage error stops before this; a run would never end (--duration nan, inf)
+        raise AssertionError("the subscriber was started")
+
+    monkeypatch.setattr(VLLMSubscriber, "start", start)
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_the_longest_interval_is_a_wait_that_works():
+    """MAX_SECONDS (2**31) is within threading's limit (above it a wait is an OverflowError), and a
+    run at that --interval starts, ends on --duration and gives the signal handlers back."""
+    from prefixindex._tools.subscribe import MAX_SECONDS
+
+    assert MAX_SECONDS == 2**31 <= threading.TIMEOUT_MAX
+    done = threading.Event()
+    timer = threading.Timer(0.01, done.set)
+    timer.start()
+    assert done.wait(MAX_SECONDS)
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    assert main(["--pod", "p=tcp://127.0.0.1:9", "--model", "m", "--interval", str(2**31), "--duration", "0.05"]) == 0
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+
+
+def test_a_second_signal_during_the_shutdown_is_ignored(publisher, tmp_path):
+    """SIGTERM, then (once the command said it is stopping) SIGTERM and Ctrl-C again: the handlers stay
+    until the final save, the last stats line and the metrics server's close are done; exit 0."""
+    pytest.importorskip("prometheus_client", reason="the 'metrics' extra is not installed")
+    snapshot = tmp_path / "s.pisnap"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    # The final save is made to take 0.5 s, so that the signals sent once "stopping" is printed surely
+    # land inside the cleanup (a real save of a large index takes longer than that).
+    slow_save = ("import sys, time\nfrom prefixindex._subscriber_snapshot import PeriodicSaver\n"
+                 "save = PeriodicSaver.save\n"
+                 "PeriodicSaver.save = lambda self, now=None: (time.sleep(0.5), save(self, now))[1]\n"
+                 "from prefixindex.__main__ import main\nsys.exit(main())\n")
+    proc = subprocess.Popen([sys.executable, "-c", slow_save, "subscribe", "--pod",
+                             f"pod-a={publisher.endpoint},topic=kv-events", "--model", "llama", "--block-size", "4",
+                             "--interval", "0.1", "--snapshot", str(snapshot), "--metrics-port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+    err: List[str] = []
+    stopping = threading.Event()
+
+    def read_stderr() -> None:  # stderr in a thread: the test must not block on a line that never comes
+        for line in proc.stderr:
+            err.append(line)
+            if line.startswith("stopping on SIGTERM"):
+                stopping.set()
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
+    try:
+        assert "subscribed to pod-a=" in proc.stdout.readline()
+        assert proc.stdout.readline().startswith("[")  # the loop runs: the handlers are in place
+        proc.send_signal(signal.SIGTERM)
+        assert stopping.wait(10), "".join(err)
+        assert proc.poll() is None  # still cleaning up: the save takes 0.5 s
+        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=10)  # (not communicate(): the reader thread owns stderr; stdout fits its pipe)
+        rest = proc.stdout.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    reader.join(5)
+    assert proc.returncode == 0, "".join(err)
+    assert rest.splitlines()[-1].startswith("[")  # the last stats line
+    assert any(line.startswith(f"saved the snapshot to {snapshot}") for line in err), "".join(err)
+    assert snapshot.stat().st_size > 0
+    assert "Traceback" not in "".join(err)
 
 
 def test_pod_parse():
@@ -159,6 +234,39 @@ def _bench(args: List[str]) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.run([sys.executable, "-m", "prefixindex", "vllm-bench", *args, "--json"], capture_output=True,
                           text=True, timeout=300, cwd=ROOT, env=env)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["ingest", "--repeat", "0"], "--repeat must be at least 1, got 0"),  # was an IndexError
+    (["ingest", "--repeat", "-1"], "--repeat must be at least 1, got -1"),
+    (["ingest", "--batches", "0"], "--batches must be at least 1 and at most 16,777,216"),  # ZeroDivisionError
+    (["ingest", "--batches", str(2**24 + 1)], "--batches must be at least 1 and at most 16,777,216"),  # the bound
+    (["multi", "--publishers", "0"], "--publishers must be at least 1 and at most 10,000"),
+    (["multi", "--batches-each", "0"], "--batches-each must be at least 1 and at most 167,772 (with --publishers 100"),
+    (["idle", "--seconds", "-1"], "--seconds must be a positive number of seconds"),  # time.sleep's ValueError
+    (["idle", "--seconds", "nan"], "--seconds must be a positive number of seconds"),
+    (["idle", "--seconds", "inf"], "--seconds must be a positive number of seconds"),  # an OverflowError
+    (["idle", "--pods", "-1"], "--pods must be at least 1 and at most 32,000"),
+    (["idle", "--pods", str(10**20)], "--pods must be at least 1 and at most 32,000"),
+    (["add-pods", "--pods", "0"], "--pods must be at least 1"),  # 0 silently meant the default
+    (["warm", "--pods", "20000"], "--pods must be at least 1 and at most 10,000"),
+    (["warm", "--missed", "-1"], "--missed must be at least 1"),  # an IndexError in the child
+    (["warm", "--missed", "0"], "--missed must be at least 1"),  # a warm restart with nothing to catch up on
+])
+def test_vllm_bench_argument_errors(argv, message, capsys, monkeypatch):
+    from prefixindex._tools import vllm_bench, warm_bench
+
+    def benchmark(*args, **kwargs):  # a usage error stops before any run (some would take for ever)
+        raise AssertionError("a benchmark ran")
+
+    for module, name in ((vllm_bench, "multi_ingest_benchmark"), (vllm_bench, "add_pods_benchmark"),
+                         (vllm_bench, "idle_benchmark"), (vllm_bench, "flood_benchmark"),
+                         (warm_bench, "warm_restart_benchmark")):
+        monkeypatch.setattr(module, name, benchmark)
+    with pytest.raises(SystemExit) as exc:
+        vllm_bench.main(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
 
 
 def test_vllm_bench_ingest_and_multi_lose_nothing():

@@ -38,12 +38,14 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 import prefixindex
+from prefixindex._config import _MAXIMA
 from prefixindex._tools.demo_policies import POLICIES, Policy, PrefixOnlyPolicy, RouterPolicy
 
 MODELS = ("llama-3.1-8b-instruct", "qwen2.5-7b-instruct")
 MODEL_TRAFFIC_SHARE = (0.6, 0.4)  # the first model is the busier one
 VOCAB_SIZE = 32_000
 MAX_MODEL_LEN = 4_096  # tokens; a session ends when its next turn would not fit
+_BLOCK_SIZE_MAX = _MAXIMA["block_size"]  # (2**24 tokens)
 SYSTEM_PROMPTS_PER_MODEL = 8
 SYSTEM_PROMPT_TOKENS = (300, 1_200)  # [low, high) token counts
 FIRST_MESSAGE_TOKENS = (30, 400)
@@ -83,6 +85,8 @@ class DemoConfig:
         for name in ("prefill_tokens_per_s", "decode_seconds", "requests_per_s_per_pod"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.block_size > _BLOCK_SIZE_MAX:  # the index's own bound (D13): a usage error, not a traceback
+            raise ValueError(f"block_size must be at most {_BLOCK_SIZE_MAX:,}, got {self.block_size}")
         if not 0 <= self.seed < 2**64:  # it also seeds the index's prefix hashes
             raise ValueError(f"seed must be in [0, 2**64), got {self.seed}")
 

@@ -55,7 +55,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog=command_prog("info"), description=__doc__)
     parser.add_argument("--json", action="store_true", help="print JSON")
     args = parser.parse_args(argv)
-    info = collect()
+    try:
+        info = collect()
+    except ValueError as exc:  # a bad AIBRIX_* variable (Config.from_env names it): the user's to fix
+        parser.error(f"the environment: {exc}")
     if args.json:
         print(json.dumps(info, indent=2))
         return 0

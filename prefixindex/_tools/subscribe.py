@@ -23,6 +23,7 @@ from typing import Any, List, Optional, Tuple
 from .._subscriber_snapshot import PeriodicSaver, open_table
 from .._subscriber_snapshot import add_arguments as add_snapshot_arguments
 from .._subscriber_snapshot import check_arguments as check_snapshot_arguments
+from ._checks import MAX_SECONDS, check_seconds
 
 __all__ = ["build_parser", "main"]
 
@@ -62,8 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="cache tier to index (repeatable; default GPU; 'any' for every tier)")
     parser.add_argument("--replay-on-connect", action="store_true",
                         help="fetch each pod's buffered batches when the subscription starts")
-    parser.add_argument("--interval", type=float, default=5.0, help="seconds between stats lines (default 5)")
-    parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    parser.add_argument("--interval", type=float, default=5.0,
+                        help="seconds between stats lines (default 5, at most 2**31)")
+    parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds (at most 2**31)")
     parser.add_argument("--per-pod", action="store_true", help="also print one line per pod")
     parser.add_argument("--json", action="store_true", help="print one JSON object per line")
     add_snapshot_arguments(parser)
@@ -99,15 +101,38 @@ def _stats_line(elapsed: float, sub: Any, table: Any, per_pod: bool, as_json: bo
     return line
 
 
+def _install_stop_handlers(stop: threading.Event, stopped_by: List[str]) -> List[Tuple[int, Any]]:
+    """SIGTERM (kubectl delete, docker stop) and SIGINT (Ctrl-C) set ``stop``, and record which
+    signal came first. They stay installed until the cleanup is done, so that a second signal (an
+    impatient Ctrl-C, a second SIGTERM) cannot cut the final save, stats line and close short; it is
+    ignored. Returns what to restore. A SIGINT that is ignored (a job started with nohup, or in the
+    background of a script) stays ignored."""
+    def handler(signum: int, frame: Any) -> None:
+        # Only set flags here: a print from a handler can land inside the main thread's own print
+        # and raise "reentrant call".
+        if not stopped_by:
+            stopped_by.append(signal.Signals(signum).name)
+        stop.set()
+
+    previous: List[Tuple[int, Any]] = []
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        try:
+            if signum == signal.SIGINT and signal.getsignal(signum) == signal.SIG_IGN:
+                continue
+            previous.append((signum, signal.signal(signum, handler)))
+        except ValueError:  # not the main thread: signals are not ours to handle
+            break
+    return previous
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """``python -m prefixindex subscribe ...``: run a subscriber and print stats every --interval."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.interval <= 0:
-        parser.error("--interval must be positive")
-    if args.duration is not None and args.duration < 0:
-        parser.error("--duration must not be negative")
-    check_snapshot_arguments(parser, args)
+    check_seconds(parser, "--interval", args.interval, zero_ok=False)
+    if args.duration is not None:
+        check_seconds(parser, "--duration", args.duration, zero_ok=True)
+    check_snapshot_arguments(parser, args, MAX_SECONDS)
     if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
         parser.error("--metrics-port must be in [0, 65535]")
     metrics: Any = None
@@ -179,43 +204,47 @@ def main(argv: Optional[List[str]] = None) -> int:
     started = time.monotonic()
     deadline = None if args.duration is None else started + args.duration
     saver = None if args.snapshot is None else PeriodicSaver(sub, args.snapshot, args.snapshot_every, started)
-    previous_handler: Any = None
-    try:  # SIGTERM (kubectl delete, docker stop) ends the run like Ctrl-C: stop, print, exit 0
-        previous_handler = signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
-    except ValueError:  # not the main thread
-        pass
+    stopped_by: List[str] = []
+    previous_handlers = _install_stop_handlers(stop, stopped_by)
     next_line = started + args.interval
+    saved = True
     try:
-        while not stop.is_set():
-            now = time.monotonic()
-            wait = min(next_line, deadline if deadline is not None else next_line,
-                       saver.next_at if saver is not None and saver.next_at is not None else next_line) - now
-            if wait > 0 and stop.wait(wait):
-                break
-            now = time.monotonic()
-            if deadline is not None and now >= deadline:
-                break
-            if saver is not None and saver.due(now):
-                saver.save(now)
-            if now >= next_line:
-                next_line = now + args.interval
-                print(_stats_line(now - started, sub, table, args.per_pod, args.json), flush=True)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        if previous_handler is not None:
-            signal.signal(signal.SIGTERM, previous_handler)
-        sub.stop()
-        saved = True
-        if saver is not None:  # after stop(): the positions and the table are exact
-            saved = saver.save()
-            if saved:
-                print(f"saved the snapshot to {args.snapshot} ({saver.saves} save(s), {saver.failures} failed)",
+        try:
+            while not stop.is_set():
+                now = time.monotonic()
+                wait = min(next_line, deadline if deadline is not None else next_line,
+                           saver.next_at if saver is not None and saver.next_at is not None else next_line) - now
+                # (a platform whose TIMEOUT_MAX is below MAX_SECONDS wakes early and waits again)
+                if wait > 0 and stop.wait(min(wait, threading.TIMEOUT_MAX)):
+                    break
+                now = time.monotonic()
+                if deadline is not None and now >= deadline:
+                    break
+                if saver is not None and saver.due(now):
+                    saver.save(now)
+                if now >= next_line:
+                    next_line = now + args.interval
+                    print(_stats_line(now - started, sub, table, args.per_pod, args.json), flush=True)
+        except KeyboardInterrupt:  # SIGINT while our handler was not installed (not the main thread)
+            pass
+        finally:
+            if stopped_by:  # said before the cleanup, which can take a while (the metrics server: ~0.5 s)
+                print(f"stopping on {stopped_by[0]}: a second signal is ignored until the cleanup is done",
                       file=sys.stderr, flush=True)
-        print(_stats_line(time.monotonic() - started, sub, table, args.per_pod, args.json), flush=True)
-        if server is not None:
-            server.close()
-        table.close()
+            sub.stop()
+            if saver is not None:  # after stop(): the positions and the table are exact
+                saved = saver.save()
+                if saved:
+                    print(f"saved the snapshot to {args.snapshot} ({saver.saves} save(s), {saver.failures} failed)",
+                          file=sys.stderr, flush=True)
+            print(_stats_line(time.monotonic() - started, sub, table, args.per_pod, args.json), flush=True)
+            if server is not None:
+                server.close()
+            table.close()
+    finally:  # only now: until here a second SIGTERM or Ctrl-C would have cut the cleanup short
+        for signum, previous in previous_handlers:
+            if previous is not None:  # None: a handler not set from Python, which cannot be put back
+                signal.signal(signum, previous)
     return 0 if saved else 1
 
 

@@ -30,6 +30,8 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 
+from ._checks import check_vllm_bench
+
 __all__ = ["add_pods_benchmark", "flood_benchmark", "idle_benchmark", "ingest_benchmark", "main", "make_payloads",
            "multi_ingest_benchmark"]
 
@@ -548,6 +550,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except ImportError as exc:
         print(f"error: the vLLM benchmarks need pyzmq and msgspec: python -m pip install -e '.[vllm]' ({exc})")
         return 1
+    check_vllm_bench(parser, args)
     scenarios = (["ingest", "multi", "add-pods", "idle", "flood", "warm"] if args.scenario == "all"
                  else [args.scenario])
     results: Dict[str, Any] = {}

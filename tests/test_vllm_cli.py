@@ -127,6 +127,8 @@ def test_bad_endpoint_is_an_error_exit(capsys):
     (["--pod", "p=tcp://127.0.0.1:1", "--pod", "p=tcp://127.0.0.1:2", "--model", "m"], "its own NAME"),
     (["--pod", "p=tcp://127.0.0.1:1", "--model", "m", "--lora-map", "sql"], "NAME=ID"),
     (["--pod", "p=tcp://127.0.0.1:1", "--model", "m", "--lora-map", "sql=x"], "NAME=ID"),
+    (["--pod", "p=tcp://127.0.0.1:1", "--model", "m", "--lora-map", f"sql={2**63}"],
+     f"--lora-map sql: the ID must fit in a signed 64-bit integer, got {2**63}"),
     (["--pod", "p=tcp://127.0.0.1:1", "--model", "m", "--interval", "0"], "--interval"),
     # NaN made the loop spin, inf and 1e10 overflowed threading's wait, a NaN --duration never ended
     *[(["--pod", "p=tcp://127.0.0.1:1", "--model", "m", f"{option}={value}"],  # (= for argparse to take -inf)

@@ -402,6 +402,27 @@ def test_removals_cost_one_event_however_many_adapters_were_seen():
     assert c.lora_blocks == {}
 
 
+def test_a_lora_map_is_checked_as_the_index_checks_lora_ids():
+    """A lora_id past 64 bits was accepted, and every event mapped to it then refused as malformed; a
+    name or id of a subclass is kept as its plain value (the index never runs a subclass's code)."""
+    from prefixindex.vllm import Pod
+    from prefixindex.vllm._pod import check_lora_map
+
+    class Name(str):
+        pass
+
+    class Id(int):
+        pass
+
+    with pytest.raises(ValueError, match=r"lora_map\['sql'\] must fit in a signed 64-bit integer, got 9223372036854775808"):
+        check_lora_map({"sql": 2**63}, "lora_map")
+    with pytest.raises(ValueError, match="must fit in a signed 64-bit integer"):
+        Pod("p", "tcp://127.0.0.1:1", lora_map={"sql": -2**63 - 1})
+    out = check_lora_map({Name("sql"): Id(5), "base": -2**63}, "lora_map")
+    assert out == {"sql": 5, "base": -2**63}
+    assert all(type(k) is str and type(v) is int for k, v in out.items())
+
+
 def test_lora_tracking_is_bounded():
     c = conv(lora_map={"a": 1}, max_lora_blocks=100)
     for i in range(1000):

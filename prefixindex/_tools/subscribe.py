@@ -36,9 +36,13 @@ def _parse_lora(text: str) -> Tuple[str, int]:
     try:
         if not sep or not name:
             raise ValueError
-        return name, int(value)
+        lora_id = int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"--lora-map must be NAME=ID with an integer ID, got {text!r}") from None
+    if not -2**63 <= lora_id < 2**63:  # the index's lora_id range (a usage error here, not a traceback later)
+        raise argparse.ArgumentTypeError(f"--lora-map {name}: the ID must fit in a signed 64-bit integer, "
+                                         f"got {lora_id}")
+    return name, lora_id
 
 
 def build_parser() -> argparse.ArgumentParser:

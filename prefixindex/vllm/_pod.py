@@ -7,6 +7,8 @@ import dataclasses
 import re
 from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 
+from .._events import check_lora_id, check_str
+
 __all__ = ["DEFAULT_RANK_NAME", "Pod", "RankName", "check_lora_map", "data_parallel_pods", "parse_pod"]
 
 #: How ``data_parallel_pods`` names rank r of server ``name`` unless told otherwise (docs/vllm.md, V1).
@@ -96,7 +98,9 @@ def check_lora_map(lora_map: Any, what: str) -> Dict[str, int]:
             raise TypeError(f"{what} keys must be adapter names (str), got {type(name).__name__}")
         if not isinstance(lora_id, int) or isinstance(lora_id, bool):
             raise TypeError(f"{what}[{name!r}] must be an int lora_id, not {type(lora_id).__name__}")
-        out[name] = lora_id
+        # the index's own checks, now rather than as every mapped event is refused (malformed) later:
+        # a lora_id past 64 bits, and a name or id of a subclass kept as its plain value
+        out[check_str(name, f"{what} key")] = check_lora_id(lora_id, f"{what}[{name!r}]")
     return out
 
 

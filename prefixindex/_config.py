@@ -114,7 +114,11 @@ def _validate(values: Mapping[str, Any], from_env: bool) -> None:
             if not _is_int(value) or value <= 0:
                 raise ValueError(f"{_name(field, from_env)} must be a positive integer, got {value!r}")
         elif field in _FLOAT_FIELDS:
-            ok = (_is_int(value) or isinstance(value, float)) and math.isfinite(value) and value > 0
+            try:
+                ok = (_is_int(value) or isinstance(value, float)) and math.isfinite(value) and value > 0
+            except OverflowError:  # an int past any float: isfinite converts it first (the tables would too)
+                raise ValueError(f"{_name(field, from_env)} must be a positive number that a float holds, "
+                                 f"got an int of {int.bit_length(value)} bits") from None
             if not ok:
                 raise ValueError(f"{_name(field, from_env)} must be a positive number, got {value!r}")
         elif value is not None and (not _is_int(value) or not 0 <= value < 2**64):

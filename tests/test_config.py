@@ -102,6 +102,7 @@ def test_invalid_env_value_names_the_variable(field, raw):
 @pytest.mark.parametrize("field, value", [
     *[(f, v) for f in INT_FIELDS for v in (0, -1, 1.5, 2.0, "5", None, True)],
     *[(f, v) for f in FLOAT_FIELDS for v in (0, 0.0, -1, -0.1, math.nan, math.inf, -math.inf, "5", None, True)],
+    *[(f, v) for f in FLOAT_FIELDS for v in (10**400, -10**400)],  # past any float: was an OverflowError
     *[("seed", v) for v in (-1, U64, 2**70, 1.0, "5", True)],
 ])
 def test_invalid_value_names_field_and_variable(field, value):

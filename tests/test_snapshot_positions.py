@@ -162,3 +162,32 @@ def test_a_resume_after_a_batch_with_a_nan_ts_asks_from_the_next_seq(make_table,
     finally:
         again.stop()
         again.table.close()
+
+
+@pytest.mark.parametrize("resume, words", [
+    ([("pod-a", 1)], "resume must be a mapping of pod name -> position, not list"),
+    ({"pod-a": 3}, "resume['pod-a'] must be a mapping with an int 'seq' >= 0"),
+    ({"pod-a": {"seq": -1}}, "resume['pod-a'] must be a mapping with an int 'seq' >= 0"),
+    ({"pod-a": {"seq": True}}, "resume['pod-a'] must be a mapping with an int 'seq' >= 0"),
+    ({"pod-a": _position(3, "1.5")}, "resume['pod-a']['publisher']['ts'] must be a finite number or None, got '1.5'"),
+    ({"pod-a": _position(3, True)}, "resume['pod-a']['publisher']['ts'] must be a finite number or None, got True"),
+    # no batch's ts can be one of these (they are recorded as None), and a save could not write them back
+    *[({"pod-a": _position(3, bad)}, f"must be a finite number or None, got {bad}")
+      for bad in (float("nan"), float("inf"), float("-inf"))],
+])
+def test_a_resume_given_by_hand_is_checked(make_table, resume, words):
+    table = make_table()
+    with pytest.raises((TypeError, ValueError)) as info:
+        VLLMSubscriber(table, [Pod("pod-a", ENDPOINT)], model=MODEL, resume=resume)
+    assert words in str(info.value)
+    sub = _subscriber(table, "pod-a")
+    with pytest.raises((TypeError, ValueError)) as info:
+        sub.start(resume=resume)  # refused before anything is connected
+    assert words in str(info.value) and not sub.running
+
+
+def test_a_resume_given_by_hand_takes_ints_floats_and_none(make_table):
+    positions = {"a": _position(3, 1007), "b": _position(0, 1007.5), "c": _position(9, None), "d": {"seq": 4}}
+    sub = VLLMSubscriber(make_table(), [Pod(name, ENDPOINT) for name in "abcd"], model=MODEL, resume=positions)
+    assert sub._resume == {"a": {"seq": 3, "publisher": {"ts": 1007}}, "b": {"seq": 0, "publisher": {"ts": 1007.5}},
+                           "c": {"seq": 9, "publisher": {"ts": None}}, "d": {"seq": 4, "publisher": {"ts": None}}}

@@ -369,8 +369,10 @@ class VLLMSubscriber:
                 raise ValueError(f"resume[{name!r}] must be a mapping with an int 'seq' >= 0, got {position!r}")
             publisher = position.get("publisher") or {}
             ts = publisher.get("ts") if isinstance(publisher, Mapping) else None
-            if ts is not None and not isinstance(ts, (int, float)):
-                raise ValueError(f"resume[{name!r}]['publisher']['ts'] must be a number or None, got {ts!r}")
+            if ts is not None and (not isinstance(ts, (int, float)) or isinstance(ts, bool)
+                                   or (isinstance(ts, float) and not math.isfinite(ts))):
+                # (a NaN or an infinity can be no batch's recorded ts, and a save could not write it back)
+                raise ValueError(f"resume[{name!r}]['publisher']['ts'] must be a finite number or None, got {ts!r}")
             out[str(name)] = {"seq": seq, "publisher": {"ts": ts}}
         return out
 

@@ -163,6 +163,16 @@ def test_a_section_that_returns_other_rows_than_it_declares_is_refused(monkeypat
         report.run(["python"], quick=True, sections=["core"])
 
 
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "1e10"])
+def test_bench_rejects_a_budget_no_row_could_use(value, capsys, monkeypatch):
+    """0 or less timed nothing, NaN and infinity never ended a row (taken without a word before)."""
+    monkeypatch.setattr(report, "run", lambda *a, **k: pytest.fail("the bench ran"))
+    with pytest.raises(SystemExit) as exc:
+        report.main([f"--seconds-per-row={value}"])
+    assert exc.value.code == 2
+    assert "--seconds-per-row must be a positive number of seconds" in capsys.readouterr().err
+
+
 def test_bench_rejects_an_unknown_backend():
     proc = subprocess.run([sys.executable, "-m", "prefixindex", "bench", "--backends", "fortran"], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)

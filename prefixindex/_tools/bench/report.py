@@ -9,6 +9,7 @@ import sys
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
+from .._checks import check_seconds
 from .common import BACKEND_MODULES, BLOCK_SIZE, POD, RowSpec, available_backends
 from .machine import machine_info
 from .timing import BATCH_NS, MAX_BATCHES, loop_overhead_ns
@@ -217,6 +218,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--strict", action="store_true",
                         help="exit 1 unless the compiled backend ran and met every target")
     args = parser.parse_args(argv)
+    if args.budget is not None:  # 0, a negative, NaN or infinity: no row could be timed, or none would end
+        check_seconds(parser, "--seconds-per-row", args.budget)
     names = [n.strip() for n in args.backends.split(",") if n.strip()] if args.backends else None
     sections = [n.strip() for n in args.sections.split(",") if n.strip()] if args.sections else None
     try:

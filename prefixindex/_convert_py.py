@@ -36,6 +36,11 @@ def _all_exact(values: Any, kind: type) -> bool:
 # token ids -> token bytes
 
 
+#: The most token ids one conversion takes: 4 bytes each must fit in an array's size (the compiled
+#: core's MAX_TOKEN_IDS, _convert.pxd).
+MAX_TOKEN_IDS = (2**63 - 1) // 4
+
+
 def _ids_count(tokens: Any) -> int:
     """How many token ids tokens holds when the fast path converts it; -1 for anything else."""
     kind = type(tokens)
@@ -45,7 +50,7 @@ def _ids_count(tokens: Any) -> int:
         dtype = tokens.dtype  # kind and itemsize: comparing dtypes with == costs ~0.5 us a time
         if tokens.ndim != 1 or dtype.kind not in "iu" or dtype.itemsize == 1 and dtype.kind == "u":
             return -1
-        return len(tokens)
+        return int(tokens.shape[0])  # (not len(): a subclass's own; the compiled core reads the dimension)
     if kind is array.array:
         return len(tokens) if tokens.typecode in _INT_TYPECODES else -1
     return -1
@@ -93,7 +98,11 @@ def _ids_to_bytes(tokens: Any, rows: int = 0) -> Optional[np.ndarray]:
         if _LITTLE_ENDIAN:
             ids.byteswap()
         return np.frombuffer(ids, dtype=np.uint8) if len(ids) else np.empty(0, dtype=np.uint8)
-    arr = np.frombuffer(tokens, dtype=tokens.typecode) if type(tokens) is array.array else tokens
+    # an ndarray subclass as its plain data (a masked array's masked ids are ids too; a subclass's own
+    # len() or reductions are its author's code), as the compiled core reads it
+    arr = np.frombuffer(tokens, dtype=tokens.typecode) if type(tokens) is array.array else np.asarray(tokens)
+    if len(arr) > MAX_TOKEN_IDS:  # 4 bytes each must fit in an array's size (the compiled core's check)
+        raise ValueError(f"{len(arr):,} token ids are more than an array can hold (at most {MAX_TOKEN_IDS:,})")
     dtype = arr.dtype
     # the output first, as the compiled core allocates it: ids that cannot fit in memory are its
     # MemoryError at once (a zero-stride array of 2**40 ids is 8 bytes), before a pass over them

@@ -97,7 +97,7 @@ def to_u64(value: Any, what: str) -> int:
         return int.from_bytes(value[-8:], "big")
     if not _is_int(value):
         raise TypeError(f"{what} must be an int, not {_type_name(value)}")
-    number = int(value)
+    number = _exact_int(value)  # an int subclass by its value, as a seed or a LoRA id is (not its __int__)
     if not _I64_MIN <= number <= _U64_MASK:
         raise ValueError(f"{what} must be in [-2**63, 2**64), got {number}")
     return number & _U64_MASK
@@ -142,6 +142,8 @@ def _hash_list(values: List[Any], what: str) -> np.ndarray:
 
 def _token_ids_to_bytes(ids: np.ndarray, what: str) -> np.ndarray:
     """An integer array of token ids as flat big-endian 4-byte token bytes (uint8)."""
+    if type(ids) is not np.ndarray:  # a subclass as its plain data: a masked array's masked ids are ids too,
+        ids = np.asarray(ids)        # and its min()/max() would leave them out of the range check
     kind = ids.dtype.kind
     if kind not in "iu":
         raise TypeError(f"{what} must be token ids (ints) or token bytes (uint8), "
@@ -239,6 +241,8 @@ def event_token_bytes(tokens: Any, n_blocks: int) -> np.ndarray:
             raise ValueError(f"tokens must be a 1-D or 2-D array, got shape {tokens.shape}")
         if tokens.ndim > 2:
             raise ValueError(f"tokens must be a 1-D or 2-D array, got shape {tokens.shape}")
+        if tokens.dtype.kind in "iu":  # the count decides these errors: say them before a pass over the ids
+            _check_block_split(int(np.asarray(tokens).size), n_blocks)  # (a zero-stride array of 2**61 is a byte)
         return _split_blocks(_token_ids_to_bytes(tokens, "tokens"), n_blocks, 4)
     if isinstance(tokens, _BYTES_LIKE):
         return _split_blocks(query_token_bytes(tokens), n_blocks, 1)
@@ -263,6 +267,14 @@ def event_token_bytes(tokens: Any, n_blocks: int) -> np.ndarray:
     if len(widths) != 1:
         raise ValueError(f"the blocks in tokens differ in length: {sorted(widths)} token bytes")
     return np.frombuffer(b"".join(bytes(b) for b in blocks), dtype=np.uint8).reshape(n_blocks, -1)
+
+
+def _check_block_split(n_ids: int, n_blocks: int) -> None:
+    """_split_blocks's errors for n_ids token ids, from their count alone."""
+    if n_blocks == 0 and n_ids:
+        raise ValueError(f"the event has no block hashes but {n_ids} tokens")
+    if n_blocks and n_ids % n_blocks:
+        raise ValueError(f"{n_ids} tokens do not divide into {n_blocks} equal blocks")
 
 
 def _split_blocks(flat: Any, n_blocks: int, unit: int) -> np.ndarray:

@@ -74,7 +74,7 @@ cdef object _token_bytes(SyncPrefixHashTable self, tokens, const uint8_t** data,
     if scratch and not self.id_scratch_busy and type(tokens) is not bytes \
             and not (cnp.PyArray_CheckExact(tokens) and cnp.PyArray_TYPE(<cnp.ndarray>tokens) == cnp.NPY_UINT8):
         n_ids = ids_count(tokens)
-        if 0 <= n_ids and <size_t>n_ids * 4 < NOGIL_BYTES:
+        if 0 <= n_ids and <size_t>n_ids < NOGIL_BYTES // 4:  # (not n_ids * 4: it can wrap)
             self.id_scratch.resize(<size_t>n_ids * 4 + 1)  # (+1: data() of an empty query)
             # no Python code runs between the count and the fill: the ids cannot change in between
             if ids_fill(tokens, n_ids, self.id_scratch.data()):

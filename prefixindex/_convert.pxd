@@ -246,18 +246,12 @@ cdef inline bint ids_fill(object tokens, Py_ssize_t n, uint8_t* out) noexcept:
 
 # The most token ids one conversion takes: 4 bytes each must fit in an array's size (a Py_ssize_t). A
 # zero-stride numpy array of 2**62 int8 ids is one byte, and 4 * n wrapped: a buffer far too small was
-# filled (a crash). Past it, the error _convert_py gives too (its MAX_TOKEN_IDS).
+# filled (a crash). Past it the converters return None and the shared path (_events) says why.
 cdef extern from *:
     """
     #define PREFIXINDEX_MAX_TOKEN_IDS (PY_SSIZE_T_MAX / 4)
     """
-    const Py_ssize_t MAX_TOKEN_IDS "PREFIXINDEX_MAX_TOKEN_IDS"
-
-
-cdef inline int check_ids_fit(Py_ssize_t n) except -1:
-    if n > MAX_TOKEN_IDS:
-        raise ValueError(f"{n:,} token ids are more than an array can hold (at most {MAX_TOKEN_IDS:,})")
-    return 0
+    const Py_ssize_t C_MAX_TOKEN_IDS "PREFIXINDEX_MAX_TOKEN_IDS"
 
 
 cdef inline object c_token_bytes(object tokens):
@@ -274,9 +268,8 @@ cdef inline object c_token_bytes(object tokens):
             return tokens
         return None
     n = ids_count(tokens)
-    if n < 0:
+    if n < 0 or n > C_MAX_TOKEN_IDS:
         return None
-    check_ids_fit(n)
     size = 4 * n
     arr = cnp.PyArray_EMPTY(1, &size, cnp.NPY_UINT8, 0)
     if not ids_fill(tokens, n, <uint8_t*>cnp.PyArray_DATA(arr)):
@@ -291,9 +284,8 @@ cdef inline object c_token_ids_block_bytes(object tokens, Py_ssize_t n_blocks):
     cdef cnp.ndarray arr
     cdef cnp.npy_intp dims[2]
     cdef Py_ssize_t n = ids_count(tokens)
-    if n < 0 or n_blocks <= 0 or n % n_blocks:
+    if n < 0 or n > C_MAX_TOKEN_IDS or n_blocks <= 0 or n % n_blocks:
         return None
-    check_ids_fit(n)
     dims[0] = n_blocks
     dims[1] = 4 * (n // n_blocks)
     arr = cnp.PyArray_EMPTY(2, dims, cnp.NPY_UINT8, 0)

@@ -7,6 +7,7 @@ import numpy as np
 __all__ = ["hashes_u64", "slot_writer", "token_bytes", "token_ids_block_bytes"]
 
 SOURCE_HASH: str
+MAX_TOKEN_IDS: int
 
 def token_bytes(tokens: Any) -> Any: ...
 def token_ids_block_bytes(tokens: Any, n_blocks: int) -> Optional[np.ndarray]: ...

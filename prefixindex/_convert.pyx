@@ -19,6 +19,10 @@ cdef extern from *:
 # The sources this module was built from (setup.py): the tests refuse a stale in-place build.
 SOURCE_HASH = PREFIXINDEX_SOURCE_HASH.decode("ascii")
 
+#: The most token ids one conversion takes (4 bytes each must fit in an array's size); past it the
+#: converters return None and _events raises its error.
+MAX_TOKEN_IDS = C_MAX_TOKEN_IDS
+
 
 # ---------------------------------------------------------------------------------------------------
 # token ids -> token bytes

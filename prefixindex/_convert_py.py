@@ -36,8 +36,8 @@ def _all_exact(values: Any, kind: type) -> bool:
 # token ids -> token bytes
 
 
-#: The most token ids one conversion takes: 4 bytes each must fit in an array's size (the compiled
-#: core's MAX_TOKEN_IDS, _convert.pxd).
+#: The most token ids one conversion takes: 4 bytes each must fit in an array's size (as the compiled
+#: converters' C_MAX_TOKEN_IDS, _convert.pxd); past it the converters return None and _events raises.
 MAX_TOKEN_IDS = (2**63 - 1) // 4
 
 
@@ -101,8 +101,8 @@ def _ids_to_bytes(tokens: Any, rows: int = 0) -> Optional[np.ndarray]:
     # an ndarray subclass as its plain data (a masked array's masked ids are ids too; a subclass's own
     # len() or reductions are its author's code), as the compiled core reads it
     arr = np.frombuffer(tokens, dtype=tokens.typecode) if type(tokens) is array.array else np.asarray(tokens)
-    if len(arr) > MAX_TOKEN_IDS:  # 4 bytes each must fit in an array's size (the compiled core's check)
-        raise ValueError(f"{len(arr):,} token ids are more than an array can hold (at most {MAX_TOKEN_IDS:,})")
+    if len(arr) > MAX_TOKEN_IDS:  # 4 bytes each must fit in an array's size: _events says why
+        return None
     dtype = arr.dtype
     # the output first, as the compiled core allocates it: ids that cannot fit in memory are its
     # MemoryError at once (a zero-stride array of 2**40 ids is 8 bytes), before a pass over them

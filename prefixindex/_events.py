@@ -30,6 +30,7 @@ CONVERTERS = _backend.choose("prefixindex._convert", "prefixindex._convert_py")
 _fast_token_bytes: Callable[[Any], Any] = CONVERTERS.token_bytes
 _fast_block_bytes: Callable[[Any, int], Optional[np.ndarray]] = CONVERTERS.token_ids_block_bytes
 _fast_hashes: Callable[[Any], Optional[np.ndarray]] = CONVERTERS.hashes_u64
+_MAX_TOKEN_IDS: int = CONVERTERS.MAX_TOKEN_IDS  # 4 bytes an id must fit in an array's size
 
 __all__ = [
     "AllBlocksCleared",
@@ -148,6 +149,8 @@ def _token_ids_to_bytes(ids: np.ndarray, what: str) -> np.ndarray:
     if kind not in "iu":
         raise TypeError(f"{what} must be token ids (ints) or token bytes (uint8), "
                         f"got an array of dtype {ids.dtype}")
+    if ids.size > _MAX_TOKEN_IDS:  # (a zero-stride array of 2**62 int8 ids is one byte; 4 * n would wrap)
+        raise ValueError(f"{ids.size:,} token ids are more than an array can hold (at most {_MAX_TOKEN_IDS:,})")
     if ids.size and (kind == "i" or ids.dtype.itemsize > 4):
         lo, hi = int(ids.min()), int(ids.max())
         if lo < 0 or hi >= _TOKEN_LIMIT:

@@ -47,7 +47,11 @@ _CHILD = textwrap.dedent("""
                 out[f"{n} {name}"] = "returned"
             except Exception as exc:
                 out[f"{n} {name}"] = f"{type(exc).__name__}: {exc}"
+        # the converters themselves never raise: None, and the shared path (_events) says why
+        conv = prefixindex._events.CONVERTERS
+        out[f"{n} converters"] = [conv.token_bytes(ids), conv.token_ids_block_bytes(ids, 1)]
     out["stats"] = t.stats()["entries"]
+    out["limit"] = prefixindex._events.CONVERTERS.MAX_TOKEN_IDS
     print(json.dumps(out))
 """)
 
@@ -67,9 +71,12 @@ def test_more_token_ids_than_an_array_holds_are_an_error_never_a_crash(backend_n
     assert proc.returncode == 0, f"the child died (exit {proc.returncode}):\n{proc.stderr[-3000:]}"
     out = json.loads(proc.stdout)
     assert out.pop("stats") == 1  # nothing was added or taken
+    assert out.pop("limit") == (2**63 - 1) // 4
     for case, result in out.items():
         n = int(case.split()[0])
-        if case.endswith("no hashes"):  # the count decides first: no pass over 2**61 ids
+        if case.endswith("converters"):
+            assert result == [None, None], (case, result)
+        elif case.endswith("no hashes"):  # the count decides first: no pass over 2**61 ids
             assert result == f"ValueError: the event has no block hashes but {n} tokens", (case, result)
         else:
             assert result == (f"ValueError: {n:,} token ids are more than an array can hold "

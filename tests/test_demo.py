@@ -115,6 +115,17 @@ def test_options_shape_the_cluster(capsys):
     capsys.readouterr()
 
 
+@pytest.mark.parametrize("option, value", [("--requests", _demo.MAX_DEMO_REQUESTS + 1), ("--requests", 10**20),
+                                           ("--pods", _demo.MAX_DEMO_PODS + 1), ("--pods", 10**8)])
+def test_sizes_that_would_not_end_are_usage_errors(capsys, option, value):
+    # 10**8 pods took 2.8 GB and had not started routing after a minute; 10**20 requests would never end
+    with pytest.raises(SystemExit) as exc:
+        _demo.main([option, str(value)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert f"{option} must be at least 1 and at most " in err and f"got {value}" in err
+
+
 def test_index_agrees_with_the_pods_ground_truth(short_run):
     """End to end: for every session's transcript (cut anywhere, and sometimes extended with new
     tokens) and for a fresh prompt, match_blocks gives each pod exactly the leading blocks it holds."""

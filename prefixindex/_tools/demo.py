@@ -39,6 +39,7 @@ import numpy as np
 
 import prefixindex
 from prefixindex._config import _MAXIMA
+from prefixindex._tools._checks import check_count
 from prefixindex._tools.demo_policies import POLICIES, Policy, PrefixOnlyPolicy, RouterPolicy
 
 MODELS = ("llama-3.1-8b-instruct", "qwen2.5-7b-instruct")
@@ -58,6 +59,9 @@ THINK_TICKS = (5, 60)  # ticks (one request arrives per tick) between an answer 
 PREFILL_CHUNK_BLOCKS = 32  # chunked prefill: at most this many prompt blocks per BlockStored
 RESTART_DOWN_TICKS = 60  # a restarting pod is not ready for this many ticks
 REQUESTS_PER_RESTART = 1_000
+#: The command line's bounds (DemoConfig itself takes any size a caller's memory holds).
+MAX_DEMO_REQUESTS = 1_000_000
+MAX_DEMO_PODS = 10_000
 
 
 @dataclass(frozen=True)
@@ -591,6 +595,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help="tokens per KV-cache block (default %(default)s)")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args(argv)
+    # A run takes ~1.3 ms and ~9 KB a request here and a little per pod: past these it would not end
+    # in a working day, or hold more memory than a machine of ours has (a usage error, status 2).
+    check_count(parser, "--requests", args.requests, MAX_DEMO_REQUESTS, "about half an hour and 9 GiB")
+    check_count(parser, "--pods", args.pods, MAX_DEMO_PODS, "a subscriber's default max_pods")
     try:
         config = DemoConfig(requests=args.requests, pods=args.pods, seed=args.seed, block_size=args.block_size)
     except ValueError as exc:

@@ -24,7 +24,8 @@ import pytest
 from prefixindex import _core_py
 
 from helpers import COMPILED, FakeClock
-from random_calls import COLD, LONG, Calls, outcome, refused, saved, short, stored
+from random_calls import Calls, outcome, refused, saved
+from sequence_driver import Driver
 
 pytestmark = pytest.mark.skipif(
     COMPILED is None, reason="PREFIXINDEX_NO_EXTENSIONS=1: only one backend in this run")
@@ -35,7 +36,7 @@ CASES = [("limits", seed) for seed in range(30)] + [("bulk", seed) for seed in r
 SIDES = ("cython", "python")
 
 
-class Differential:
+class Differential(Driver):
     """One sequence, run on both backends side by side on one fake clock."""
 
     def __init__(self, profile: str, seed: int) -> None:
@@ -43,15 +44,12 @@ class Differential:
         self.clock = FakeClock()
         self.tables = {"cython": COMPILED.SyncPrefixHashTable(clock=self.clock, **self.calls.config),
                        "python": _core_py.SyncPrefixHashTable(clock=self.clock, **self.calls.config)}
-        self.step_no = 0
+        self.steps, self.step_no = STEPS, 0
         self.seen = set()   # what this sequence reached (asserted at the end: else it proves nothing)
 
     def close(self) -> None:
         for table in self.tables.values():
             table.close()
-
-    def where(self, op) -> str:
-        return f"step {self.step_no}: {short(op)}"
 
     def compare(self, op) -> None:
         """The whole state: snapshot(), stats() and the save() bytes, each compared on its own so that
@@ -93,69 +91,23 @@ class Differential:
             self.seen.add("smaller bounds")
         self.compare(("reload", cross, overrides))
 
-    def tick(self) -> None:
-        """Move one context's tick counter forwards (on both backends, to the same value), then match
-        and store there: the store, at least, takes ticks from 2**31 on."""
-        py = self.tables["python"]
-        snap = py.snapshot()
-        if not snap:
-            self.apply(("store", stored([1], [0] * self.calls.bs, "m", -1, "pod-a", None, [0] * self.calls.bs)))
-            snap = py.snapshot()
-        key = self.calls.r.choice(sorted(snap))
-        pod = self.calls.r.choice(sorted({p for pods in snap[key].values() for p in pods}))
-        n, follow = self.calls.tick_follow(key, pod)
-        # the fallback never renumbers: its counter is the largest, so a value no smaller than it moves
-        # both counters forwards (backwards would give duplicate ticks: the review's false alarm)
-        target = self.calls.tick_target(py._contexts[key].next_tick, n)
+    # -- the hooks of the shared tick and cold sequences (random_calls.Driver) ----------------------
+
+    def context_pods(self) -> dict:
+        return {key: {p for pods in blocks.values() for p in pods}
+                for key, blocks in self.tables["python"].snapshot().items()}
+
+    def tick_counter(self, key) -> int:
+        return self.tables["python"]._contexts[key].next_tick  # (the fallback never renumbers)
+
+    def set_next_tick(self, key, target: int) -> None:
         for name in SIDES:
             self.tables[name]._debug_set_next_tick(key[0], key[1], target)
-        self.compare(("tick", key, target))
-        for op in follow:
-            result = self.apply(op)
-        assert result == ("ok", None), result
-        assert py._contexts[key].next_tick >= 2**31, "the store after the jump did not cross 2**31"
-        self.seen.add("tick renumbering")
 
-    def cold(self) -> None:
-        """The generator's cold sequence, checking on the fallback that the maps it is meant to reach
-        do hold 256 entries or more when the multi-block calls come."""
-        key, pod, ops = self.calls.cold_sequence()
-        for i, op in enumerate(ops):
-            if i in (1, 2, 3):
-                state = self.tables["python"]._export_state()
-                ctx = next(c for c in state["contexts"] if (c["model"], c["lora"]) == key)
-                engine = ctx["engine"][ctx["pods"].index(pod)][0]
-                assert len(ctx["prefixes"]) >= COLD and len(engine) >= COLD, (i, len(ctx["prefixes"]), len(engine))
-            assert self.apply(op)[0] == "ok", self.where(op)
-        self.seen.add("cold maps")
-
-    # -- the sequence --------------------------------------------------------------------------------
-
-    def run(self) -> None:
-        for self.step_no in range(STEPS):
-            op = self.calls.next(self.step_no)
-            kind = op[0]
-            if kind == "advance":
-                self.clock.advance(op[1])
-                self.compare(op)          # idle times are in the bytes
-            elif kind == "nothing":       # (the shared ready list was changed in place)
-                self.compare(op)
-            elif kind == "reload":
-                self.reload(op[1] == "forced")
-            elif kind == "tick":
-                self.tick()
-            elif kind == "cold":
-                self.cold()
-            else:
-                result = self.apply(op)
-                if kind in ("store", "match") and result[0] == "ok" and self.is_long(op):
-                    self.seen.add("long " + kind)
-
-    @staticmethod
-    def is_long(op) -> bool:
-        kind, arg = op
-        ids = arg[1][1] if kind == "store" else arg[5]
-        return 4 * len(ids) >= LONG
+    def map_sizes(self, key, pod):
+        state = self.tables["python"]._export_state()
+        ctx = next(c for c in state["contexts"] if (c["model"], c["lora"]) == key)
+        return len(ctx["prefixes"]), len(ctx["engine"][ctx["pods"].index(pod)][0])
 
 
 @pytest.mark.parametrize("profile,seed", CASES, ids=[f"{p}-seed{s}" for p, s in CASES])

@@ -27,14 +27,15 @@ from prefixindex import BlockRemoved, BlockStored
 
 from helpers import id_bytes
 from reference_model import Model
-from random_calls import COLD, LONG, Calls, outcome, ready_names, refused, saved, short, stored
+from random_calls import Calls, outcome, ready_names, refused, saved
+from sequence_driver import Driver
 
 STEPS = 250
 CASES = [("limits", seed) for seed in range(20)] + [("bulk", seed) for seed in range(12)]
 STALE = 60.0   # eviction_duration_minutes=1 (random_calls.Calls.config)
 
 
-class ModelRun:
+class ModelRun(Driver):
     """One sequence on one backend's table and on the model, on one fake clock."""
 
     def __init__(self, backend, clock, profile: str, seed: int) -> None:
@@ -42,11 +43,8 @@ class ModelRun:
         self.calls = c = Calls(profile, seed, STEPS)
         self.table = backend.SyncPrefixHashTable(clock=clock, **c.config)
         self.model = Model(c.hash_seed, c.bs, c.max_contexts, c.max_prefixes, STALE)
-        self.step_no = 0
+        self.steps, self.step_no = STEPS, 0
         self.seen = set()
-
-    def where(self, op) -> str:
-        return f"step {self.step_no}: {short(op)}"
 
     # -- the comparison after every step ------------------------------------------------------------
 
@@ -141,54 +139,21 @@ class ModelRun:
             self.seen.add("smaller bounds")
         self.compare(("reload", overrides))
 
-    def tick(self) -> None:
-        """Move a context's tick counter forwards, from the model's counter (the one a table that never
-        renumbers has), then match and store there: the store takes ticks from 2**31 on."""
-        m = self.model
-        if not m.ctxs:
-            self.apply(("store", stored([1], [0] * self.calls.bs, "m", -1, "pod-a", None, [0] * self.calls.bs)))
-        key = self.calls.r.choice(sorted(m.ctxs))
-        pod = self.calls.r.choice(sorted(m.ctxs[key].pods))
-        n, follow = self.calls.tick_follow(key, pod)
-        target = self.calls.tick_target(m.ctxs[key].tick, n)
+    # -- the hooks of the shared tick and cold sequences (random_calls.Driver) ----------------------
+
+    def context_pods(self) -> dict:
+        return {key: set(ctx.pods) for key, ctx in self.model.ctxs.items()}
+
+    def tick_counter(self, key) -> int:
+        return self.model.ctxs[key].tick
+
+    def set_next_tick(self, key, target: int) -> None:
         self.table._debug_set_next_tick(key[0], key[1], target)
-        m.set_next_tick(key, target)
-        self.compare(("tick", key, target))
-        for op in follow:
-            result = self.apply(op)
-        assert result == ("ok", None), result
-        assert m.ctxs[key].tick >= 2**31, "the store after the jump did not cross 2**31"
-        self.seen.add("tick renumbering")
+        self.model.set_next_tick(key, target)
 
-    def cold(self) -> None:
-        key, pod, ops = self.calls.cold_sequence()
-        for i, op in enumerate(ops):
-            if i in (1, 2, 3):   # the multi-block store, the walk, the multi-block removal
-                ctx = self.model.ctxs[key]
-                assert len(ctx.prefixes) >= COLD and len(ctx.pods[pod]["engine"]) >= COLD, i
-            assert self.apply(op)[0] == "ok", self.where(op)
-        self.seen.add("cold maps")
-
-    def run(self) -> None:
-        for self.step_no in range(STEPS):
-            op = self.calls.next(self.step_no)
-            kind = op[0]
-            if kind == "advance":
-                self.clock.advance(op[1])
-                self.compare(op)
-            elif kind == "nothing":
-                self.compare(op)
-            elif kind == "reload":
-                self.reload(op[1] == "forced")
-            elif kind == "tick":
-                self.tick()
-            elif kind == "cold":
-                self.cold()
-            else:
-                result = self.apply(op)
-                ids = op[1][1][1] if kind == "store" else op[1][5] if kind == "match" else ()
-                if result[0] == "ok" and 4 * len(ids) >= LONG:
-                    self.seen.add("long " + kind)
+    def map_sizes(self, key, pod):
+        ctx = self.model.ctxs[key]
+        return len(ctx.prefixes), len(ctx.pods[pod]["engine"])
 
 
 @pytest.mark.parametrize("profile,seed", CASES, ids=[f"{p}-seed{s}" for p, s in CASES])

@@ -75,9 +75,11 @@ def _marshalled_ids(values: Any) -> Optional[np.ndarray]:
         return None
     if len(raw) != 5 + 5 * n or raw[5::5] != b"i" * n:
         return None
-    ids = np.ndarray((n,), dtype="<i4", buffer=raw, offset=6, strides=(5,))
-    if int(ids.min()) < 0:
+    # a negative id has the top bit of its last (most significant) byte set: isascii() checks every
+    # such byte in one C pass (~0.9 us with the slice, against ~1.7 for the array's min())
+    if not raw[9::5].isascii():
         return None
+    ids = np.ndarray((n,), dtype="<i4", buffer=raw, offset=6, strides=(5,))
     out: np.ndarray = ids.astype(">u4").view(np.uint8)
     return out
 

@@ -121,7 +121,8 @@ def _rows(doc, section):
 
 def test_bench_threads_rows_are_same_run_figures_with_their_context(bench_doc):
     rows = _rows(bench_doc, "threads")
-    for row_id in ("threads_match_1024_2_vs_1", "threads_match_32768_2_vs_1", "threads_gil_free_2_vs_1"):
+    for row_id in ("threads_match_1024_2_vs_1", "threads_gil_held_2_vs_1", "threads_match_32768_2_vs_1",
+                   "threads_gil_free_2_vs_1"):
         for name, v in rows[row_id]["values"].items():
             assert 0.05 < v["median"] < 4, (row_id, name, v)  # two threads of two cores: at most ~2x
         notes = rows[row_id]["notes"]

@@ -6,7 +6,10 @@ rows are the 99th percentile of per-call times taken with ``perf_counter_ns`` ar
 clock reads, ~0.1 us, are included). Two-versus-one rows alternate one thread and two threads twice,
 so that a change of load on the machine hits both. The GIL-free baseline (``hashlib.sha256`` over
 1 MiB buffers, which releases the GIL) is measured beside the 32,768-token row for each backend: it
-says how far two threads can scale here and now. The targets are the compiled core's; the fallback's
+says how far two threads can scale here and now. Beside the 1,024-token row, a GIL-holding baseline
+(``bytes.count`` over 2 KiB, ~1-2 us a call, about a short match's time) says what two threads of any
+call that keeps the GIL give here: parity less what each handover of the GIL costs, the ceiling of a
+short query that keeps the GIL (SPEC 7). The targets are the compiled core's; the fallback's
 figures are for information (its threads share one GIL by design).
 
 The workload is the core section's (100 contexts, each the 64-block chain of a 1,024-token prompt for
@@ -38,6 +41,8 @@ ROWS: List[RowSpec] = [
     ("threads_match_p99_beside_ingest", "  the same: p99 match latency", "us", "lower", 20.0, None),
     ("threads_match_1024_2_vs_1", "2 threads matching 1,024 tokens: throughput / 1 thread's", "x", "higher", 1.0,
      None),
+    ("threads_gil_held_2_vs_1", "  baseline, same run: 2 threads of a GIL-holding ~1 us C call / 1 thread's", "x",
+     "higher", None, None),
     ("threads_match_32768_2_vs_1", "2 threads matching 32,768 tokens: throughput / 1 thread's", "x", "higher", 1.6,
      None),
     ("threads_gil_free_2_vs_1", "  baseline, same run: 2 threads of GIL-free sha256 / 1 thread's", "x", "higher",
@@ -54,6 +59,7 @@ CONTEXT_BOUND_QUICK = 10_000
 EVENT_POOL = {"cython": 60_000, "python": 8_000}
 EVENT_POOL_QUICK = {"cython": 4_000, "python": 2_000}
 SHA_BUFFER = b"\x5a" * (1 << 20)
+SHORT_BUFFER = bytes(range(256)) * 8  # 2 KiB: bytes.count over it keeps the GIL for ~1-2 us
 LONG_TOKENS = 32_768
 LONG_CONTEXTS = 4
 
@@ -161,6 +167,18 @@ def sha_worker(stop: threading.Event) -> Dict[str, Any]:
     while not stop.is_set():
         hashlib.sha256(SHA_BUFFER)
         calls += 1
+    return {"calls": calls, "seconds": time.perf_counter() - t0, "latencies_ns": []}
+
+
+def gil_held_worker(stop: threading.Event) -> Dict[str, Any]:
+    """A short C call that keeps the GIL, in the matcher's loop shape (the stop flag read once per 32)."""
+    count, needle = SHORT_BUFFER.count, b"\xff\xfe"
+    calls = 0
+    t0 = time.perf_counter()
+    while not stop.is_set():
+        for _ in range(32):
+            count(needle)
+        calls += 32
     return {"calls": calls, "seconds": time.perf_counter() - t0, "latencies_ns": []}
 
 
@@ -287,6 +305,11 @@ def _group_two_vs_one(module: Any, name: str, workload: Workload, seconds: float
         notes["threads_match_1024_2_vs_1"] = [f"{name}: {one:,.0f} matches/s on one thread, {two:,.0f} on two"]
     finally:
         table.close()
+    ratio, one, two = two_vs_one(lambda j: gil_held_worker, seconds)
+    out["threads_gil_held_2_vs_1"] = {"median": ratio}
+    notes["threads_gil_held_2_vs_1"] = [f"{name}: bytes.count over 2 KiB, {one:,.0f}/s on one thread, {two:,.0f}/s "
+                                        "on two (what two threads of a call that keeps the GIL give here, measured "
+                                        "beside the 1,024-token row)"]
     # a few contexts, each the chain of one 32,768-token prompt
     long_table = make_table(module)
     try:
@@ -401,6 +424,7 @@ def run(modules: Dict[str, Any], quick: bool, budget_s: float, say: Callable[[st
 ROWS_OF = {
     "store": ["threads_store_beside_3_matchers", "threads_store_p99_beside_3_matchers"],
     "ingest": ["threads_match_beside_ingest", "threads_match_p99_beside_ingest"],
-    "scaling": ["threads_match_1024_2_vs_1", "threads_match_32768_2_vs_1", "threads_gil_free_2_vs_1"],
+    "scaling": ["threads_match_1024_2_vs_1", "threads_gil_held_2_vs_1", "threads_match_32768_2_vs_1",
+                "threads_gil_free_2_vs_1"],
     "flood": ["threads_new_context_at_bound"],
 }

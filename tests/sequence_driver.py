@@ -13,11 +13,11 @@ class Driver:
     one backend against the model) share: the run loop over ``calls``, and the tick and cold
     sequences. Each driver gives apply, compare and reload, and the hooks below for its own state."""
 
-    calls: Calls
-    clock: Any
-    steps: int
-    step_no: int
-    seen: set
+    def __init__(self, profile: str, seed: int, steps: int, clock: Any) -> None:
+        self.calls = Calls(profile, seed, steps)
+        self.clock = clock
+        self.steps, self.step_no = steps, 0
+        self.seen: set = set()  # what this sequence reached (asserted at the end: else it proves nothing)
 
     def apply(self, op):
         raise NotImplementedError

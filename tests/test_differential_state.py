@@ -24,7 +24,7 @@ import pytest
 from prefixindex import _core_py
 
 from helpers import COMPILED, FakeClock
-from random_calls import Calls, outcome, refused, saved
+from random_calls import outcome, refused, saved
 from sequence_driver import Driver
 
 pytestmark = pytest.mark.skipif(
@@ -40,12 +40,9 @@ class Differential(Driver):
     """One sequence, run on both backends side by side on one fake clock."""
 
     def __init__(self, profile: str, seed: int) -> None:
-        self.calls = Calls(profile, seed, STEPS)
-        self.clock = FakeClock()
+        super().__init__(profile, seed, STEPS, FakeClock())
         self.tables = {"cython": COMPILED.SyncPrefixHashTable(clock=self.clock, **self.calls.config),
                        "python": _core_py.SyncPrefixHashTable(clock=self.clock, **self.calls.config)}
-        self.steps, self.step_no = STEPS, 0
-        self.seen = set()   # what this sequence reached (asserted at the end: else it proves nothing)
 
     def close(self) -> None:
         for table in self.tables.values():

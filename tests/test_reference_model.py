@@ -27,7 +27,7 @@ from prefixindex import BlockRemoved, BlockStored
 
 from helpers import id_bytes
 from reference_model import Model
-from random_calls import Calls, outcome, ready_names, refused, saved
+from random_calls import outcome, ready_names, refused, saved
 from sequence_driver import Driver
 
 STEPS = 250
@@ -39,12 +39,10 @@ class ModelRun(Driver):
     """One sequence on one backend's table and on the model, on one fake clock."""
 
     def __init__(self, backend, clock, profile: str, seed: int) -> None:
-        self.backend, self.clock = backend, clock
-        self.calls = c = Calls(profile, seed, STEPS)
+        super().__init__(profile, seed, STEPS, clock)
+        self.backend, c = backend, self.calls
         self.table = backend.SyncPrefixHashTable(clock=clock, **c.config)
         self.model = Model(c.hash_seed, c.bs, c.max_contexts, c.max_prefixes, STALE)
-        self.steps, self.step_no = STEPS, 0
-        self.seen = set()
 
     # -- the comparison after every step ------------------------------------------------------------
 

@@ -598,7 +598,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     # A run takes ~1.3 ms and ~9 KB a request here and a little per pod: past these it would not end
     # in a working day, or hold more memory than a machine of ours has (a usage error, status 2).
     check_count(parser, "--requests", args.requests, MAX_DEMO_REQUESTS, "about half an hour and 9 GiB")
-    check_count(parser, "--pods", args.pods, MAX_DEMO_PODS, "a subscriber's default max_pods")
+    check_count(parser, "--pods", args.pods, MAX_DEMO_PODS, "the simulated cluster is built in memory")
     try:
         config = DemoConfig(requests=args.requests, pods=args.pods, seed=args.seed, block_size=args.block_size)
     except ValueError as exc:

@@ -142,19 +142,21 @@ cdef inline int keep_holders(Ctx* c, const Entry* e, PodVec* alive, RunVec* foun
     cdef uint32_t single
     cdef vector[uint32_t]* v
     cdef PodRun run
-    run.blocks = depth
+    # the same pods hold this block as the last: the common case (one pod, or a prefix shared by many);
+    # one pod in one entry is two compares, before anything is read through a pointer to it
     if is_multi(e.pods):
         v = pod_list(c, e.pods)
         held = v.data()
         m = v.size()
+        if m == n and n > 1 and memcmp(held, alive.begin(), n * sizeof(uint32_t)) == 0:
+            return 0
     else:
+        if n == 1 and e.pods == deref(alive)[0]:
+            return 0
         single = e.pods
         held = &single
         m = 1
-    # the same pods hold this block as the last: the common case (one pod, or a prefix shared by many)
-    if m == n and (held[0] == deref(alive)[0] if n == 1 else
-                   n > 1 and memcmp(held, alive.begin(), n * sizeof(uint32_t)) == 0):
-        return 0
+    run.blocks = depth
     while i < n:
         while j < m and held[j] < deref(alive)[i]:
             j += 1

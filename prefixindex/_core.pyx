@@ -47,7 +47,7 @@ from prefixindex._native cimport (BucketHash, Ctx, CtxPtr, EngineMap, Entry, Ent
                                   bucket_index, find_entry, find_near, find_raw, rarely)
 from prefixindex._entries cimport (entry_add, entry_has, entry_remove, holds, is_multi, pod_list,
                                    release_list, renumber, walk, TOUCH_BUCKETS_FROM)
-from prefixindex._xxh64 cimport chain_link, hash_chain, xxh64
+from prefixindex._xxh64 cimport LinkStart, chain_link_from, hash_chain, link_start_init, xxh64
 from prefixindex._convert cimport c_token_bytes, ids_count, ids_fill
 
 import os

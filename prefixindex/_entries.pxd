@@ -16,7 +16,7 @@ from prefixindex._native cimport (NO_POD, RAW_BUCKETS, BucketHash, Ctx, Entry, E
                                   PodVec, PrefixMap, RunVec, binary_search, bucket_array, fetch_before,
                                   fetch_first, fetch_second, fetch_slot, find_entry, find_in_bucket, find_near,
                                   bucket_index, find_raw, kMulti, lower_bound, sort, touch_bucket)
-from prefixindex._xxh64 cimport chain_link, hash_chain
+from prefixindex._xxh64 cimport LinkStart, chain_link_from, hash_chain, link_start_init
 
 
 # From this many entries on, a map is taken to be possibly out of the caches: the walk touches a chunk's
@@ -222,7 +222,8 @@ cdef inline Py_ssize_t walk(Ctx* c, uint64_t* h, size_t n, const uint8_t* data, 
     cdef size_t size = chunk if chunk < 64 else 64
     cdef NodeBase** bk
     cdef BucketHash hf
-    cdef size_t nb, k, first
+    cdef size_t nb, k, first, done
+    cdef LinkStart start_from
     if beside:
         end = size if size < n else n
         if end > hashed[0]:
@@ -230,6 +231,10 @@ cdef inline Py_ssize_t walk(Ctx* c, uint64_t* h, size_t n, const uint8_t* data, 
                        h[hashed[0] - 1] if hashed[0] else seed, h + hashed[0])
             hashed[0] = end
         link = h[hashed[0] - 1] if hashed[0] else seed
+        # the count of hashed blocks is kept here, not in *hashed: h and hashed are both pointers to
+        # 64-bit integers, so the compiler read and wrote *hashed through memory at every link
+        done = hashed[0]
+        link_start_init(&start_from, seed)
         if RAW_BUCKETS and c.prefixes.size() >= TOUCH_BUCKETS_FROM:
             # A map that may be cold: each block's probe is prefetched in stages as the chain is
             # hashed, STAGE blocks apart (its bucket's slot, the node before the bucket's first, that
@@ -243,7 +248,7 @@ cdef inline Py_ssize_t walk(Ctx* c, uint64_t* h, size_t n, const uint8_t* data, 
             # block 0's stages run at once, so that its probe (and the common miss there) comes about
             # as soon as it would walking chunked, not after 32 more links; every later block's are
             # spread over the hashing (1 measured best: 2 or 8 blocks at once made full hits slower)
-            first = 1 if hashed[0] > 0 else 0
+            first = 1 if done > 0 else 0
             if first:
                 buckets[0] = bucket_index(hf, h[0], nb)  # m.bucket(h[0])
                 fetch_slot(bk, buckets[0])
@@ -253,10 +258,10 @@ cdef inline Py_ssize_t walk(Ctx* c, uint64_t* h, size_t n, const uint8_t* data, 
             k = first  # the next block to hash and to prefetch
             while i < n:
                 while i >= first and k < n and k <= i + 4 * STAGE:
-                    if k >= hashed[0]:
-                        link = chain_link(link, data, hashed[0], width, seed)
-                        h[hashed[0]] = link
-                        hashed[0] += 1
+                    if k >= done:
+                        link = chain_link_from(&start_from, link, data, done, width)
+                        h[done] = link
+                        done += 1
                     buckets[k & 63] = bucket_index(hf, h[k], nb)
                     fetch_slot(bk, buckets[k & 63])
                     if k >= STAGE:
@@ -287,10 +292,10 @@ cdef inline Py_ssize_t walk(Ctx* c, uint64_t* h, size_t n, const uint8_t* data, 
                 i += 1
         else:
             while i < n:
-                if hashed[0] < n:
-                    link = chain_link(link, data, hashed[0], width, seed)
-                    h[hashed[0]] = link
-                    hashed[0] += 1
+                if done < n:
+                    link = chain_link_from(&start_from, link, data, done, width)
+                    h[done] = link
+                    done += 1
                 e = find_near(c.prefixes, h[i])
                 if e == NULL:
                     break
@@ -306,6 +311,7 @@ cdef inline Py_ssize_t walk(Ctx* c, uint64_t* h, size_t n, const uint8_t* data, 
                     break
                 touched.push_back(e)
                 i += 1
+        hashed[0] = done  # (a MemoryError from the pushes leaves it behind: nothing reads it then)
         depth = i
     else:
         while i < n:

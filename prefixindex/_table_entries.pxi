@@ -54,6 +54,7 @@ cdef int _place(SyncPrefixHashTable self, Ctx* c, PodState* ps, uint32_t pid, ui
     cdef pair[U64Ptr, bint] einserted
     cdef pair[EntryPtr, bint] inserted
     cdef Entry fresh
+    cdef LinkStart start_from  # (what each link starts from, once: see _xxh64.h)
     if c.next_tick + n >= RENUMBER_AT:
         renumber(c)
     tick = c.next_tick
@@ -75,9 +76,10 @@ cdef int _place(SyncPrefixHashTable self, Ctx* c, PodState* ps, uint32_t pid, ui
             touch_for_updates(c.prefixes, prefixes, n)
         if engines != NULL and cold_engines:
             touch_for_updates(ps.engine, engines, n)
+    link_start_init(&start_from, self.seed)
     for i in range(n):
         if tokens != NULL:
-            parent = chain_link(parent, tokens, i, width, self.seed)
+            parent = chain_link_from(&start_from, parent, tokens, i, width)
             prefixes[i] = parent
         p = prefixes[i]
         if engines != NULL:

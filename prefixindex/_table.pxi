@@ -151,7 +151,7 @@ cdef class SyncPrefixHashTable:
     # -- pods and contexts (in a section) ----------------------------------------------------------
 
     cdef inline uint32_t _pod_id(self, str pod) noexcept:
-        cdef PyObject* found = PyDict_GetItem(self._pod_ids, pod)
+        cdef PyObject* found = dict_lookup(self._pod_ids, pod)
         return NO_POD if found is NULL else <uint32_t>(<object>found)
 
     cdef uint32_t _intern(self, str pod) except? 0xFFFFFFFF:
@@ -209,10 +209,10 @@ cdef class SyncPrefixHashTable:
             self.released.push_back(pid)  # reserved by _new_pod_state
 
     cdef inline Ctx* _find_ctx(self, str model, lora) noexcept:
-        cdef PyObject* loras = PyDict_GetItem(self._contexts, model)
+        cdef PyObject* loras = dict_lookup(self._contexts, model)
         if loras is NULL:
             return NULL
-        cdef PyObject* found = PyDict_GetItem(<object>loras, lora)
+        cdef PyObject* found = dict_lookup(<object>loras, lora)
         if found is NULL:
             return NULL
         return <Ctx*>PyLong_AsVoidPtr(<object>found)

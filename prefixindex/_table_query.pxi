@@ -225,7 +225,7 @@ cdef int _ready_ids(SyncPrefixHashTable self, ready, Walk* w) except -1:
         # long query let the GIL go: anything else would run its __hash__ here (it counts as not given)
         if type(name) is not str:
             continue
-        known = PyDict_GetItem(self._pod_ids, name)
+        known = dict_lookup(self._pod_ids, name)
         if known is not NULL:
             w.ready_ids.push_back(<uint32_t>(<object>known))
     sort(w.ready_ids.begin(), w.ready_ids.end())

@@ -209,9 +209,9 @@ cdef inline Py_ssize_t walk(Ctx* c, uint64_t* h, size_t n, const uint8_t* data, 
     stops soon after matching does; *hashed says how many of h are valid on return. `ready` is
     sorted, or NULL for every pod; `alive` is empty scratch space.
 
-    It allocates only by pushing to alive, found and touched (hashing allocates nothing): with those
-    reserved (the context's pod count, n entries) it cannot fail, so it can run without the GIL
-    (_table_query.pxi)."""
+    It allocates only by reserving n entries in touched and by pushing to alive and found (hashing
+    allocates nothing): with those reserved (n entries, the context's pod count) it cannot fail, so it
+    can run without the GIL (_table_query.pxi)."""
     cdef size_t i = 0, j, start, end, depth = 0
     cdef Entry* e
     cdef Entry* probed[64]
@@ -219,6 +219,11 @@ cdef inline Py_ssize_t walk(Ctx* c, uint64_t* h, size_t n, const uint8_t* data, 
     cdef PodRun run
     cdef uint64_t link
     hashed[0] = prehashed
+    # each matched block's entry goes into touched in place (resize_reserved at the end): a push_back
+    # read and wrote the vector's size through memory at every block
+    cdef size_t base = touched.size()
+    touched.reserve(base + n)
+    cdef Entry** matched = touched.begin() + base
     cdef size_t size = chunk if chunk < 64 else 64
     cdef NodeBase** bk
     cdef BucketHash hf
@@ -288,7 +293,7 @@ cdef inline Py_ssize_t walk(Ctx* c, uint64_t* h, size_t n, const uint8_t* data, 
                     keep_holders(c, e, alive, found, <uint32_t>i)
                 if alive.empty():
                     break
-                touched.push_back(e)
+                matched[i] = e
                 i += 1
         else:
             while i < n:
@@ -309,7 +314,7 @@ cdef inline Py_ssize_t walk(Ctx* c, uint64_t* h, size_t n, const uint8_t* data, 
                     keep_holders(c, e, alive, found, <uint32_t>i)
                 if alive.empty():
                     break
-                touched.push_back(e)
+                matched[i] = e
                 i += 1
         hashed[0] = done  # (a MemoryError from the pushes leaves it behind: nothing reads it then)
         depth = i
@@ -350,11 +355,12 @@ cdef inline Py_ssize_t walk(Ctx* c, uint64_t* h, size_t n, const uint8_t* data, 
                     keep_holders(c, e, alive, found, <uint32_t>i)
                 if alive.empty():
                     break
-                touched.push_back(e)
+                matched[i] = e
                 i += 1
                 depth = i
             if i < end:  # the walk ended inside this chunk
                 break
+    touched.resize_reserved(base + depth)
     run.blocks = <uint32_t>depth
     for j in range(alive.size()):
         run.pod = deref(alive)[j]

@@ -270,6 +270,10 @@ class SmallVec {
   void reserve(size_t n) {
     while (cap_ < n) grow();
   }
+  // After reserve(n) and writing elements [size(), n) through begin(): they become the vector's (the
+  // walk writes an entry a matched block this way, with no check of the capacity or store of the
+  // size at each one).
+  void resize_reserved(size_t n) { size_ = n; }
 
  private:
   void grow() {

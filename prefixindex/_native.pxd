@@ -128,6 +128,8 @@ cdef extern from "_native.h" namespace "pi" nogil:
     cdef cppclass EntryVec:
         void push_back(Entry*) except +
         void reserve(size_t) except +
+        Entry** begin()
+        void resize_reserved(size_t)
         void clear()
         Entry*& operator[](size_t)
         size_t size()

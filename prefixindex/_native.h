@@ -297,7 +297,10 @@ struct PodRun {  // a pod and the number of leading blocks it holds
 };
 using PodVec = SmallVec<uint32_t, 16>;
 using RunVec = SmallVec<PodRun, 16>;
-using EntryVec = SmallVec<Entry*, 128>;
+// 256 entries: a short query (under NOGIL_BYTES, 16 KiB of token bytes) of 64-byte blocks (block_size
+// 16) has at most 255 blocks, so the walk's reserve of one entry a block allocates nothing, miss or
+// hit; with smaller blocks a short query of more than 255 blocks allocates once
+using EntryVec = SmallVec<Entry*, 256>;
 
 // One query's walk: what its section, the walk (maybe outside the GIL) and its closing section share.
 struct Walk {

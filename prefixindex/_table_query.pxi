@@ -261,12 +261,21 @@ cdef inline bint _newest_already(Ctx* c, Walk* w, size_t depth) noexcept:
     anyway costs more than the reading: every match would make each node's cache line the writer
     core's own, and a second thread matching the same prompt would take every line back (two threads
     matching 32,768-token prompts did 1.6x the work of one with the writes, 1.96x without)."""
-    cdef size_t i
+    cdef size_t i = 0
+    cdef Entry** t = w.touched.begin()
+    cdef uint64_t last = c.next_tick - 1  # block i's tick if the run is the newest: last - i
     if depth == 0 or c.next_tick < depth:
         return depth == 0
-    for i in range(depth):
-        if w.touched[i].tick != c.next_tick - 1 - i:
+    # four blocks a branch: ~140 fewer instructions in a 1,024-token match (callgrind)
+    while i + 4 <= depth:
+        if ((t[i].tick + i) ^ last) | ((t[i + 1].tick + i + 1) ^ last) | \
+                ((t[i + 2].tick + i + 2) ^ last) | ((t[i + 3].tick + i + 3) ^ last):
             return False
+        i += 4
+    while i < depth:
+        if t[i].tick + i != last:
+            return False
+        i += 1
     return True
 
 

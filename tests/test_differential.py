@@ -262,6 +262,28 @@ def test_repeated_matches_keep_the_fallbacks_trim_order():
     assert any(e["evicted_prefixes"] for e in traces[0][-1:]), "no trim happened: the test would prove nothing"
 
 
+@pytest.mark.parametrize("n", [4, 5, 8, 9])
+def test_a_run_newest_only_in_part_gets_new_ticks_as_the_fallbacks(n):
+    # _newest_already (_table_query.pxi) compares the ticks of four blocks a branch. A matched run
+    # whose first k blocks were just stored again, and whose others are older than another chain's,
+    # is not the newest: every block of it must get a new tick, at every k, as in the fallback (the
+    # export lists a context's prefixes oldest first).
+    rng = np.random.default_rng(n)
+    tokens = rng.integers(0, 2**31, n * 4, dtype=np.int64).tolist()
+    other = rng.integers(0, 2**31, 2 * 4, dtype=np.int64).tolist()
+    for k in range(1, n):
+        exports = []
+        for backend in (COMPILED, _core_py):
+            t = backend.SyncPrefixHashTable(seed=2, block_size=4, background_eviction=False, clock=FakeClock())
+            t.process_block_stored(BlockStored(list(range(n)), tokens, "m", -1, "p"))
+            t.process_block_stored(BlockStored([100, 101], other, "m", -1, "p"))
+            t.process_block_stored(BlockStored(list(range(k)), tokens[: 4 * k], "m", -1, "p"))
+            assert t.match_blocks("m", -1, tokens) == {"p": n}
+            exports.append(t._export_state()["contexts"][0]["prefixes"].tolist())
+        assert exports[0] == exports[1], k
+        assert len(exports[0]) == n + 2
+
+
 def test_the_same_ready_list_again_answers_as_the_fallback():
     # The compiled core reuses the ids of the last ready_pods list or tuple while it holds the same
     # names and no pod id was given or taken (_table_query.pxi, _ready_ids). Each step below breaks one
